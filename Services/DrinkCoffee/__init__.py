@@ -1,0 +1,1 @@
+"""The seed's DrinkCoffee task service (StateMachine sample)."""

@@ -1,0 +1,1 @@
+"""The seed's Run task service (StateMachine sample)."""

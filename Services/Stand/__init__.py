@@ -1,0 +1,1 @@
+"""The seed's Stand task service (StateMachine sample)."""

@@ -1,0 +1,1 @@
+"""The seed's Walk task service (StateMachine sample)."""

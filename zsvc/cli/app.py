@@ -1,0 +1,336 @@
+"""The ``zsvc`` command line: parse, call the daemon, render.
+
+Each command is thin: it builds a control request (:mod:`zsvc.commands`),
+sends it with :class:`zsvc.client.ControlClient`, and renders the result
+(:mod:`zsvc.cli.render`). Exit statuses are documented and stable:
+0 ok, 1 operation failed, 2 bad usage or input, 3 daemon unreachable,
+4 unknown transaction or task.
+
+Written for typer 0.7 (Debian 12) as well as today's: default-value
+options, no ``Annotated``, and never ``import click``. The seed's
+underscore spellings (``--context_file``, ``--service_id``, …) are aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from zsvc import __version__
+from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode, ZsvcError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="zsvc: transactions of small task services.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, Any] = {"runtime_dir": None}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zsvc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    runtime_dir: Path = typer.Option(
+        None, "--runtime-dir", envvar="ZSVC_RUNTIME_DIR", help="The daemon's runtime directory."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """zsvc: transactions of small task services on a ZeroMQ bus."""
+    _state["runtime_dir"] = runtime_dir
+
+
+def _client(timeout: float = 10.0) -> Any:
+    from zsvc.client import ControlClient
+    from zsvc.paths import runtime_dir
+
+    return ControlClient(runtime_dir(_state["runtime_dir"]), timeout=timeout)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    if isinstance(exc, DaemonUnreachable):
+        from zsvc.cli.fast import UNREACHABLE_HINT
+
+        typer.echo(f"zsvc: {exc}\n{UNREACHABLE_HINT}", err=True)
+        raise typer.Exit(ExitCode.UNREACHABLE)
+    if isinstance(exc, ZsvcError):
+        typer.echo(f"zsvc: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code)
+    raise exc
+
+
+def _call(command: str, wait: float = 10.0, **args: Any) -> Any:
+    try:
+        with _client(wait) as client:
+            return client.call(command, **args)
+    except (DaemonUnreachable, ZsvcError) as exc:
+        _fail(exc)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _read_context(path: Path) -> tuple[str, str]:
+    """The context file's absolute path and text, validated here first for a fast, local error."""
+    from zsvc.config.loader import load_context_text
+
+    try:
+        text = path.read_bytes().decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"zsvc: {path}:0:0: cannot read: {exc}", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    try:
+        load_context_text(text, path.absolute())
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    return str(path.absolute()), text
+
+
+# --- transactions ----------------------------------------------------------------------
+
+
+@app.command()
+def start(
+    transaction: str = typer.Argument(None, help="Transaction id (generated for a new one)."),
+    context: Path = typer.Option(
+        None, "--context", "-c", "--context_file", "--context-file", help="Context file."
+    ),
+    service: list[str] = typer.Option(
+        [], "--service", "-s", "--service_id", "--service-id", help="Start only these task ids."
+    ),
+    no_block: bool = typer.Option(False, "--no-block", help="Do not wait for readiness."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for readiness."),
+    as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
+) -> None:
+    """Start a transaction: a new one from --context, or a known one again."""
+    args: dict[str, Any] = {"transaction": transaction, "services": list(service)}
+    if context is not None:
+        args["context_path"], args["context_text"] = _read_context(context)
+    elif transaction is None:
+        typer.echo("zsvc: give a TRANSACTION to start again, or --context FILE", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    args["block"] = not no_block
+    args["timeout"] = timeout
+    result = _call("start", wait=_wait_budget(timeout), **args)
+    _show_transaction(result, as_json)
+
+
+def _wait_budget(timeout: float | None) -> float:
+    """How long the client waits for the daemon: the readiness timeout plus a margin."""
+    return (timeout if timeout is not None else 300.0) + 10.0
+
+
+@app.command()
+def stop(
+    transaction: str = typer.Argument(..., help="Transaction id."),
+    service: list[str] = typer.Option(
+        [], "--service", "-s", "--service_id", "--service-id", help="Stop only these task ids."
+    ),
+    timeout: float = typer.Option(None, "--timeout", help="Stop timeout per task (seconds)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
+) -> None:
+    """Stop a transaction, or some of its tasks."""
+    result = _call(
+        "stop",
+        wait=_wait_budget(timeout),
+        transaction=transaction,
+        services=list(service),
+        timeout=timeout,
+    )
+    _show_transaction(result, as_json)
+
+
+@app.command()
+def restart(
+    transaction: str = typer.Argument(..., help="Transaction id."),
+    service: list[str] = typer.Option(
+        [], "--service", "-s", "--service_id", "--service-id", help="Restart only these task ids."
+    ),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait per phase."),
+    as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
+) -> None:
+    """Stop, then start, a transaction or some of its tasks."""
+    result = _call(
+        "restart",
+        wait=2 * _wait_budget(timeout),
+        transaction=transaction,
+        services=list(service),
+        timeout=timeout,
+    )
+    _show_transaction(result, as_json)
+
+
+@app.command()
+def status(
+    transaction: str = typer.Argument(None, help="Only this transaction."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
+) -> None:
+    """Show transactions and their tasks."""
+    from zsvc.cli.fast import show_status
+
+    raise typer.Exit(show_status(_state["runtime_dir"], transaction, as_json))
+
+
+@app.command()
+def forget(transaction: str = typer.Argument(..., help="Transaction id.")) -> None:
+    """Remove a stopped transaction from the table."""
+    _call("forget", transaction=transaction)
+    typer.echo(f"forgot {transaction}")
+
+
+def _show_transaction(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(record)
+        return
+    from zsvc.cli.render import print_transactions
+
+    print_transactions([record])
+
+
+@app.command()
+def logs(
+    transaction: str = typer.Argument(..., help="Transaction id."),
+    service: list[str] = typer.Option(
+        [], "--service", "-s", "--service_id", "--service-id", help="Only these task ids."
+    ),
+    lines: int = typer.Option(20, "-n", "--lines", help="How many last lines per task."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+) -> None:
+    """Print the tasks' output (the local runner's log files)."""
+    from zsvc.cli.logview import show_logs
+
+    result = _call("logs", transaction=transaction, services=list(service))
+    show_logs(result["logs"], lines, follow)
+
+
+# --- the seed's conf_command ------------------------------------------------------------
+
+
+@app.command()
+def send(
+    action: str = typer.Option(..., "--action", help="start, stop, restart, exit, request, …"),
+    service_name: str = typer.Option(
+        "context", "--service-name", "--service_name", help="context, state, or a task's name."
+    ),
+    transaction: str = typer.Option(None, "--transaction", help="Transaction id."),
+    context_file: Path = typer.Option(
+        None, "--context-file", "--context_file", help="Context file (context start)."
+    ),
+    service_id: str = typer.Option(
+        None, "--service-id", "--service_id", help="The context id or a task id."
+    ),
+    task_id: list[str] = typer.Option(
+        [], "--task-id", "--task_id", help="Only these tasks (context actions)."
+    ),
+    endpoint: str = typer.Option(
+        None, "--endpoint", help="Bus endpoint to publish to (default: the daemon's)."
+    ),
+    topic: str = typer.Option("process", "--topic", help="Topic for a task message."),
+    device_action: str = typer.Option(
+        None, "--device-action", "--device_action", help="content.configuration.device_action"
+    ),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for a reply."),
+) -> None:
+    """Send a message as the seed's conf_command did; context actions use the control socket."""
+    from zsvc.cli import send as sender
+
+    if service_name == "context":
+        if action == "exit":
+            _call("shutdown")
+            typer.echo("daemon stopping")
+            return
+        if action not in ("start", "stop", "restart"):
+            typer.echo(f"zsvc: unknown context action {action!r}", err=True)
+            raise typer.Exit(ExitCode.BAD_INPUT)
+        args: dict[str, Any] = {"transaction": transaction, "services": list(task_id)}
+        if action == "start":
+            if context_file is not None:
+                args["context_path"], args["context_text"] = _read_context(context_file)
+            args["block"] = True
+            args["timeout"] = None
+        elif transaction is None:
+            typer.echo(f"zsvc: context {action} needs --transaction", err=True)
+            raise typer.Exit(ExitCode.BAD_INPUT)
+        else:
+            args["timeout"] = None
+        _show_transaction(_call(action, wait=310.0, **args), as_json=False)
+        return
+    try:
+        reply = sender.send_on_bus(
+            runtime=_state["runtime_dir"],
+            endpoint=endpoint,
+            topic="state" if service_name == "state" else topic,
+            action=action,
+            service_name=service_name,
+            service_id=service_id or "",
+            transaction=transaction or "",
+            device_action=device_action,
+            timeout=timeout,
+        )
+    except (TimeoutError, DaemonUnreachable) as exc:
+        typer.echo(f"zsvc: {exc}", err=True)
+        raise typer.Exit(ExitCode.UNREACHABLE) from None
+    if reply is not None:
+        _print_json(reply)
+
+
+# --- files and the daemon ------------------------------------------------------------------
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="Context files to check.")) -> None:
+    """Check context files without a daemon (exit 2 when any is invalid)."""
+    from zsvc.config.loader import load_context
+
+    bad = 0
+    for path in files:
+        try:
+            context = load_context(path)
+        except ConfigError as exc:
+            typer.echo(str(exc), err=True)
+            bad += 1
+            continue
+        typer.echo(f"{path}: ok ({len(context.tasks)} tasks)")
+    if bad:
+        raise typer.Exit(ExitCode.BAD_INPUT)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def daemon(ctx: typer.Context) -> None:
+    """Run the daemon (see 'zsvc daemon --help'); --detach runs it in the background."""
+    argv = [sys.executable, "-m", "zsvc.daemon", *ctx.args]
+    if _state["runtime_dir"] is not None and "--runtime-dir" not in ctx.args:
+        argv += ["--runtime-dir", str(_state["runtime_dir"])]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def shutdown() -> None:
+    """Stop every task, then the daemon."""
+    _call("shutdown")
+    typer.echo("daemon stopping")
+
+
+@app.command()
+def ping() -> None:
+    """Check that the daemon answers."""
+    _print_json(_call("ping"))

@@ -1,0 +1,59 @@
+"""``zsvc logs``: the last lines of each task's log, then (with -f) new lines as they come."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+FOLLOW_INTERVAL = 0.2
+
+
+def tail(path: Path, count: int) -> list[str]:
+    try:
+        with path.open("r", errors="replace") as handle:
+            return list(deque(handle, maxlen=count)) if count > 0 else []
+    except FileNotFoundError:
+        return []
+
+
+def show_logs(entries: list[dict[str, Any]], count: int, follow: bool) -> None:
+    prefix = len(entries) > 1
+    width = max((len(entry["task"]) for entry in entries), default=0)
+    positions: dict[str, int] = {}
+    for entry in entries:
+        path = Path(entry["path"])
+        for line in tail(path, count):
+            _emit(entry["task"], line, prefix, width)
+        positions[entry["path"]] = _size(path)
+    sys.stdout.flush()
+    while follow:
+        for entry in entries:
+            path = Path(entry["path"])
+            size = _size(path)
+            start = positions[entry["path"]]
+            if size < start:  # rotated (copytruncate)
+                start = 0
+            if size > start:
+                with path.open("r", errors="replace") as handle:
+                    handle.seek(start)
+                    for line in handle:
+                        _emit(entry["task"], line, prefix, width)
+                    positions[entry["path"]] = handle.tell()
+        sys.stdout.flush()
+        time.sleep(FOLLOW_INTERVAL)  # a user-facing refresh rate, not synchronisation
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _emit(task: str, line: str, prefix: bool, width: int) -> None:
+    text = line.rstrip("\n")
+    sys.stdout.write(f"{task:<{width}} | {text}\n" if prefix else f"{text}\n")

@@ -1,0 +1,77 @@
+"""Human output of the CLI (rich), kept apart so ``--json`` never imports rich."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+STATE_STYLES = {
+    "active": "green",
+    "activating": "yellow",
+    "deactivating": "yellow",
+    "failed": "bold red",
+    "inactive": "dim",
+    "running": "green",
+    "starting": "yellow",
+    "stopping": "yellow",
+    "degraded": "bold red",
+    "stopped": "dim",
+}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _styled(word: str) -> str:
+    style = STATE_STYLES.get(word)
+    return f"[{style}]{word}[/]" if style else word
+
+
+def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
+    from rich.table import Table
+
+    now = time.time() if now is None else now
+    title = (
+        f"{record['transaction']}  {_styled(record['state'])}"
+        f"  [dim]{record.get('context_id', '')} {record.get('context', '')}[/]"
+    )
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("id", "name", "pid", "instance", "state", "status", "last", "↺", "since"):
+        table.add_column(column, overflow="fold")
+    for task in record["tasks"]:
+        state = f"{_styled(task['state'])}/{task['sub_state']}"
+        if task["result"] != "success":
+            state += f" [red]({task['result']})[/]"
+        table.add_row(
+            task["id"],
+            task["service_name"],
+            str(task["pid"] or "-"),
+            task["instance"],
+            state,
+            task["status_text"] or task.get("last_exit", "") or "",
+            task["last_action"] or "-",
+            str(task["restarts"]),
+            format_duration(now - task["since"]),
+        )
+    return table
+
+
+def print_transactions(records: Iterable[dict[str, Any]]) -> None:
+    from rich.console import Console
+
+    console = Console()
+    records = list(records)
+    if not records:
+        console.print("no transactions")
+        return
+    for record in records:
+        console.print(transaction_table(record))

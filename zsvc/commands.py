@@ -1,0 +1,191 @@
+"""The control commands, each declared once.
+
+A declaration names the command, documents it, and types its arguments.
+The daemon validates requests against it and dispatches to
+``Daemon.cmd_<name>``; the control client and the CLI build requests from
+it; ``docs/control-protocol.md`` describes the same table. Adding a
+command means adding one entry here and one handler.
+
+Wire format (one JSON object per ZMQ message, DEALER → ROUTER)::
+
+    request  {"v": 1, "id": "<request id>", "command": "<name>", "args": {...}}
+    reply    {"v": 1, "id": "<request id>", "ok": true,  "result": {...}}
+             {"v": 1, "id": "<request id>", "ok": false,
+              "error": {"code": "<ErrorCode>", "message": "...", "details": ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from zsvc.errors import BadRequest
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class Param:
+    """One typed argument of a command."""
+
+    name: str
+    type: type | tuple[type, ...]
+    required: bool = False
+    default: Any = None
+    help: str = ""
+    list_of: type | None = None  # when type is list: the element type
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    params: tuple[Param, ...] = ()
+
+    def parse_args(self, raw: Any) -> dict[str, Any]:
+        """Check *raw* against the declaration; raise :class:`BadRequest` naming the field."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise BadRequest(f"{self.name}: 'args' must be an object")
+        known = {param.name for param in self.params}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise BadRequest(f"{self.name}: unknown argument(s) {', '.join(unknown)}")
+        args: dict[str, Any] = {}
+        for param in self.params:
+            if param.name not in raw or raw[param.name] is None:
+                if param.required:
+                    raise BadRequest(f"{self.name}: argument '{param.name}' is required")
+                args[param.name] = param.default
+                continue
+            args[param.name] = _check_type(self.name, param, raw[param.name])
+        return args
+
+
+def _check_type(command: str, param: Param, value: Any) -> Any:
+    expected = param.type if isinstance(param.type, tuple) else (param.type,)
+    if isinstance(value, bool) and bool not in expected:
+        raise BadRequest(f"{command}: argument '{param.name}' must be {_names(expected)}")
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected):
+        raise BadRequest(f"{command}: argument '{param.name}' must be {_names(expected)}")
+    if param.list_of is not None:
+        for item in value:
+            if not isinstance(item, param.list_of):
+                raise BadRequest(
+                    f"{command}: argument '{param.name}' must be a list of {param.list_of.__name__}"
+                )
+    return value
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+_TRANSACTION = Param("transaction", str, help="transaction id")
+_SERVICES = Param("services", list, default=[], list_of=str, help="task ids (default: all)")
+_TIMEOUT = Param("timeout", float, default=None, help="seconds to wait (default: the tasks' own)")
+
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command("ping", "Daemon identity and health."),
+        Command(
+            "start",
+            "Create a transaction from a context, or start a known one again; wait for readiness.",
+            (
+                Param("transaction", str, help="transaction id (generated when omitted)"),
+                Param("context_path", str, help="the context file, for messages and locations"),
+                Param("context_text", str, help="the context file's contents"),
+                _SERVICES,
+                Param("block", bool, default=True, help="wait until every started task is ready"),
+                _TIMEOUT,
+            ),
+        ),
+        Command(
+            "stop",
+            "Stop a transaction or some of its tasks.",
+            (
+                Param("transaction", str, required=True),
+                _SERVICES,
+                _TIMEOUT,
+            ),
+        ),
+        Command(
+            "restart",
+            "Stop, then start, a transaction or some of its tasks.",
+            (
+                Param("transaction", str, required=True),
+                _SERVICES,
+                _TIMEOUT,
+            ),
+        ),
+        Command("status", "The transaction table, or one transaction.", (_TRANSACTION,)),
+        Command(
+            "logs",
+            "Where the tasks' logs are.",
+            (
+                Param("transaction", str, required=True),
+                _SERVICES,
+            ),
+        ),
+        Command(
+            "forget",
+            "Remove a stopped transaction from the table.",
+            (Param("transaction", str, required=True),),
+        ),
+        Command("shutdown", "Stop every task, then the daemon."),
+    )
+}
+
+
+def encode_request(request_id: str, command: str, args: Mapping[str, Any]) -> bytes:
+    payload = {"v": PROTOCOL_VERSION, "id": request_id, "command": command, "args": dict(args)}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_request(data: bytes) -> tuple[str | None, Command | None, dict[str, Any] | BadRequest]:
+    """Parse a request frame.
+
+    Returns ``(request_id, command, args)``; when the request is invalid the
+    third item is the :class:`BadRequest` to send back, and the id is kept
+    whenever it could be read so that the client can match the error.
+    """
+    if len(data) > MAX_REQUEST_BYTES:
+        return None, None, BadRequest(f"request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
+    try:
+        request = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return None, None, BadRequest(f"request is not JSON: {exc}")
+    if not isinstance(request, dict):
+        return None, None, BadRequest("request must be a JSON object")
+    request_id = request.get("id")
+    if not isinstance(request_id, str) or not request_id:
+        return None, None, BadRequest("request 'id' must be a non-empty string")
+    if request.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        return request_id, None, BadRequest(f"unsupported protocol version {request.get('v')!r}")
+    name = request.get("command")
+    command = COMMANDS.get(name) if isinstance(name, str) else None
+    if command is None:
+        known = ", ".join(sorted(COMMANDS))
+        return request_id, None, BadRequest(f"unknown command {name!r}; known: {known}")
+    try:
+        return request_id, command, command.parse_args(request.get("args"))
+    except BadRequest as exc:
+        return request_id, command, exc
+
+
+def encode_reply(
+    request_id: str, result: Any = None, error: Mapping[str, Any] | None = None
+) -> bytes:
+    payload: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "ok": error is None}
+    if error is None:
+        payload["result"] = result
+    else:
+        payload["error"] = dict(error)
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,147 @@
+"""The bus device: the seed's ZMQ forwarder, owned by the daemon.
+
+Publishers connect to the XSUB side, subscribers to the XPUB side. Unlike
+``zmq.proxy`` in a thread, this device runs in the daemon's event loop, so
+the daemon can (a) bind more endpoints whenever a context names them, (b)
+observe the ``control``, ``state`` and ``context`` traffic it must act on,
+(c) publish its own messages without a socket of its own, and (d) see
+subscriptions come and go (the monitor samples only while someone listens).
+
+One device binds every endpoint: the runtime directory's ``ipc://`` pair,
+which the tasks and the CLI use, and every TCP pair a loaded context names.
+They are views of one bus; messages are scoped by their transaction.
+Binds failing (a port in use) raise, so the error reaches the user instead
+of being lost as in the original's fire-and-forget forwarder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from zsvc import protocol
+
+log = logging.getLogger(__name__)
+
+OBSERVED_TOPICS = (b"control", b"state", b"context")
+HIGH_WATER_MARK = 10_000
+"""Per-peer queue bound: a subscriber that never reads costs at most this many messages."""
+
+MessageHandler = Callable[[protocol.Message], None]
+
+
+class BindError(Exception):
+    """An endpoint of the bus could not be bound."""
+
+
+def loopback_bind(endpoint: str) -> str:
+    """Bind TCP on loopback when a context says ``*``: the bus has no authentication yet."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard) :]
+    return endpoint
+
+
+class BusDevice:
+    """An XSUB/XPUB forwarder in the event loop, observing what the daemon needs."""
+
+    def __init__(self, context: zmq.asyncio.Context, on_message: MessageHandler):
+        self.on_message = on_message
+        self.xsub = context.socket(zmq.XSUB)
+        self.xpub = context.socket(zmq.XPUB)
+        for sock in (self.xsub, self.xpub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+            sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        self.pub_endpoints: set[str] = set()
+        self.sub_endpoints: set[str] = set()
+        self.subscriptions: collections.Counter[bytes] = collections.Counter()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def bind(self, pub_endpoint: str, sub_endpoint: str) -> None:
+        """Bind a publishers' endpoint and a subscribers' endpoint (idempotent)."""
+        pub_endpoint, sub_endpoint = loopback_bind(pub_endpoint), loopback_bind(sub_endpoint)
+        if pub_endpoint in self.sub_endpoints or sub_endpoint in self.pub_endpoints:
+            raise BindError(
+                f"bus endpoints {pub_endpoint} and {sub_endpoint} clash with the other side"
+            )
+        for sock, endpoint, bound in (
+            (self.xsub, pub_endpoint, self.pub_endpoints),
+            (self.xpub, sub_endpoint, self.sub_endpoints),
+        ):
+            if endpoint in bound:
+                continue
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise BindError(f"cannot bind the bus endpoint {endpoint}: {exc}") from exc
+            bound.add(endpoint)
+            log.info("bus bound %s", endpoint)
+
+    def start(self) -> None:
+        # Publishers filter on their side by the subscriptions XSUB sends them:
+        # subscribe to everything so that every message reaches the device.
+        self.xsub.send(b"\x01")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._forward(), name="bus-forward"),
+            loop.create_task(self._watch_subscriptions(), name="bus-subscriptions"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.xsub.close()
+        self.xpub.close()
+
+    def publish(self, message: protocol.Message) -> None:
+        """Publish the daemon's own message to every subscriber."""
+        self._send(protocol.encode(message))
+
+    def _send(self, frames: list[bytes]) -> None:
+        with contextlib.suppress(zmq.Again):
+            self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    async def _forward(self) -> None:
+        while True:
+            frames = await self.xsub.recv_multipart()
+            self._send(frames)
+            if frames[0].startswith(OBSERVED_TOPICS):
+                self._observe(frames)
+
+    def _observe(self, frames: list[bytes]) -> None:
+        try:
+            message = protocol.decode(frames)
+        except protocol.ProtocolError as exc:
+            log.warning("ignored a bus message: %s", exc)
+            return
+        try:
+            self.on_message(message)
+        except Exception:  # the daemon never dies from input; the bug is logged
+            log.exception("error while handling a bus message on %r", message.topic)
+
+    async def _watch_subscriptions(self) -> None:
+        while True:
+            frame = await self.xpub.recv()
+            if not frame:
+                continue
+            topic = frame[1:]
+            if frame[0] == 1:
+                self.subscriptions[topic] += 1
+            elif frame[0] == 0 and self.subscriptions[topic] > 0:
+                self.subscriptions[topic] -= 1
+
+    def subscribers(self, topic: bytes) -> int:
+        """How many subscriptions would receive *topic* (prefix match, as ZMQ does)."""
+        return sum(
+            count for prefix, count in self.subscriptions.items() if topic.startswith(prefix)
+        )

@@ -1,0 +1,101 @@
+"""The daemon's command line (``zsvc daemon`` executes this module).
+
+Kept apart from the typer CLI so that the long-running daemon does not
+carry the CLI's imports in its memory. ``--detach`` starts the daemon in the
+background and returns only once it reported READY=1 over a private notify
+socket — the same protocol systemd uses, so no polling and no sleep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from zsvc import __version__
+from zsvc.notify import NotifyServer
+from zsvc.paths import runtime_dir, state_dir
+
+DETACH_TIMEOUT = 30.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="zsvc daemon", description="Run the zsvc daemon.")
+    parser.add_argument("contexts", nargs="*", type=Path, help="context files whose bus to bind")
+    parser.add_argument("--runtime-dir", help="sockets (default /run/zsvc or $XDG_RUNTIME_DIR)")
+    parser.add_argument("--state-dir", help="table and logs (default /var/lib/zsvc or XDG)")
+    parser.add_argument("--durable", action="store_true", help="fsync every change (FULL)")
+    parser.add_argument("--runner", choices=["auto", "local"], default="auto")
+    parser.add_argument("--detach", action="store_true", help="run in the background")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"zsvc {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runtime = runtime_dir(args.runtime_dir)
+    state = state_dir(args.state_dir)
+    if args.detach:
+        return detach(runtime, state, argv if argv is not None else sys.argv[1:])
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from zsvc.daemon.server import DaemonOptions, run_daemon
+
+    contexts = [path.absolute() for path in args.contexts]
+    options = DaemonOptions(runtime, state, contexts=contexts, durable=args.durable)
+    return run_daemon(options)
+
+
+def detach(runtime: Path, state: Path, argv: list[str]) -> int:
+    """Start the daemon in its own session; wait for its READY=1, or report why it died."""
+    state.mkdir(parents=True, exist_ok=True)
+    log_path = state / "daemon.log"
+    child_argv = [a for a in argv if a != "--detach"]
+    child_argv += ["--runtime-dir", str(runtime), "--state-dir", str(state)]
+    with tempfile.TemporaryDirectory(prefix="zsvc-detach-") as tmp:
+        server = NotifyServer(Path(tmp) / "notify")
+        env = dict(os.environ, NOTIFY_SOCKET=server.path)
+        with open(log_path, "ab") as log_file:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "zsvc.daemon", *child_argv],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            return _await_ready(server, child, log_path)
+        finally:
+            server.close()
+
+
+def _await_ready(server: NotifyServer, child: subprocess.Popen[bytes], log_path: Path) -> int:
+    import select
+    import time
+
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([server.fileno()], [], [], min(remaining, 0.1))
+        if readable:
+            for item in server.drain():
+                if not isinstance(item, Exception) and item.pid == child.pid and item.ready:
+                    print(f"zsvc daemon {child.pid} ready; its log: {log_path}")
+                    return 0
+        if child.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            print("zsvc daemon failed to start:\n  " + "\n  ".join(tail), file=sys.stderr)
+            return 1
+    print(
+        f"zsvc daemon {child.pid} not ready after {DETACH_TIMEOUT:g} s; see {log_path}",
+        file=sys.stderr,
+    )
+    return 1

@@ -1,0 +1,581 @@
+"""The transaction manager: starts, stops and watches the tasks of every transaction.
+
+It is the only writer of the transaction table. Each change follows one
+order: change the record in memory, commit it to SQLite, then tell anyone
+(the control reply, the bus). Runner events arrive through the
+:class:`~zsvc.runners.base.RunnerEvents` methods; bus traffic the daemon
+acts on through :meth:`Manager.on_bus_message`.
+
+Commands on one transaction take its lock, so they run in arrival order;
+commands on different transactions run concurrently. Nothing is ever
+refused for being busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from zsvc import protocol
+from zsvc.config.model import Context, TaskSpec
+from zsvc.daemon.model import TaskRecord, TransactionRecord
+from zsvc.daemon.table import Table
+from zsvc.errors import (
+    BadRequest,
+    ErrorCode,
+    OperationFailed,
+    StorageError,
+    UnknownTask,
+    UnknownTransaction,
+    ZsvcError,
+)
+from zsvc.naming import unit_name
+from zsvc.paths import RuntimeLayout, StateLayout
+from zsvc.runners.base import ExitInfo, LaunchError, LaunchSpec, Runner, TaskKey
+from zsvc.states import (
+    HAS_PROCESS,
+    LastAction,
+    Result,
+    State,
+    SubState,
+    is_valid_id,
+    new_transaction_id,
+)
+from zsvc.task.host import HostSpec
+
+log = logging.getLogger(__name__)
+
+INVOCATION_ENV = "ZSVC_INVOCATION"
+"""A unique id per task run, in the task's environment: finds a run whose pid was not saved."""
+
+
+class Manager:
+    """Owns the transaction records; translates commands and events into runner calls."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        table: Table,
+        publish: Callable[[protocol.Message], None],
+        runtime: RuntimeLayout,
+        state: StateLayout,
+    ):
+        self.runner = runner
+        self.table = table
+        self.publish = publish
+        self.runtime = runtime
+        self.state = state
+        self.transactions: dict[str, TransactionRecord] = {}
+        self._info_pending: set[str] = set()
+
+    # --- persistence ------------------------------------------------------------
+
+    def _save(self, task: TaskRecord) -> None:
+        try:
+            self.table.save_task(task.to_row())
+        except StorageError:
+            if task.is_up:
+                raise
+            # An event (an exit) is not lost by a failed write: the record keeps it in
+            # memory and the next successful write of this task stores it.
+            log.exception("could not persist %s/%s", task.transaction, task.id)
+
+    # --- commands ---------------------------------------------------------------
+
+    async def start(
+        self,
+        transaction: str | None,
+        context: Context | None,
+        context_text: str | None,
+        services: list[str],
+        block: bool,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """Create a transaction from *context*, or start a known one again."""
+        if context is None:
+            if not transaction:
+                raise BadRequest("start: give a transaction id or a context file")
+            record = self._get(transaction)
+        else:
+            record = self._create(transaction, context, context_text or "")
+        async with record.lock:
+            chosen = self._choose(record, services, default=self._entry_tasks(record))
+            record.stopping = False
+            self.table.save_transaction(record.to_row())
+            launched = [task for task in chosen if not task.is_up]
+            for task in launched:
+                _preflight(task.spec)
+            for task in launched:
+                await self._launch(record, task)
+        if block:
+            await self._wait_ready(record, chosen, timeout)
+        return record.view()
+
+    async def stop(self, transaction: str, services: list[str], timeout: float | None) -> dict:
+        record = self._get(transaction)
+        async with record.lock:
+            whole = not services
+            chosen = self._choose(record, services, default=list(record.tasks.values()))
+            if whole:
+                record.stopping = True
+                self.table.save_transaction(record.to_row())
+            try:
+                await asyncio.gather(*(self._stop_task(task, timeout) for task in chosen))
+            finally:
+                if whole:
+                    record.stopping = False
+                    self.table.save_transaction(record.to_row())
+                self._context_info(record)
+        return record.view()
+
+    async def restart(self, transaction: str, services: list[str], timeout: float | None) -> dict:
+        record = self._get(transaction)
+        if services:
+            chosen_ids = [task.id for task in self._choose(record, services, default=[])]
+        else:
+            chosen_ids = [t.id for t in record.tasks.values() if t.is_up] or [
+                t.id for t in self._entry_tasks(record)
+            ]
+        await self.stop(transaction, chosen_ids, timeout)
+        return await self.start(transaction, None, None, chosen_ids, True, timeout)
+
+    def status(self, transaction: str | None) -> dict[str, Any]:
+        if transaction:
+            return self._get(transaction).view()
+        return {"transactions": [record.view() for record in self.transactions.values()]}
+
+    def log_paths(self, transaction: str, services: list[str]) -> list[dict[str, str]]:
+        record = self._get(transaction)
+        chosen = self._choose(record, services, default=list(record.tasks.values()))
+        return [
+            {"task": task.id, "path": str(self.state.task_log(record.id, task.id))}
+            for task in chosen
+        ]
+
+    async def forget(self, transaction: str) -> dict[str, Any]:
+        record = self._get(transaction)
+        async with record.lock:
+            if any(task.is_up for task in record.tasks.values()):
+                raise OperationFailed(
+                    f"transaction {transaction} still has running tasks: stop it first"
+                )
+            self.table.delete_transaction(transaction)
+            del self.transactions[transaction]
+        return {"transaction": transaction, "forgotten": True}
+
+    async def stop_all(self) -> None:
+        """Stop every task of every transaction (daemon shutdown)."""
+        await asyncio.gather(
+            *(
+                self.stop(record.id, [], None)
+                for record in list(self.transactions.values())
+                if any(task.is_up for task in record.tasks.values())
+            ),
+            return_exceptions=True,
+        )
+
+    # --- command helpers ----------------------------------------------------------
+
+    def _get(self, transaction: str) -> TransactionRecord:
+        record = self.transactions.get(transaction)
+        if record is None:
+            raise UnknownTransaction(f"unknown transaction {transaction!r}")
+        return record
+
+    def _create(self, transaction: str | None, context: Context, text: str) -> TransactionRecord:
+        if transaction is None:
+            transaction = new_transaction_id()
+        elif not is_valid_id(transaction):
+            raise BadRequest(
+                f"invalid transaction id {transaction!r}: use 1 to 64 of [A-Za-z0-9_-]"
+            )
+        existing = self.transactions.get(transaction)
+        if existing is not None:
+            if existing.context_text != text:
+                raise ZsvcError(
+                    f"transaction {transaction} exists with another context"
+                    f" ({existing.context.path}); stop and forget it first",
+                    code=ErrorCode.EXISTS,
+                )
+            return existing
+        record = TransactionRecord.new(transaction, context, text)
+        self.table.save_transaction(record.to_row())
+        for task in record.tasks.values():
+            self.table.save_task(task.to_row())
+        self.transactions[transaction] = record
+        return record
+
+    @staticmethod
+    def _entry_tasks(record: TransactionRecord) -> list[TaskRecord]:
+        return [task for task in record.tasks.values() if task.spec.starts_with_transaction]
+
+    @staticmethod
+    def _choose(
+        record: TransactionRecord, services: Iterable[str], default: list[TaskRecord]
+    ) -> list[TaskRecord]:
+        services = list(services)
+        if not services:
+            return default
+        unknown = [name for name in services if name not in record.tasks]
+        if unknown:
+            raise UnknownTask(
+                f"transaction {record.id} has no task {', '.join(map(repr, unknown))};"
+                f" its tasks: {', '.join(record.tasks)}"
+            )
+        return [record.tasks[name] for name in dict.fromkeys(services)]
+
+    async def _wait_ready(
+        self, record: TransactionRecord, tasks: list[TaskRecord], timeout: float | None
+    ) -> None:
+        waiting = {task.id: task.ready for task in tasks if task.ready is not None}
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting.values(), timeout=timeout)
+        problems = []
+        for task in tasks:
+            future = waiting.get(task.id)
+            if future is None:
+                continue
+            if future in pending:
+                problems.append(f"task {task.id} is not ready after {timeout:g} s")
+            elif (info := future.result()) is not None:
+                problems.append(f"task {task.id} {info.describe()}{_status_suffix(task)}")
+        if problems:
+            raise OperationFailed(
+                f"transaction {record.id} did not start: " + "; ".join(problems),
+                details={"transaction": record.view()},
+            )
+
+    # --- launching and stopping -----------------------------------------------------
+
+    def _launch_spec(self, record: TransactionRecord, task: TaskRecord) -> LaunchSpec:
+        spec = task.spec
+        invocation = uuid.uuid4().hex
+        task.runner_data = {"invocation": invocation}
+        env = dict(os.environ)
+        env.update(
+            ZSVC_TRANSACTION=record.id,
+            ZSVC_TASK_ID=spec.id,
+            ZSVC_SERVICE_NAME=spec.service_name,
+            PYTHONUNBUFFERED="1",
+        )
+        env[INVOCATION_ENV] = invocation
+        context_dir = str(record.context.path.parent)
+        if spec.is_command:
+            argv = tuple(spec.command or ())
+            cwd = context_dir
+            notify = spec.notify
+        else:
+            location = str(spec.location or context_dir)
+            host = HostSpec(
+                transaction=record.id,
+                task_id=spec.id,
+                service_name=spec.service_name,
+                instance=spec.instance,
+                location=location,
+                bus_pub=self.runtime.bus_pub_endpoint,
+                bus_sub=self.runtime.bus_sub_endpoint,
+                topic=spec.topic,
+                device_action=spec.device_action,
+                configuration=dict(spec.configuration),
+                handshake_timeout=spec.start_timeout,
+            )
+            env["ZSVC_TASK"] = host.to_json()
+            argv = (sys.executable, "-m", "zsvc.task")
+            cwd = location if Path(location).is_dir() else context_dir
+            notify = True
+        return LaunchSpec(
+            transaction=record.id,
+            task_id=spec.id,
+            unit=unit_name(record.id, spec.id),
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            notify=notify,
+            start_timeout=spec.start_timeout,
+            stop_timeout=spec.stop_timeout,
+            log_path=self.state.task_log(record.id, spec.id),
+            description=spec.description,
+        )
+
+    async def _launch(self, record: TransactionRecord, task: TaskRecord) -> None:
+        launch = self._launch_spec(record, task)
+        task.stop_requested = False
+        task.ready = asyncio.get_running_loop().create_future()
+        task.status_text = ""
+        task.pid = None
+        if task.starts:
+            task.restarts += 1
+        task.starts += 1
+        task.set_state(State.ACTIVATING, SubState.START, Result.SUCCESS)
+        self._save(task)  # with the invocation id, before the process exists
+        try:
+            handle = await self.runner.start(launch)
+        except LaunchError as exc:
+            log.error("%s/%s: %s", record.id, task.id, exc)
+            self._ended(task, exc.info)
+            return
+        task.handle = handle
+        task.pid = handle.pid
+        task.runner_data = {**task.runner_data, **handle.describe()}
+        self._save(task)
+        self._context_info(record)
+
+    async def _stop_task(self, task: TaskRecord, timeout: float | None) -> None:
+        if task.handle is None:
+            if task.sub_state is SubState.WAITING or not task.is_up:
+                return
+            # Up according to the table but without a process handle: nothing to signal.
+            self._ended(task, ExitInfo(Result.LOST, detail="no process to stop"))
+            return
+        task.stop_requested = True
+        task.set_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
+        self._save(task)
+        await task.handle.stop(timeout)
+
+    # --- runner events -------------------------------------------------------------
+
+    def _task(self, key: TaskKey) -> TaskRecord | None:
+        record = self.transactions.get(key[0])
+        return record.tasks.get(key[1]) if record else None
+
+    def on_ready(self, key: TaskKey) -> None:
+        task = self._task(key)
+        if task is None or task.state is not State.ACTIVATING:
+            return
+        task.set_state(State.ACTIVE, SubState.RUNNING, Result.SUCCESS)
+        task.last_action = LastAction.STARTED
+        self._save(task)
+        if task.ready is not None and not task.ready.done():
+            task.ready.set_result(None)
+        self._report(task, LastAction.STARTED)
+
+    def on_status(self, key: TaskKey, text: str) -> None:
+        task = self._task(key)
+        if task is not None and text != task.status_text:
+            task.status_text = text
+            self._save(task)
+            self._context_info(self.transactions[key[0]])
+
+    def on_stopping(self, key: TaskKey) -> None:
+        task = self._task(key)
+        if task is not None and task.state is State.ACTIVE:
+            task.set_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
+            self._save(task)
+
+    def on_exit(self, key: TaskKey, info: ExitInfo) -> None:
+        task = self._task(key)
+        if task is not None:
+            self._ended(task, info)
+
+    def _ended(self, task: TaskRecord, info: ExitInfo) -> None:
+        """Record how a run ended, then report it."""
+        task.handle = None
+        task.pid = None
+        task.last_exit = info.describe()
+        if task.stop_requested:
+            action = LastAction.STOPPED
+            if info.clean:
+                task.set_state(State.INACTIVE, SubState.DEAD, Result.SUCCESS)
+            else:
+                task.set_state(State.FAILED, SubState.FAILED, info.result)
+        elif info.clean:
+            action = LastAction.EXITED
+            task.set_state(State.INACTIVE, SubState.EXITED, Result.SUCCESS)
+        else:
+            action = LastAction.FAILED
+            task.set_state(State.FAILED, SubState.FAILED, info.result)
+        task.last_action = action
+        self._save(task)
+        if task.ready is not None and not task.ready.done():
+            task.ready.set_result(info)
+        log.info("%s/%s %s", task.transaction, task.id, info.describe())
+        self._report(task, action, info)
+
+    # --- the bus ---------------------------------------------------------------------
+
+    def _report(self, task: TaskRecord, action: LastAction, info: ExitInfo | None = None) -> None:
+        status: dict[str, Any] = {
+            "pid": task.pid,
+            "state": str(task.state),
+            "sub_state": str(task.sub_state),
+        }
+        if info is not None:
+            status["reason"] = info.describe()
+        self.publish(
+            protocol.control_message(
+                action,
+                transaction=task.transaction,
+                service_id=task.id,
+                service_name=task.spec.service_name,
+                result="success" if task.result is Result.SUCCESS else "failure",
+                device_action=task.spec.device_action,
+                **status,
+            )
+        )
+        self._context_info(self.transactions[task.transaction])
+
+    def _context_info(self, record: TransactionRecord) -> None:
+        """Publish the transaction's record once per loop turn, however many changes it had."""
+        if record.id in self._info_pending:
+            return
+        self._info_pending.add(record.id)
+        asyncio.get_running_loop().call_soon(self._publish_context_info, record.id)
+
+    def _publish_context_info(self, transaction: str) -> None:
+        self._info_pending.discard(transaction)
+        record = self.transactions.get(transaction)
+        if record is None:
+            return
+        self.publish(
+            protocol.make_message(
+                protocol.Topic.CONTROL,
+                "update",
+                transaction=transaction,
+                service_id=record.context.context_id,
+                service_name="context",
+                content={
+                    "status": {
+                        "device_action": "context_info",
+                        "result": "success",
+                        "data": record.view(),
+                    }
+                },
+            )
+        )
+
+    def on_bus_message(self, message: protocol.Message) -> None:
+        """Act on the bus traffic the daemon observes (see :mod:`zsvc.daemon.bus`)."""
+        if message.topic == protocol.Topic.CONTROL and message.action == LastAction.UPDATED:
+            task = self._task((message.transaction, message.service_id))
+            if task is not None and task.is_up and task.last_action is not LastAction.UPDATED:
+                task.last_action = LastAction.UPDATED
+                self._save(task)
+        elif message.topic == protocol.Topic.STATE and message.action == "request":
+            self._reply_context(message)
+        elif message.topic == protocol.Topic.CONTEXT:
+            log.warning(
+                "ignored a '%s' command on the bus's context topic: commands go over the"
+                " control socket (zsvc send --service_name context …)",
+                message.action,
+            )
+
+    def _reply_context(self, request: protocol.Message) -> None:
+        record = self.transactions.get(request.transaction)
+        content: dict[str, Any]
+        if record is None:
+            content = {"error": f"unknown transaction {request.transaction!r}"}
+        else:
+            content = record.view()
+        header = dict(request.header, action="reply_context")
+        self.publish(protocol.Message(protocol.Topic.STATE, header, content))
+
+    # --- restart of the daemon ---------------------------------------------------------
+
+    async def restore(self, load: Callable[[str, str], Context]) -> list[str]:
+        """Rebuild the table from SQLite and re-adopt live processes; returns what was lost."""
+        lost: list[str] = []
+        for row in list(self.table.transactions()):
+            try:
+                context = load(row.context_text, row.context_path)
+            except ZsvcError as exc:
+                log.error("transaction %s: its stored context no longer loads: %s", row.id, exc)
+                continue
+            record = TransactionRecord.new(row.id, context, row.context_text)
+            record.created = row.created
+            self.transactions[row.id] = record
+            for task_row in self.table.tasks(row.id):
+                task = record.tasks.get(task_row.task_id)
+                if task is not None:
+                    task.load_row(task_row)
+            for task in record.tasks.values():
+                if task.state in HAS_PROCESS:
+                    note = await self._readopt(record, task)
+                    if note:
+                        lost.append(note)
+            if row.stopping:
+                asyncio.get_running_loop().create_task(self.stop(row.id, [], None))
+        return lost
+
+    async def _readopt(self, record: TransactionRecord, task: TaskRecord) -> str | None:
+        launch = self._launch_spec_for_adoption(record, task)
+        description = dict(task.runner_data)
+        if task.pid is None:
+            found = find_invocation(description.get("invocation"))
+            if found is not None:
+                description.update(found)
+        handle = await self.runner.adopt(launch, description) if description.get("pid") else None
+        if handle is None:
+            was = f"process {task.pid}" if task.pid else "its process"
+            note = f"{record.id}/{task.id}: {was} ended while the daemon was not running"
+            task.stop_requested = False
+            self._ended(task, ExitInfo(Result.LOST, detail="ended while the daemon was down"))
+            return note
+        task.handle = handle
+        task.pid = handle.pid
+        task.runner_data = {**task.runner_data, **handle.describe()}
+        if task.state is State.ACTIVATING:
+            # Its READY=1, if any, went to the dead daemon; the process is alive.
+            task.set_state(State.ACTIVE, SubState.RUNNING)
+            task.last_action = LastAction.STARTED
+        task.stop_requested = task.state is State.DEACTIVATING
+        self._save(task)
+        log.info("%s/%s: re-adopted pid %d", record.id, task.id, handle.pid)
+        if task.stop_requested:
+            asyncio.get_running_loop().create_task(handle.stop())
+        return None
+
+    def _launch_spec_for_adoption(self, record: TransactionRecord, task: TaskRecord) -> LaunchSpec:
+        saved = dict(task.runner_data)
+        launch = self._launch_spec(record, task)
+        task.runner_data = saved
+        return launch
+
+
+def _preflight(spec: TaskSpec) -> None:
+    """Refuse to start what cannot possibly run, before anything is started."""
+    if spec.is_command:
+        return
+    location = spec.location
+    module = (location / spec.instance / f"Service{spec.instance}.py") if location else None
+    if module is None or not module.is_file():
+        raise OperationFailed(
+            f"task {spec.id}: task module {module} does not exist"
+            f" (instance {spec.instance!r} is looked up as"
+            f" <location>/{spec.instance}/Service{spec.instance}.py)"
+        )
+
+
+def _status_suffix(task: TaskRecord) -> str:
+    return f" [status: {task.status_text}]" if task.status_text else ""
+
+
+def find_invocation(invocation: object) -> dict[str, Any] | None:
+    """The process whose environment carries *invocation*: a run whose pid was never saved."""
+    if not isinstance(invocation, str) or not invocation:
+        return None
+    import psutil
+
+    needle = f"{INVOCATION_ENV}={invocation}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            process = psutil.Process(int(entry.name))
+            return {
+                "pid": process.pid,
+                "pgid": os.getpgid(process.pid),
+                "start_time": process.create_time(),
+            }
+        except (OSError, psutil.Error):
+            continue
+    return None

@@ -1,0 +1,162 @@
+"""The daemon's in-memory transaction table: transactions, their tasks, and their views.
+
+Records are plain mutable objects owned by :class:`zsvc.daemon.manager.Manager`;
+each converts to and from its :mod:`zsvc.daemon.table` row, and to the
+stable JSON of ``zsvc status --json`` (:meth:`TaskRecord.view`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from zsvc.config.model import Context, TaskSpec
+from zsvc.daemon.table import TaskRow, TransactionRow
+from zsvc.runners.base import ExitInfo, TaskHandle
+from zsvc.states import HAS_PROCESS, LastAction, Result, State, SubState, TransactionState
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """One task of one transaction: its configuration, its state and its process."""
+
+    transaction: str
+    spec: TaskSpec
+    state: State = State.INACTIVE
+    sub_state: SubState = SubState.DEAD
+    result: Result = Result.SUCCESS
+    pid: int | None = None
+    status_text: str = ""
+    last_action: LastAction | None = None
+    last_exit: str = ""
+    restarts: int = 0
+    starts: int = 0
+    since: float = field(default_factory=time.time)
+    runner_data: dict[str, Any] = field(default_factory=dict)
+    handle: TaskHandle | None = None
+    stop_requested: bool = False
+    ready: asyncio.Future[ExitInfo | None] | None = None
+    """Resolved with None when the current run becomes ready, or with how it ended before."""
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def is_up(self) -> bool:
+        return self.state in HAS_PROCESS
+
+    def set_state(self, state: State, sub_state: SubState, result: Result | None = None) -> None:
+        if (state, sub_state) != (self.state, self.sub_state):
+            self.since = time.time()
+        self.state, self.sub_state = state, sub_state
+        if result is not None:
+            self.result = result
+
+    def to_row(self) -> TaskRow:
+        return TaskRow(
+            transaction_id=self.transaction,
+            task_id=self.id,
+            state=self.state,
+            sub_state=self.sub_state,
+            result=self.result,
+            pid=self.pid,
+            status_text=self.status_text,
+            last_action=self.last_action or "",
+            last_exit=self.last_exit,
+            restarts=self.restarts,
+            since=self.since,
+            runner_data=self.runner_data,
+        )
+
+    def load_row(self, row: TaskRow) -> None:
+        self.state = State(row.state)
+        self.sub_state = SubState(row.sub_state)
+        self.result = Result(row.result)
+        self.pid = row.pid
+        self.status_text = row.status_text
+        self.last_action = LastAction(row.last_action) if row.last_action else None
+        self.last_exit = row.last_exit
+        self.restarts = row.restarts
+        self.starts = row.restarts + (1 if row.last_action else 0)
+        self.since = row.since
+        self.runner_data = dict(row.runner_data)
+
+    def view(self) -> dict[str, Any]:
+        """The task in ``zsvc status --json`` (a documented, stable shape)."""
+        return {
+            "id": self.id,
+            "service_name": self.spec.service_name,
+            "instance": self.spec.instance,
+            "pid": self.pid,
+            "state": str(self.state),
+            "sub_state": str(self.sub_state),
+            "result": str(self.result),
+            "status_text": self.status_text,
+            "last_action": str(self.last_action) if self.last_action else None,
+            "last_exit": self.last_exit,
+            "restarts": self.restarts,
+            "since": self.since,
+        }
+
+
+@dataclass(eq=False)
+class TransactionRecord:
+    """A transaction: its context, its tasks in context order, and a lock that orders commands."""
+
+    id: str
+    context: Context
+    context_text: str
+    created: float = field(default_factory=time.time)
+    stopping: bool = False
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def new(cls, transaction: str, context: Context, context_text: str) -> TransactionRecord:
+        record = cls(id=transaction, context=context, context_text=context_text)
+        for spec in context.tasks:
+            task = TaskRecord(transaction=transaction, spec=spec)
+            if not spec.starts_with_transaction:
+                task.sub_state = SubState.WAITING
+            record.tasks[spec.id] = task
+        return record
+
+    @property
+    def state(self) -> TransactionState:
+        """Derived from the tasks, never stored separately, so it cannot disagree with them."""
+        if self.stopping:
+            return TransactionState.STOPPING
+        states = [task.state for task in self.tasks.values()]
+        if State.ACTIVATING in states:
+            return TransactionState.STARTING
+        if State.DEACTIVATING in states:
+            return TransactionState.STOPPING
+        failed = State.FAILED in states
+        active = State.ACTIVE in states
+        if failed:
+            return TransactionState.DEGRADED if active else TransactionState.FAILED
+        return TransactionState.RUNNING if active else TransactionState.STOPPED
+
+    def to_row(self) -> TransactionRow:
+        return TransactionRow(
+            id=self.id,
+            context_path=str(self.context.path),
+            context_text=self.context_text,
+            stopping=self.stopping,
+            created=self.created,
+        )
+
+    def view(self) -> dict[str, Any]:
+        """The transaction in ``zsvc status --json``."""
+        return {
+            "transaction": self.id,
+            "state": str(self.state),
+            "context_id": self.context.context_id,
+            "context": str(self.context.path),
+            "log_name": self.context.log_name,
+            "created": self.created,
+            "tasks": [task.view() for task in self.tasks.values()],
+        }

@@ -1,0 +1,320 @@
+"""The daemon: one asyncio loop owning the control socket, the bus, the table and the runner.
+
+Start-up order matters and is the reverse of shutdown: take the runtime
+directory's lock (one daemon per directory), open the table, bind the bus,
+open the runner, re-adopt what an earlier daemon left running, and only
+then bind the control socket and tell a supervisor READY=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zsvc import __version__, commands
+from zsvc.config.loader import load_context_text
+from zsvc.config.model import Context
+from zsvc.daemon.bus import BindError, BusDevice
+from zsvc.daemon.logs import cap_logs
+from zsvc.daemon.manager import Manager
+from zsvc.daemon.table import Table
+from zsvc.errors import BadRequest, ErrorCode, OperationFailed, ZsvcError
+from zsvc.notify import sd_notify, watchdog_interval
+from zsvc.paths import RuntimeLayout, StateLayout
+from zsvc.runners.local import LocalRunner
+
+log = logging.getLogger("zsvc.daemon")
+
+LOG_CAP_BYTES = 8 << 20
+LOG_CHECK_INTERVAL = 2.0
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    runtime_dir: Path
+    state_dir: Path
+    contexts: Sequence[Path] = ()
+    durable: bool = False
+    log_cap_bytes: int = LOG_CAP_BYTES
+
+
+class Daemon:
+    """The zsvc daemon. ``await Daemon(options).run()`` serves until SIGTERM/SIGINT or shutdown."""
+
+    def __init__(self, options: DaemonOptions):
+        self.options = options
+        self.runtime = RuntimeLayout(options.runtime_dir)
+        self.state = StateLayout(options.state_dir)
+        self.zmq = zmq.asyncio.Context()
+        self.stopped = asyncio.Event()
+        self.started_at = time.time()
+        self._lock_fd: int | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.table: Table | None = None
+        self.bus: BusDevice | None = None
+        self.manager: Manager | None = None
+        self.runner = LocalRunner(self.runtime)
+
+    # --- life cycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._open()
+            notify("READY=1", f"STATUS={self._status_line()}")
+            log.info("zsvc %s ready on %s", __version__, self.runtime.root)
+            await self.stopped.wait()
+            notify("STOPPING=1", "STATUS=stopping every task")
+            assert self.manager is not None
+            await self.manager.stop_all()
+        finally:
+            await self._close()
+
+    async def _open(self) -> None:
+        self._take_lock()
+        contexts = [self._load_file(path) for path in self.options.contexts]
+        self.table = Table(self.state.database, durable=self.options.durable)
+        self.bus = BusDevice(self.zmq, self._on_bus_message)
+        try:
+            self.bus.bind(self.runtime.bus_pub_endpoint, self.runtime.bus_sub_endpoint)
+            for context in contexts:
+                self.bus.bind(context.endpoints.pub_bind, context.endpoints.sub_bind)
+        except BindError as exc:
+            raise DaemonError(str(exc)) from exc
+        self.bus.start()
+        self.manager = Manager(self.runner, self.table, self.bus.publish, self.runtime, self.state)
+        await self.runner.open(self.manager)
+        lost = await self.manager.restore(self._load_stored)
+        for note in lost:
+            log.warning("lost: %s", note)
+        for record in self.manager.transactions.values():
+            with contextlib.suppress(BindError):
+                self.bus.bind(record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
+        self.control = self.zmq.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(self.runtime.control_endpoint)
+        os.chmod(self.runtime.control, 0o660)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopped.set)
+        self._spawn(self._serve_control(), "control")
+        self._spawn(self._cap_logs(), "log-cap")
+        if (interval := watchdog_interval()) is not None:
+            self._spawn(self._ping_watchdog(interval), "watchdog")
+
+    async def _close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if hasattr(self, "control"):
+            self.control.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.runtime.control.unlink()
+        await self.runner.close()
+        if self.bus is not None:
+            await self.bus.close()
+            for path in (self.runtime.bus_pub, self.runtime.bus_sub):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        if self.table is not None:
+            self.table.close()
+        self.zmq.term()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+    def _take_lock(self) -> None:
+        root = self.runtime.root
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise DaemonError(f"cannot create the runtime directory {root}: {exc}") from exc
+        fd = os.open(self.runtime.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DaemonError(
+                f"another zsvc daemon (pid {other}) already runs on {root};"
+                " stop it with 'zsvc shutdown' or choose another --runtime-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _status_line(self) -> str:
+        manager = self.manager
+        if manager is None:
+            return "starting"
+        tasks = sum(
+            task.is_up for record in manager.transactions.values() for task in record.tasks.values()
+        )
+        return f"{len(manager.transactions)} transactions, {tasks} tasks up"
+
+    # --- loops ------------------------------------------------------------------
+
+    async def _serve_control(self) -> None:
+        while True:
+            frames = await self.control.recv_multipart()
+            if len(frames) != 2:
+                log.warning("ignored a control message of %d frames", len(frames))
+                continue
+            identity, payload = frames
+            self._spawn(self._answer(identity, payload), "request")
+
+    async def _answer(self, identity: bytes, payload: bytes) -> None:
+        request_id, command, args = commands.decode_request(payload)
+        if isinstance(args, ZsvcError):
+            log.warning("bad control request: %s", args)
+            reply = commands.encode_reply(request_id or "", error=args.to_wire())
+        else:
+            assert command is not None
+            try:
+                result = await getattr(self, f"cmd_{command.name}")(**args)
+                reply = commands.encode_reply(request_id or "", result=result)
+            except ZsvcError as exc:
+                reply = commands.encode_reply(request_id or "", error=exc.to_wire())
+            except Exception as exc:  # a bug must not kill the daemon nor hang the client
+                log.exception("internal error in %s", command.name)
+                error = ZsvcError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL)
+                reply = commands.encode_reply(request_id or "", error=error.to_wire())
+        with contextlib.suppress(zmq.ZMQError):
+            await self.control.send_multipart([identity, reply])
+
+    async def _cap_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_CHECK_INTERVAL)
+            assert self.manager is not None
+            paths = [
+                self.state.task_log(record.id, task.id)
+                for record in self.manager.transactions.values()
+                for task in record.tasks.values()
+                if task.is_up
+            ]
+            cap_logs(paths, self.options.log_cap_bytes)
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        while True:
+            notify("WATCHDOG=1", f"STATUS={self._status_line()}")
+            await asyncio.sleep(interval)
+
+    def _on_bus_message(self, message: Any) -> None:
+        if self.manager is not None:
+            self.manager.on_bus_message(message)
+
+    # --- contexts -------------------------------------------------------------------
+
+    @staticmethod
+    def _load_file(path: Path) -> Context:
+        from zsvc.config.loader import load_context
+
+        try:
+            return load_context(path)
+        except ZsvcError as exc:
+            raise DaemonError(str(exc)) from exc
+
+    @staticmethod
+    def _load_stored(text: str, path: str) -> Context:
+        return load_context_text(text, path)
+
+    # --- commands (one per entry of zsvc.commands.COMMANDS) -----------------------------
+
+    async def cmd_ping(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "runner": self.runner.name,
+            "runtime_dir": str(self.runtime.root),
+            "state_dir": str(self.state.root),
+            "since": self.started_at,
+            "status": self._status_line(),
+        }
+
+    async def cmd_start(
+        self,
+        transaction: str | None,
+        context_path: str | None,
+        context_text: str | None,
+        services: list[str],
+        block: bool,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        assert self.manager is not None and self.bus is not None
+        context = None
+        if context_text is not None:
+            context = load_context_text(context_text, context_path or "<context>")
+            try:
+                self.bus.bind(context.endpoints.pub_bind, context.endpoints.sub_bind)
+            except BindError as exc:
+                raise OperationFailed(str(exc)) from exc
+        elif context_path is not None:
+            raise BadRequest("start: 'context_path' needs 'context_text'")
+        return await self.manager.start(
+            transaction, context, context_text, services, block, timeout
+        )
+
+    async def cmd_stop(self, transaction: str, services: list[str], timeout: float | None) -> Any:
+        assert self.manager is not None
+        return await self.manager.stop(transaction, services, timeout)
+
+    async def cmd_restart(
+        self, transaction: str, services: list[str], timeout: float | None
+    ) -> Any:
+        assert self.manager is not None
+        return await self.manager.restart(transaction, services, timeout)
+
+    async def cmd_status(self, transaction: str | None) -> Any:
+        assert self.manager is not None
+        return self.manager.status(transaction)
+
+    async def cmd_logs(self, transaction: str, services: list[str]) -> Any:
+        assert self.manager is not None
+        return {"logs": self.manager.log_paths(transaction, services)}
+
+    async def cmd_forget(self, transaction: str) -> Any:
+        assert self.manager is not None
+        return await self.manager.forget(transaction)
+
+    async def cmd_shutdown(self) -> dict[str, Any]:
+        asyncio.get_running_loop().call_soon(self.stopped.set)
+        return {"stopping": True}
+
+
+def notify(*assignments: str) -> None:
+    """Tell our own supervisor (systemd, or a parent zsvc) how we are, if there is one."""
+    try:
+        sd_notify(*assignments, timeout=1.0)
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+def run_daemon(options: DaemonOptions) -> int:
+    """Run the daemon in this process until it is told to stop; returns the exit status."""
+    try:
+        asyncio.run(Daemon(options).run())
+    except DaemonError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

@@ -1,0 +1,98 @@
+"""Where zsvc keeps its sockets (runtime dir) and its state (state dir).
+
+One module decides, so the daemon, the CLI and the tests agree. Explicit
+arguments win, then ``ZSVC_RUNTIME_DIR``/``ZSVC_STATE_DIR``, then the
+defaults: ``/run/zsvc`` and ``/var/lib/zsvc`` for root, the XDG base
+directories for everybody else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of the control, bus and notify sockets."""
+    if explicit:
+        return Path(explicit).absolute()
+    if env := os.environ.get("ZSVC_RUNTIME_DIR"):
+        return Path(env).absolute()
+    if os.geteuid() == 0:
+        return Path("/run/zsvc")
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "zsvc"
+    return Path(f"/tmp/zsvc-{os.geteuid()}")
+
+
+def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of the transaction table and the task logs."""
+    if explicit:
+        return Path(explicit).absolute()
+    if env := os.environ.get("ZSVC_STATE_DIR"):
+        return Path(env).absolute()
+    if os.geteuid() == 0:
+        return Path("/var/lib/zsvc")
+    if xdg := os.environ.get("XDG_STATE_HOME"):
+        return Path(xdg) / "zsvc"
+    return Path.home() / ".local" / "state" / "zsvc"
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """The files inside a runtime directory."""
+
+    root: Path
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def bus_pub(self) -> Path:
+        """Publishers connect here (the device's XSUB side)."""
+        return self.root / "bus-pub"
+
+    @property
+    def bus_sub(self) -> Path:
+        """Subscribers connect here (the device's XPUB side)."""
+        return self.root / "bus-sub"
+
+    @property
+    def notify(self) -> Path:
+        return self.root / "notify"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def control_endpoint(self) -> str:
+        return f"ipc://{self.control}"
+
+    @property
+    def bus_pub_endpoint(self) -> str:
+        return f"ipc://{self.bus_pub}"
+
+    @property
+    def bus_sub_endpoint(self) -> str:
+        return f"ipc://{self.bus_sub}"
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The files inside a state directory."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "zsvc.sqlite3"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def task_log(self, transaction: str, task_id: str) -> Path:
+        return self.logs / transaction / f"{task_id}.log"

@@ -1,0 +1,160 @@
+"""The runner contract: how a task becomes a process, whatever supervises it.
+
+Modelled on jupyter_client's kernel provisioners: one small abstract class
+whose methods mirror ``subprocess.Popen`` (start, poll, signal, stop, kill),
+plus :meth:`TaskHandle.describe` and :meth:`Runner.adopt` to find a running
+task again after a daemon restart. The local runner (the daemon's own
+supervisor) and the systemd runner (transient units) implement it; nothing
+above the runner knows which one is in use.
+
+A runner reports what happens through :class:`RunnerEvents`, in systemd's
+terms: a task is *ready* (READY=1, or exec for a task that does not
+notify), shows a *status* line, is *stopping*, has *exited* with an
+:class:`ExitInfo` whose ``result`` is systemd's service Result.
+"""
+
+from __future__ import annotations
+
+import abc
+import signal as signals
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from zsvc.states import Result
+
+TaskKey = tuple[str, str]
+"""(transaction, task id): how runners and the daemon name one task."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a runner needs to start one task, already resolved by the daemon."""
+
+    transaction: str
+    task_id: str
+    unit: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    notify: bool
+    start_timeout: float
+    stop_timeout: float
+    log_path: Path
+    description: str = ""
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.transaction, self.task_id)
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a task's process ended."""
+
+    result: Result
+    exit_code: int | None = None
+    signal: int | None = None
+    detail: str = ""
+
+    @property
+    def clean(self) -> bool:
+        return self.result is Result.SUCCESS
+
+    def describe(self) -> str:
+        """Words for ``zsvc status`` and error messages."""
+        if self.exit_code is not None:
+            how = f"exited with status {self.exit_code}"
+        elif self.signal is not None:
+            how = f"killed by {_signal_name(self.signal)}"
+        else:
+            how = "ended"
+        text = f"{how} ({self.result})"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class RunnerEvents(Protocol):
+    """What a runner tells the daemon. Each callback runs in the daemon's event loop."""
+
+    def on_ready(self, key: TaskKey) -> None: ...
+
+    def on_status(self, key: TaskKey, text: str) -> None: ...
+
+    def on_stopping(self, key: TaskKey) -> None: ...
+
+    def on_exit(self, key: TaskKey, info: ExitInfo) -> None: ...
+
+
+@dataclass
+class TaskHandle(abc.ABC):
+    """One launched task (Popen-like). ``on_exit`` is reported exactly once per handle."""
+
+    spec: LaunchSpec
+    pid: int
+    exit_info: ExitInfo | None = field(default=None, init=False)
+
+    @property
+    def key(self) -> TaskKey:
+        return self.spec.key
+
+    def poll(self) -> ExitInfo | None:
+        """How the task ended, or None while it runs."""
+        return self.exit_info
+
+    @abc.abstractmethod
+    async def wait(self) -> ExitInfo:
+        """Wait for the task to end."""
+
+    @abc.abstractmethod
+    def send_signal(self, signum: int) -> None:
+        """Signal the task's main process."""
+
+    @abc.abstractmethod
+    async def stop(self, timeout: float | None = None) -> ExitInfo:
+        """SIGTERM, wait up to the stop timeout, then SIGKILL everything the task started."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL everything the task started, now."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What must be persisted to find this task again (see :meth:`Runner.adopt`)."""
+
+
+class Runner(abc.ABC):
+    """Turns launch specs into supervised processes."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def open(self, events: RunnerEvents) -> None:
+        """Prepare (bind sockets, connect to the bus of systemd, …)."""
+
+    @abc.abstractmethod
+    async def start(self, spec: LaunchSpec) -> TaskHandle:
+        """Launch a task; raise :class:`LaunchError` when it could not even be started."""
+
+    @abc.abstractmethod
+    async def adopt(self, spec: LaunchSpec, description: Mapping[str, Any]) -> TaskHandle | None:
+        """Find a task started by an earlier daemon; None when it is gone."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the runner's resources (tasks are stopped by the daemon before)."""
+
+
+class LaunchError(Exception):
+    """A task could not be started at all (exec failed, log not writable, …)."""
+
+    def __init__(self, message: str, info: ExitInfo):
+        super().__init__(message)
+        self.info = info

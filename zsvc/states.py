@@ -1,0 +1,144 @@
+"""The one vocabulary of zsvc: task states, transaction states, triggers, actions.
+
+Every other module imports its words from here; no other file spells a state
+as a string literal. Task states mirror systemd's (``ActiveState``,
+``SubState``, ``Result`` of org.freedesktop.systemd1(5)) so that the local
+runner and the systemd runner speak one language, and the seed's
+``last_action`` words (started, updated, failed, stopped, exited) travel
+beside them on the bus.
+
+This module imports nothing but the standard library on purpose: it is
+loaded by the task host, the CLI and the daemon alike.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """A task's high-level state (systemd's ``ActiveState``)."""
+
+    INACTIVE = "inactive"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    DEACTIVATING = "deactivating"
+    FAILED = "failed"
+
+
+class SubState(StrEnum):
+    """A task's detailed state (a subset of systemd's service ``SubState``)."""
+
+    WAITING = "waiting"  # zsvc's own: not started, waits for a trigger to call it
+    START = "start"
+    RUNNING = "running"
+    EXITED = "exited"
+    AUTO_RESTART = "auto-restart"
+    STOP_SIGTERM = "stop-sigterm"
+    STOP_SIGKILL = "stop-sigkill"
+    DEAD = "dead"
+    FAILED = "failed"
+
+
+class Result(StrEnum):
+    """Why a task's last run ended (systemd's service ``Result``).
+
+    ``LOST`` is zsvc's own: the process ended while the daemon was not
+    running, so nobody could collect its exit status.
+    """
+
+    SUCCESS = "success"
+    EXIT_CODE = "exit-code"
+    SIGNAL = "signal"
+    CORE_DUMP = "core-dump"
+    TIMEOUT = "timeout"
+    WATCHDOG = "watchdog"
+    START_LIMIT_HIT = "start-limit-hit"
+    PROTOCOL = "protocol"
+    RESOURCES = "resources"
+    LOST = "lost"
+
+
+class LastAction(StrEnum):
+    """The seed's control actions, reported on the ``control`` topic."""
+
+    STARTED = "started"
+    UPDATED = "updated"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    EXITED = "exited"
+
+
+class TransactionState(StrEnum):
+    """The state of a whole transaction, derived from its tasks."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class TriggerEvent(StrEnum):
+    """The seed's four state triggers, also used as a task's entry trigger."""
+
+    ON_START = "on_start"
+    ON_UPDATE = "on_update"
+    ON_FAIL = "on_fail"
+    ON_EXIT = "on_exit"
+
+
+class TaskAction(StrEnum):
+    """What a command or a trigger asks of a task."""
+
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class ServiceType(StrEnum):
+    """The seed's ``serviceType``: a task in its own process, or a thread."""
+
+    PROCESS = "Process"
+    THREAD = "Thread"
+
+
+# The trigger that each reported action fires (seed README, "Autonomous process states").
+TRIGGER_FOR_ACTION: dict[LastAction, TriggerEvent] = {
+    LastAction.STARTED: TriggerEvent.ON_START,
+    LastAction.UPDATED: TriggerEvent.ON_UPDATE,
+    LastAction.FAILED: TriggerEvent.ON_FAIL,
+    LastAction.STOPPED: TriggerEvent.ON_EXIT,
+    LastAction.EXITED: TriggerEvent.ON_EXIT,
+}
+
+# Groups the code asks about.
+HAS_PROCESS: frozenset[State] = frozenset({State.ACTIVATING, State.ACTIVE, State.DEACTIVATING})
+"""States in which a task has (or may have) a live process."""
+
+SIGNALLABLE: frozenset[State] = HAS_PROCESS
+
+DOWN: frozenset[State] = frozenset({State.INACTIVE, State.FAILED})
+"""States in which a task has no process."""
+
+# Identifiers: transactions (DESIGN §1) and task ids share one rule, so that
+# both can be used in unit names, file names and ZMQ topics without escaping
+# surprises.
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+ID_RE = re.compile(rf"\A{ID_PATTERN}\Z")
+GENERATED_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+GENERATED_ID_LENGTH = 20
+
+
+def is_valid_id(value: str) -> bool:
+    """True when *value* may name a transaction or a task."""
+    return bool(ID_RE.match(value))
+
+
+def new_transaction_id() -> str:
+    """A fresh transaction id in the seed's style: 20 characters of [A-Z0-9]."""
+    import secrets
+
+    return "".join(secrets.choice(GENERATED_ID_ALPHABET) for _ in range(GENERATED_ID_LENGTH))

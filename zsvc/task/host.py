@@ -1,0 +1,276 @@
+"""The task host: the process a runner executes for a Python task (``python -m zsvc.task``).
+
+It reads its launch description from ``$ZSVC_TASK`` (JSON written by the
+daemon), imports the user's class, joins the bus, and only then reports
+READY=1 — after :meth:`Task.setup` returned *and* its subscription was
+confirmed through the device, so a task that says it is ready cannot miss
+a message. SIGTERM becomes STOPPING=1 and a clean close. When user code
+raises, the traceback goes to the task's log, the first line to STATUS=,
+and the host exits 1.
+
+It imports nothing heavier than pyzmq: its start-up is part of every
+task's start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from zsvc import protocol
+from zsvc.client import BusClient
+from zsvc.notify import sd_notify, watchdog_interval
+from zsvc.states import LastAction
+from zsvc.task.api import Task
+
+log = logging.getLogger("zsvc.task")
+
+SPEC_ENV = "ZSVC_TASK"
+EXIT_USER_ERROR = 1
+EXIT_SETUP_ERROR = 2
+NOTIFY_TIMEOUT = 2.0
+
+
+class TaskLoadError(Exception):
+    """The user's task class could not be found or is not a task."""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """What the daemon tells a host about its task (the JSON in ``$ZSVC_TASK``)."""
+
+    transaction: str
+    task_id: str
+    service_name: str
+    instance: str
+    location: str
+    bus_pub: str
+    bus_sub: str
+    topic: str = "process"
+    device_action: str = ""
+    configuration: dict[str, Any] = field(default_factory=dict)
+    handshake_timeout: float = 30.0
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> HostSpec:
+        raw = (environ if environ is not None else os.environ).get(SPEC_ENV)
+        if not raw:
+            raise TaskLoadError(f"${SPEC_ENV} is not set: the task host is started by zsvc")
+        return cls(**json.loads(raw))
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"))
+
+
+def load_task_class(instance: str, location: str) -> type[Task]:
+    """Import ``<location>/<instance>/Service<instance>.py`` and return ``Service<instance>``.
+
+    This is the seed's layout (``Services/EchoAction/ServiceEchoAction.py``);
+    the error says which file and which name were looked for.
+    """
+    module_name = f"{instance}.Service{instance}"
+    class_name = f"Service{instance}"
+    expected = Path(location) / instance / f"Service{instance}.py"
+    if not expected.is_file():
+        raise TaskLoadError(f"task module {expected} does not exist")
+    sys.path.insert(0, location)
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise TaskLoadError(f"{expected} defines no class {class_name}")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TaskLoadError(f"{expected}: {class_name} is not a subclass of zsvc.Task")
+    return cls
+
+
+class Runtime:
+    """The host side of a running task: what :class:`Task` methods call into."""
+
+    def __init__(self, spec: HostSpec, bus: BusClient):
+        self.spec = spec
+        self.bus = bus
+        self.stop_requested = False
+
+    @property
+    def transaction(self) -> str:
+        return self.spec.transaction
+
+    @property
+    def task_id(self) -> str:
+        return self.spec.task_id
+
+    @property
+    def service_name(self) -> str:
+        return self.spec.service_name
+
+    def publish_update(self, result: str, items: dict[str, Any]) -> None:
+        self.bus.publish(
+            protocol.control_message(
+                LastAction.UPDATED,
+                transaction=self.transaction,
+                service_id=self.task_id,
+                service_name=self.service_name,
+                result=result,
+                device_action=self.spec.device_action,
+                pid=os.getpid(),
+                **items,
+            )
+        )
+
+    def send(self, topic: str, action: str, content: dict[str, Any]) -> None:
+        self.bus.publish(
+            protocol.make_message(
+                topic,
+                action,
+                transaction=self.transaction,
+                service_id=self.task_id,
+                service_name=self.service_name,
+                content=content,
+            )
+        )
+
+    def set_status(self, text: str) -> None:
+        notify("STATUS=" + " ".join(text.splitlines()))
+
+    def addressed_to_me(self, message: protocol.Message) -> bool:
+        """A message on my topic for my transaction, naming me by id or by service name."""
+        if message.topic != self.spec.topic or message.transaction != self.transaction:
+            return False
+        if message.service_id:
+            return message.service_id == self.task_id
+        return message.service_name == self.service_name
+
+
+def notify(*assignments: str) -> None:
+    """sd_notify that never kills a task: a daemon being restarted is not the task's fault."""
+    try:
+        sd_notify(*assignments, timeout=NOTIFY_TIMEOUT)
+    except OSError as exc:
+        log.debug("sd_notify(%s) failed: %s", assignments, exc)
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag plus a wake-up of the poll loop (self-pipe)."""
+
+    def __init__(self, runtime: Runtime | None = None):
+        self.runtime = runtime
+        self.requested = False
+        self.read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_fd)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self.runtime is not None:
+            self.runtime.stop_requested = True
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def run_loop(task: Task, runtime: Runtime, stop: _StopSignal) -> None:
+    """Drive a looped task: steps on time, messages as they come, watchdog pings."""
+    poller = zmq.Poller()
+    poller.register(runtime.bus.sub, zmq.POLLIN)
+    poller.register(stop.read_fd, zmq.POLLIN)
+    ping_every = watchdog_interval()
+    now = time.monotonic()
+    next_step = now
+    next_ping = now + ping_every if ping_every else float("inf")
+    while not stop.requested:
+        now = time.monotonic()
+        if now >= next_ping:
+            notify("WATCHDOG=1")
+            next_ping = now + ping_every  # type: ignore[operator]
+        if now >= next_step:
+            task.step()
+            next_step = max(next_step + max(task.interval, 0.0), time.monotonic())
+            continue
+        timeout_ms = max(0, int((min(next_step, next_ping) - now) * 1000) + 1)
+        events = dict(poller.poll(timeout_ms))
+        if stop.read_fd in events:
+            stop.drain()
+        if runtime.bus.sub in events:
+            _deliver(task, runtime)
+
+
+def _deliver(task: Task, runtime: Runtime) -> None:
+    while True:
+        message = runtime.bus.receive(0.0)
+        if message is None:
+            return
+        if runtime.addressed_to_me(message):
+            task.on_message(message)
+
+
+def host(spec: HostSpec) -> int:
+    """Run one task to completion; the return value is the process exit status."""
+    stop = _StopSignal()
+    try:
+        cls = load_task_class(spec.instance, spec.location)
+    except Exception as exc:  # noqa: BLE001 - user code: any import error is the task's failure
+        return _fail("cannot load the task class", exc, EXIT_SETUP_ERROR)
+    bus = BusClient(spec.bus_pub, spec.bus_sub, topics=[spec.topic])
+    runtime = Runtime(spec, bus)
+    stop.runtime = runtime
+    runtime.stop_requested = stop.requested
+    task: Task | None = None
+    try:
+        bus.handshake(spec.handshake_timeout)
+        task = cls(**spec.configuration)
+        task._runtime = runtime
+        task.setup(**spec.configuration)
+        if stop.requested:
+            return 0
+        notify("READY=1", f"MAINPID={os.getpid()}")
+        if task.single:
+            task.run()  # type: ignore[attr-defined]
+        else:
+            run_loop(task, runtime, stop)
+        notify("STOPPING=1")
+        return 0
+    except Exception as exc:  # noqa: BLE001 - user code: report any failure, never hide it
+        return _fail(f"{type(task or cls).__name__} failed", exc, EXIT_USER_ERROR)
+    finally:
+        if task is not None:
+            try:
+                task.teardown()
+            except Exception as exc:  # noqa: BLE001 - user code
+                _fail("teardown failed", exc, EXIT_USER_ERROR)
+        bus.close()
+
+
+def _fail(what: str, exc: BaseException, code: int) -> int:
+    log.error("%s:\n%s", what, "".join(traceback.format_exception(exc)).rstrip())
+    notify(f"STATUS={what}: {type(exc).__name__}: {exc}".splitlines()[0])
+    return code
+
+
+def main() -> int:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        spec = HostSpec.from_environ()
+    except (TaskLoadError, ValueError, TypeError) as exc:
+        log.error("invalid task description: %s", exc)
+        return EXIT_SETUP_ERROR
+    return host(spec)
