@@ -179,8 +179,10 @@ class BusClient:
         publisher must not break a subscriber.
         """
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not self.sub.poll(max(1, int(remaining * 1000))):
+        while True:
+            remaining = deadline - time.monotonic()
+            # Poll at least once, so that receive(0) reads what is already queued.
+            if not self.sub.poll(max(0, int(remaining * 1000))):
                 return None
             frames = self.sub.recv_multipart()
             if frames[0].startswith(protocol.PROBE_PREFIX.encode()):
@@ -189,7 +191,6 @@ class BusClient:
                 return protocol.decode(frames)
             except protocol.ProtocolError as exc:
                 log.warning("ignored a bus message: %s", exc)
-        return None
 
     def close(self) -> None:
         self.pub.close()

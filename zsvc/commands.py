@@ -160,14 +160,15 @@ def decode_request(data: bytes) -> tuple[str | None, Command | None, dict[str, A
         return None, None, BadRequest(f"request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
     try:
         request = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, digit limits
         return None, None, BadRequest(f"request is not JSON: {exc}")
     if not isinstance(request, dict):
         return None, None, BadRequest("request must be a JSON object")
     request_id = request.get("id")
     if not isinstance(request_id, str) or not request_id:
         return None, None, BadRequest("request 'id' must be a non-empty string")
-    if request.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+    version = request.get("v", PROTOCOL_VERSION)
+    if type(version) is not int or version != PROTOCOL_VERSION:
         return request_id, None, BadRequest(f"unsupported protocol version {request.get('v')!r}")
     name = request.get("command")
     command = COMMANDS.get(name) if isinstance(name, str) else None

@@ -118,7 +118,8 @@ def control_message(
 
 def encode(message: Message) -> list[bytes]:
     """Frames for *message*: ``[topic, compact JSON]``."""
-    body = json.dumps(message.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    # ASCII JSON: any string a peer sent (a lone surrogate included) can be sent on.
+    body = json.dumps(message.to_dict(), separators=(",", ":"))
     return [message.topic.encode(), body.encode()]
 
 
@@ -140,7 +141,7 @@ def decode(frames: Sequence[bytes]) -> Message:
         raise ProtocolError("empty topic")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limits
         raise ProtocolError(f"topic {topic!r}: body is not JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError(f"topic {topic!r}: body is nested too deeply") from None

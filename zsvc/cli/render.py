@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from zsvc.states import Result
+
 STATE_STYLES = {
     "active": "green",
     "activating": "yellow",
@@ -49,7 +51,7 @@ def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
         table.add_column(column, overflow="fold")
     for task in record["tasks"]:
         state = f"{_styled(task['state'])}/{task['sub_state']}"
-        if task["result"] != "success":
+        if task["result"] != Result.SUCCESS:
             state += f" [red]({task['result']})[/]"
         table.add_row(
             task["id"],

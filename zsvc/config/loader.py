@@ -58,6 +58,8 @@ DEFAULT_LOCATION = Path("..") / "Services"
 MAX_SCHEMA_ROUNDS = 100
 """Bound on re-validation rounds (see :func:`_schema_issues`)."""
 
+_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
+"""How :func:`zsvc.states.is_valid_id` reads in a message."""
 _XS = "{http://www.w3.org/2001/XMLSchema}"
 _TRUE_WORDS = frozenset({"true", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "no", "off"})
@@ -186,8 +188,8 @@ def _safe_parser(**extra: Any) -> etree.XMLParser:
 
 def _to_bytes(data: bytes | str, issues: _Issues) -> bytes | None:
     """Encode text input for libxml2, keeping any encoding declaration truthful."""
-    if isinstance(data, bytes):
-        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
     text = _ENCODING_DECL_RE.sub(r"\1\2UTF-8\2", data, count=1)
     try:
         return text.encode("utf-8")
@@ -501,9 +503,6 @@ def _context_id(root: _Element, groups: dict[str, list[_Element]], issues: _Issu
     return value or ""
 
 
-_ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
-
-
 def _optional_text(
     parent: _Element, groups: dict[str, list[_Element]], tag: str, issues: _Issues
 ) -> str | None:
@@ -568,7 +567,12 @@ def _connectable(bind: str) -> str:
 
 
 def _endpoints(root: _Element, groups: dict[str, list[_Element]], issues: _Issues) -> BusEndpoints:
-    """Read the four endpoints and derive the missing ones (see TaskSpec docs)."""
+    """Read the four endpoints and derive the missing ones.
+
+    A missing bind follows its connect endpoint; a missing connect endpoint
+    follows its bind with a wildcard host made local; a side with neither
+    gets the model's default.
+    """
     given: dict[tuple[str, str], tuple[str, _Element]] = {}
     valid = True
     for tag, (side, role) in _ENDPOINT_ROLES.items():
@@ -645,24 +649,32 @@ class _TaskReader:
 def _task_spec(
     element: _Element, known_ids: frozenset[str], base_dir: Path, issues: _Issues
 ) -> TaskSpec:
-    """Build one TaskSpec, reporting every problem of this <TaskService>."""
+    """Build one TaskSpec, reporting every problem of this <TaskService>.
+
+    Attributes are checked first so that their messages come before those
+    of the children on the same line.
+    """
     reader = _TaskReader(element, known_ids, base_dir, issues)
+    groups = _groups(element)
     task_id = _task_id(reader)
-    task = _exactly_one(element, _groups(element), "Task", issues, reader.label)
-    parts = _task_parts(reader, task)
+    instance = _instance(reader, task_id, has_command=_has_command(groups))
     service_type = _service_type(reader)
+    topic = _topic(reader)
+    start_timeout = _timeout(reader, "start_timeout", DEFAULT_START_TIMEOUT)
+    stop_timeout = _timeout(reader, "stop_timeout", DEFAULT_STOP_TIMEOUT)
+    parts = _task_parts(reader, _exactly_one(element, groups, "Task", issues, reader.label))
     command, notify = _command(reader, parts.get("command"))
-    instance = _instance(reader, task_id, has_command=command is not None)
     if command is not None and service_type is ServiceType.THREAD:
         reader.at(element, "a <command> runs as a process; serviceType must be 'Process'")
+    service_name = _service_name(reader, parts.get("message"))
     config, device_action, location = _configuration(reader, parts.get("message"))
     entry, triggers = _state(reader, parts.get("state"))
     return TaskSpec(
         id=task_id,
         instance=instance,
-        service_name=_service_name(reader, parts.get("message")),
+        service_name=service_name,
         service_type=service_type,
-        topic=_topic(reader),
+        topic=topic,
         description=_text(parts.get("description")) or "",
         device_action=device_action,
         entry=entry,
@@ -671,10 +683,16 @@ def _task_spec(
         location=location,
         command=command,
         notify=notify,
-        start_timeout=_timeout(reader, "start_timeout", DEFAULT_START_TIMEOUT),
-        stop_timeout=_timeout(reader, "stop_timeout", DEFAULT_STOP_TIMEOUT),
+        start_timeout=start_timeout,
+        stop_timeout=stop_timeout,
         line=element.sourceline or 0,
     )
+
+
+def _has_command(groups: dict[str, list[_Element]]) -> bool:
+    """Whether the (first) <Task> has a <command>: it makes 'instance' optional."""
+    tasks = groups.get("Task", [])
+    return bool(tasks) and any(child.tag == "command" for child in _elements(tasks[0]))
 
 
 def _task_parts(reader: _TaskReader, task: _Element | None) -> dict[str, _Element]:

@@ -55,6 +55,12 @@ INVOCATION_ENV = "ZSVC_INVOCATION"
 """A unique id per task run, in the task's environment: finds a run whose pid was not saved."""
 
 
+SUPERVISOR_ENV = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
+"""What systemd gave the daemon about itself; a task must not inherit it."""
+
+
 class Manager:
     """Owns the transaction records; translates commands and events into runner calls."""
 
@@ -258,7 +264,7 @@ class Manager:
         spec = task.spec
         invocation = uuid.uuid4().hex
         task.runner_data = {"invocation": invocation}
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
         env.update(
             ZSVC_TRANSACTION=record.id,
             ZSVC_TASK_ID=spec.id,

@@ -306,6 +306,8 @@ def notify(*assignments: str) -> None:
     """Tell our own supervisor (systemd, or a parent zsvc) how we are, if there is one."""
     try:
         sd_notify(*assignments, timeout=1.0)
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass  # the supervisor went away (e.g. 'zsvc daemon --detach' returned): not our problem
     except OSError as exc:
         log.warning("sd_notify failed: %s", exc)
 

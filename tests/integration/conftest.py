@@ -1,0 +1,299 @@
+"""Fixtures for tests against a real daemon, real task processes and real sockets.
+
+Each test gets its own daemon with a private runtime and state directory
+(short paths under /tmp: unix socket paths are limited to 107 bytes) and
+contexts on free TCP ports. A daemon is started the way a supervisor
+starts it: with NOTIFY_SOCKET set, and the fixture waits for its READY=1.
+Every wait has a deadline; teardown always stops the daemon and every task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import psutil
+import pytest
+
+from zsvc import protocol
+from zsvc.client import BusClient, ControlClient
+from zsvc.notify import NotifyServer
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_SERVICES = REPO / "tests" / "tasks"
+REPO_SERVICES = REPO / "Services"
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TaskDef:
+    """One TaskService for :func:`render_context`."""
+
+    id: str
+    instance: str = "Sleeper"
+    service_name: str = ""
+    entry: str = "on_start"
+    config: dict[str, Any] = field(default_factory=dict)
+    location: Path | None = TEST_SERVICES
+    command: str | None = None
+    notify: bool = False
+    start_timeout: float = 20.0
+    stop_timeout: float = 5.0
+    triggers: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def render_context(
+    tasks: list[TaskDef], sub_port: int, pub_port: int, context_id: str = "ctx"
+) -> str:
+    """A context file in the seed's format."""
+    services = []
+    for task in tasks:
+        config = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in task.config.items())
+        if task.location is not None:
+            config += f"<location>{escape(str(task.location))}</location>"
+        command = ""
+        if task.command is not None:
+            notify = "true" if task.notify else "false"
+            command = f'<command notify="{notify}">{escape(task.command)}</command>'
+        triggers = "".join(
+            f"<{name}><action>{action}</action><call>{call}</call></{name}>"
+            for name, (action, call) in task.triggers.items()
+        )
+        services.append(
+            f"""
+  <TaskService id="{task.id}" instance="{task.instance}" serviceType="Process" topic="process"
+               start_timeout="{task.start_timeout}" stop_timeout="{task.stop_timeout}">
+    <Task>
+      <description>test task {task.id}</description>{command}
+      <message>
+        <header><action>start</action><service_name>{task.service_name or task.id}</service_name></header>
+        <content><configuration>{config}</configuration></content>
+      </message>
+      <state type="{task.entry}">{triggers}</state>
+    </Task>
+  </TaskService>"""
+        )
+    return f"""<?xml version="1.0"?>
+<Context>
+  <FrontEndEndpoint>tcp://127.0.0.1:{sub_port}</FrontEndEndpoint>
+  <BackendEndpoint>tcp://127.0.0.1:{pub_port}</BackendEndpoint>
+  <ContextID>{context_id}</ContextID>
+  <TaskLogName>tests</TaskLogName>{"".join(services)}
+</Context>
+"""
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class Daemon:
+    """A real ``python -m zsvc.daemon`` in private directories."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.runtime = root / "run"
+        self.state = root / "state"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "daemon.log"
+
+    # --- life cycle ------------------------------------------------------------
+
+    def start(self, *contexts: Path, expect_ready: bool = True) -> Daemon:
+        with NotifyServer(self.root / "supervisor.sock") as server:
+            env = dict(os.environ, NOTIFY_SOCKET=server.path, ZSVC_RUNTIME_DIR=str(self.runtime))
+            env["ZSVC_STATE_DIR"] = str(self.state)
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "zsvc.daemon", *map(str, contexts)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if expect_ready:
+                self._await_ready(server)
+        return self
+
+    def _await_ready(self, server: NotifyServer) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        assert self.proc is not None
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([server.fileno()], [], [], 0.2)
+            if readable and any(not isinstance(n, Exception) and n.ready for n in server.drain()):
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+        pytest.fail(f"daemon not ready within {READY_TIMEOUT} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def terminate(self) -> int | None:
+        """SIGTERM and a bounded wait; SIGKILL (and the tasks) if that fails."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+            return None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT)
+
+    # --- talking to it -----------------------------------------------------------
+
+    def client(self, timeout: float = 30.0) -> ControlClient:
+        return ControlClient(self.runtime, timeout=timeout)
+
+    def call(self, command: str, **args: Any) -> Any:
+        with self.client() as client:
+            return client.call(command, **args)
+
+    def cli(self, *args: str, timeout: float = 60.0) -> CliResult:
+        env = dict(os.environ, ZSVC_RUNTIME_DIR=str(self.runtime), ZSVC_STATE_DIR=str(self.state))
+        done = subprocess.run(
+            [sys.executable, "-m", "zsvc", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    def bus(self, *topics: str) -> BusClient:
+        bus = BusClient(
+            f"ipc://{self.runtime / 'bus-pub'}", f"ipc://{self.runtime / 'bus-sub'}", topics=topics
+        )
+        bus.handshake(10.0)
+        return bus
+
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+def wait_message(
+    bus: BusClient, match: Callable[[protocol.Message], bool], timeout: float = 20.0
+) -> protocol.Message:
+    """The first message on *bus* that *match* accepts, within *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = bus.receive(remaining)
+        if message is None:
+            break
+        if match(message):
+            return message
+        seen.append((message.topic, message.action, message.service_id))
+    pytest.fail(f"no matching message within {timeout} s; saw {seen[-20:]}")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll a condition with a deadline (for facts no event announces, e.g. a pid vanishing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"condition not met within {timeout} s: {what or predicate}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="zt-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemons(workdir: Path) -> Iterator[Callable[..., Daemon]]:
+    """A factory of daemons in *workdir*; all are stopped (tasks included) at teardown."""
+    started: list[Daemon] = []
+
+    def make(*contexts: Path, root: Path | None = None, expect_ready: bool = True) -> Daemon:
+        daemon = Daemon(root or workdir)
+        started.append(daemon)
+        return daemon.start(*contexts, expect_ready=expect_ready)
+
+    yield make
+    for daemon in started:
+        daemon.terminate()
+    _kill_leftovers(workdir)
+
+
+def _kill_leftovers(workdir: Path) -> None:
+    """No test leaves a task behind: kill any process whose environment names this test's dirs."""
+    needle = str(workdir).encode()
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.pid == os.getpid():
+                continue
+            with open(f"/proc/{proc.pid}/environ", "rb") as handle:
+                if needle in handle.read():
+                    proc.kill()
+
+
+@pytest.fixture
+def daemon(daemons: Callable[..., Daemon]) -> Daemon:
+    return daemons()
+
+
+@pytest.fixture
+def make_context(workdir: Path) -> Callable[..., Path]:
+    """Write a context file of :class:`TaskDef` on free ports; returns its path."""
+    counter = iter(range(1000))
+
+    def make(tasks: list[TaskDef], name: str | None = None) -> Path:
+        path = workdir / f"Context-{name or next(counter)}.xml"
+        path.write_text(render_context(tasks, free_port(), free_port()))
+        return path
+
+    return make

@@ -1,0 +1,5 @@
+"""``python -m zsvc``: the same as the ``zsvc`` command."""
+
+from zsvc.cli import main
+
+main()
