@@ -87,7 +87,9 @@ def render_context(
     <Task>
       <description>test task {task.id}</description>{command}
       <message>
-        <header><action>start</action><service_name>{task.service_name or task.id}</service_name></header>
+        <header>
+          <action>start</action><service_name>{task.service_name or task.id}</service_name>
+        </header>
         <content><configuration>{config}</configuration></content>
       </message>
       <state type="{task.entry}">{triggers}</state>

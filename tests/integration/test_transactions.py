@@ -30,8 +30,8 @@ def test_echo_action_flow(daemons, workdir: Path) -> None:
     # The sample as shipped, on ports of its own so that tests never collide.
     text = (REPO / "Conf" / "Context-EchoAction.xml").read_text()
     text = text.replace("5556", "25556").replace("5557", "25557")
-    text = text.replace("<device_action>shout</device_action>",
-                        f"<device_action>shout</device_action><location>{REPO_SERVICES}</location>")  # fmt: skip
+    shout = "<device_action>shout</device_action>"
+    text = text.replace(shout, f"{shout}<location>{REPO_SERVICES}</location>")
     context.write_text(text)
     daemon = daemons(context)
     bus = daemon.bus("control")
@@ -189,7 +189,10 @@ def test_task_exit_is_noticed_and_reported(daemon, make_context) -> None:
 
 
 def test_task_that_ignores_sigterm_is_killed_after_the_stop_timeout(daemon, make_context) -> None:
-    stubborn = "python3 -c 'import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)'"
+    stubborn = (
+        "python3 -c 'import signal,time;"
+        " signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)'"
+    )
     context = make_context([TaskDef("stubborn", command=stubborn, location=None, stop_timeout=0.5)])
     record = daemon.cli("start", "--context", str(context), "STUB", "--json").json()
     pid = record["tasks"][0]["pid"]

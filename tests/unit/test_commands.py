@@ -183,11 +183,6 @@ def test_oversize_request() -> None:
     assert "exceeds" in error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: decode_request() lets json's ValueError for integers over 4300 digits escape",
-)
 def test_huge_integer_gives_bad_request() -> None:
     """A number too long for int() is answered with BadRequest, not an exception.
 

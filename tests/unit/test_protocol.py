@@ -277,12 +277,6 @@ def test_deeply_nested_json_is_refused(payload: bytes) -> None:
     assert "nested too deeply" in refused([b"t", payload])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: decode() lets json's ValueError for integers over 4300 digits escape "
-    "instead of raising ProtocolError",
-)
 def test_huge_integer_is_a_protocol_error() -> None:
     """A number too long for int() (Python's 4300-digit limit) is refused as a ProtocolError.
 
@@ -294,12 +288,6 @@ def test_huge_integer_is_a_protocol_error() -> None:
         decode([b"control", payload])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="BUG: decode() accepts a lone surrogate (JSON escape \\ud800) that encode() "
-    "cannot encode: UnicodeEncodeError",
-)
 def test_a_decoded_message_can_be_encoded_again() -> None:
     """Whatever decode() accepts, encode() can send on.
 

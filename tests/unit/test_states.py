@@ -209,12 +209,6 @@ def test_no_module_but_states_compares_with_a_task_state_literal() -> None:
     assert _literal_comparisons(TASK_STATE_WORDS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: zsvc/cli/render.py compares task['result'] != 'success' "
-    "instead of using states.Result.SUCCESS",
-)
 def test_no_module_but_states_compares_with_a_result_literal() -> None:
     """Results (systemd's Result words) are compared through states.Result, too."""
     assert _literal_comparisons(RESULT_WORDS) == []
