@@ -25,6 +25,7 @@ class ServiceEchoAction(Task):
         if self.shout:
             text = text.upper() + "!"
         self.set_status(text)
+        self.log.info("%s (%d)", text, self.count)
         self.publish(count=self.count, echo=text)
 
     def on_message(self, message) -> None:

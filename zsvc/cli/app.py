@@ -324,10 +324,28 @@ def daemon(ctx: typer.Context) -> None:
 
 
 @app.command()
-def shutdown() -> None:
+def shutdown(
+    wait: bool = typer.Option(False, "--wait", help="Return once the daemon has exited."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait with --wait."),
+) -> None:
     """Stop every task, then the daemon."""
+    import time
+
+    from zsvc.client import _socket_listening
+    from zsvc.paths import RuntimeLayout, runtime_dir
+
     _call("shutdown")
-    typer.echo("daemon stopping")
+    if not wait:
+        typer.echo("daemon stopping")
+        return
+    control = RuntimeLayout(runtime_dir(_state["runtime_dir"])).control
+    deadline = time.monotonic() + timeout
+    while _socket_listening(control):  # the daemon closes it last, after every task stopped
+        if time.monotonic() > deadline:
+            typer.echo(f"zsvc: the daemon is still running after {timeout:g} s", err=True)
+            raise typer.Exit(ExitCode.FAILED)
+        time.sleep(0.05)
+    typer.echo("daemon stopped")
 
 
 @app.command()

@@ -47,7 +47,7 @@ def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
         f"  [dim]{record.get('context_id', '')} {record.get('context', '')}[/]"
     )
     table = Table(title=title, title_justify="left", expand=False)
-    for column in ("id", "name", "pid", "instance", "state", "status", "last", "↺", "since"):
+    for column in ("task", "pid", "state", "last", "↺", "since", "status"):
         table.add_column(column, overflow="fold")
     for task in record["tasks"]:
         state = f"{_styled(task['state'])}/{task['sub_state']}"
@@ -55,14 +55,12 @@ def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
             state += f" [red]({task['result']})[/]"
         table.add_row(
             task["id"],
-            task["service_name"],
             str(task["pid"] or "-"),
-            task["instance"],
             state,
-            task["status_text"] or task.get("last_exit", "") or "",
             task["last_action"] or "-",
             str(task["restarts"]),
             format_duration(now - task["since"]),
+            task["status_text"] or task.get("last_exit", "") or "",
         )
     return table
 

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The daemon never speaks TLS, but asyncio imports ssl (and OpenSSL, ~4 MB of
+    # resident memory) when it can; asyncio runs fine without it.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from zsvc.daemon.server import DaemonOptions, run_daemon
 
     contexts = [path.absolute() for path in args.contexts]

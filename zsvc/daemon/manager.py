@@ -308,6 +308,7 @@ class Manager:
             stop_timeout=spec.stop_timeout,
             log_path=self.state.task_log(record.id, spec.id),
             description=spec.description,
+            host_entry=not spec.is_command,
         )
 
     async def _launch(self, record: TransactionRecord, task: TaskRecord) -> None:
@@ -383,7 +384,7 @@ class Manager:
     def _ended(self, task: TaskRecord, info: ExitInfo) -> None:
         """Record how a run ended, then report it."""
         task.handle = None
-        task.pid = None
+        pid, task.pid = task.pid, None
         task.last_exit = info.describe()
         if task.stop_requested:
             action = LastAction.STOPPED
@@ -402,13 +403,20 @@ class Manager:
         if task.ready is not None and not task.ready.done():
             task.ready.set_result(info)
         log.info("%s/%s %s", task.transaction, task.id, info.describe())
-        self._report(task, action, info)
+        self._report(task, action, info, pid)
 
     # --- the bus ---------------------------------------------------------------------
 
-    def _report(self, task: TaskRecord, action: LastAction, info: ExitInfo | None = None) -> None:
+    def _report(
+        self,
+        task: TaskRecord,
+        action: LastAction,
+        info: ExitInfo | None = None,
+        pid: int | None = None,
+    ) -> None:
+        """Publish the seed's control message for a task event (``pid``: the run it is about)."""
         status: dict[str, Any] = {
-            "pid": task.pid,
+            "pid": pid or task.pid,
             "state": str(task.state),
             "sub_state": str(task.sub_state),
         }

@@ -43,6 +43,8 @@ class LaunchSpec:
     stop_timeout: float
     log_path: Path
     description: str = ""
+    host_entry: bool = False
+    """True when argv runs zsvc's task host: a runner may fork it from a warm process."""
 
     @property
     def key(self) -> TaskKey:

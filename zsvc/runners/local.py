@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +52,37 @@ CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.
 """Signals systemd counts as a clean end (systemd.service(5), SuccessExitStatus=)."""
 KILL_WAIT = 5.0
 """How long to wait for SIGKILL to take effect before giving up on a process."""
+
+
+def children_of(pid: int | str) -> list[int]:
+    """The children of *pid* (``"self"`` for this process), from the kernel's per-thread lists."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    children: list[int] = []
+    for tid in threads:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as handle:
+            children.extend(int(child) for child in handle.read().split())
+    return children
+
+
+def descendants(pid: int) -> set[int]:
+    """Every descendant of *pid*.
+
+    Walking the kernel's ``children`` lists costs a few reads per process,
+    where psutil's ``children(recursive=True)`` reads the status of every
+    process on the machine: a stop must not cost more with more unrelated
+    processes around.
+    """
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for child in children_of(pending.pop()):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
 
 
 def process_start_time(pid: int) -> float | None:
@@ -121,11 +156,8 @@ class LocalTask(TaskHandle):
             os.killpg(self.pgid, signum)
 
     def _remember_descendants(self) -> None:
-        """Record every descendant now, so that a double-forked one is killed too."""
-        with contextlib.suppress(psutil.Error):
-            self.descendants.update(
-                child.pid for child in psutil.Process(self.pid).children(recursive=True)
-            )
+        """Record every descendant now, so that one that left the process group is killed too."""
+        self.descendants.update(descendants(self.pid))
 
     def _cancel_start_timer(self) -> None:
         if self._start_timer is not None:
@@ -208,33 +240,135 @@ class LocalTask(TaskHandle):
             self.pidfd = -1
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants of our tasks our children (prctl(2)); False if refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+class Zygote:
+    """The daemon's end of the fork server (:mod:`zsvc.runners.zygote`)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zsvc.runners.zygote", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.sock.setblocking(False)
+        self.lock = asyncio.Lock()
+        self.broken = False
+
+    async def spawn(self, env: dict[str, str], cwd: str, log_path: str) -> int:
+        """Fork a task host; OSError when the zygote refused, ConnectionError when it is gone."""
+        request = json.dumps({"env": env, "cwd": cwd, "log": log_path}).encode()
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            try:
+                await loop.sock_sendall(self.sock, request)
+                packet = await loop.sock_recv(self.sock, 65536)
+            except OSError as exc:
+                self.broken = True
+                raise ConnectionError(f"the zygote is gone: {exc}") from exc
+        if not packet:
+            self.broken = True
+            raise ConnectionError("the zygote is gone")
+        reply = json.loads(packet)
+        if "error" in reply:
+            raise OSError(reply["error"])
+        return int(reply["pid"])
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 class LocalRunner(Runner):
-    """Supervises tasks as the daemon's own children."""
+    """Supervises tasks as the daemon's own children.
+
+    Python tasks are forked from a warm zygote when possible (set
+    ``ZSVC_ZYGOTE=0`` to execute every task instead); command tasks are
+    always executed.
+    """
 
     name = "local"
 
-    def __init__(self, layout: RuntimeLayout):
+    def __init__(self, layout: RuntimeLayout, use_zygote: bool | None = None):
         self.layout = layout
         self.events: RunnerEvents | None = None
         self.notify_server: NotifyServer | None = None
         self.by_pid: dict[int, LocalTask] = {}
         self.by_pgid: dict[int, LocalTask] = {}
+        if use_zygote is None:
+            use_zygote = os.environ.get("ZSVC_ZYGOTE", "1") != "0"
+        self.use_zygote = use_zygote
+        self.zygote: Zygote | None = None
 
     async def open(self, events: RunnerEvents) -> None:
         self.events = events
+        loop = asyncio.get_running_loop()
         self.notify_server = NotifyServer(self.layout.notify)
-        asyncio.get_running_loop().add_reader(self.notify_server.fileno(), self._on_notify)
+        loop.add_reader(self.notify_server.fileno(), self._on_notify)
+        if self.use_zygote and become_subreaper():
+            loop.add_signal_handler(signal.SIGCHLD, self._reap_strays)
+            self.zygote = Zygote()
+        elif self.use_zygote:
+            log.warning("cannot become a child subreaper: Python tasks will be executed")
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.notify_server is not None:
-            asyncio.get_running_loop().remove_reader(self.notify_server.fileno())
+            loop.remove_reader(self.notify_server.fileno())
             self.notify_server.close()
             self.notify_server = None
+        if self.zygote is not None:
+            loop.remove_signal_handler(signal.SIGCHLD)
+            self.zygote.close()
+            self.zygote = None
+
+    def _reap_strays(self) -> None:
+        """Reap children that are no task: orphans re-parented to us, a dead zygote.
+
+        Tasks are reaped by their own pidfd handler (with their exit status);
+        only other children are collected here, by pid, so no status is stolen.
+        """
+        zygote = self.zygote.proc.pid if self.zygote is not None else None
+        for pid in children_of("self"):
+            if pid in self.by_pid or pid == zygote:
+                continue
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        if self.zygote is not None and self.zygote.proc.poll() is not None:
+            code = self.zygote.proc.returncode
+            log.warning("the zygote exited (%s): Python tasks will be executed", code)
+            self.zygote.broken = True
 
     async def start(self, spec: LaunchSpec) -> LocalTask:
         env = dict(spec.env)
         env["NOTIFY_SOCKET"] = str(self.layout.notify)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if spec.host_entry and self.zygote is not None and not self.zygote.broken:
+            try:
+                pid = await self.zygote.spawn(env, spec.cwd, str(spec.log_path))
+            except ConnectionError as exc:
+                log.warning("%s: executing tasks instead", exc)
+            except OSError as exc:
+                raise LaunchError(
+                    f"cannot start the task host: {exc}",
+                    ExitInfo(Result.RESOURCES, detail=str(exc)),
+                ) from exc
+            else:
+                return self._started(spec, pid)
         try:
             log_fd = os.open(
                 spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
@@ -265,8 +399,11 @@ class LocalRunner(Runner):
         # The exit status is collected with waitid (to see core dumps). Marking the
         # Popen object as finished keeps subprocess's own reaper from stealing it.
         proc.returncode = 0
-        task = LocalTask(spec=spec, pid=proc.pid, runner=self, pgid=proc.pid)
-        task.start_time = process_start_time(proc.pid)
+        return self._started(spec, proc.pid)
+
+    def _started(self, spec: LaunchSpec, pid: int) -> LocalTask:
+        task = LocalTask(spec=spec, pid=pid, runner=self, pgid=pid)
+        task.start_time = process_start_time(pid)
         self._watch(task)
         loop = asyncio.get_running_loop()
         if spec.notify:

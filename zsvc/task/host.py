@@ -239,11 +239,15 @@ def host(spec: HostSpec) -> int:
         if stop.requested:
             return 0
         notify("READY=1", f"MAINPID={os.getpid()}")
+        log.info("%s/%s ready (pid %d)", spec.transaction, spec.task_id, os.getpid())
         if task.single:
             task.run()  # type: ignore[attr-defined]
         else:
             run_loop(task, runtime, stop)
         notify("STOPPING=1")
+        log.info(
+            "%s/%s %s", spec.transaction, spec.task_id, "stopping" if stop.requested else "done"
+        )
         return 0
     except Exception as exc:  # noqa: BLE001 - user code: report any failure, never hide it
         return _fail(f"{type(task or cls).__name__} failed", exc, EXIT_USER_ERROR)

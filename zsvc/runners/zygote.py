@@ -1,0 +1,132 @@
+"""A fork server for Python tasks: start a task host without paying for an interpreter.
+
+Starting ``python -m zsvc.task`` costs about 50 ms of CPU, most of it
+interpreter start-up and imports (pyzmq alone is ~25 ms). On two cores that
+caps a transaction's start at about forty tasks a second. The zygote is one
+process that imported the task host once; for each task it forks, and the
+child runs the host directly — what remains per task is the fork, the
+user's own module and the bus handshake.
+
+How a forked task becomes the daemon's child: the daemon is a child
+subreaper (``PR_SET_CHILD_SUBREAPER``) and the zygote double-forks. The
+intermediate process forks the task and exits at once, so the task is
+re-parented to the daemon, which then watches and reaps it exactly like a
+task it executed itself (pidfd + waitid, with the real exit status). The
+zygote answers with the pid only after it reaped the intermediate, so the
+re-parenting has happened when the daemon first looks.
+
+Protocol on a SOCK_SEQPACKET socketpair, one JSON object per packet:
+request ``{"env": {...}, "cwd": "...", "log": "..."}``, reply
+``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the daemon's
+end closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+EXIT_CHDIR = 200  # systemd's exit status for "could not change the working directory"
+MAX_PACKET = 1 << 20
+
+
+def serve(sock: socket.socket) -> None:
+    """Answer fork requests until the daemon closes its end."""
+    while True:
+        try:
+            packet = sock.recv(MAX_PACKET)
+        except InterruptedError:
+            continue
+        if not packet:
+            return
+        try:
+            request = json.loads(packet)
+            reply: dict[str, Any] = {"pid": spawn(request, sock)}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sock.send(json.dumps(reply).encode())
+
+
+def spawn(request: dict[str, Any], sock: socket.socket) -> int:
+    """Double-fork a task host; return its pid once it belongs to the daemon."""
+    log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        intermediate = os.fork()
+        if intermediate == 0:  # the intermediate: fork the task, tell its pid, leave
+            os.close(read_end)
+            task = os.fork()
+            if task == 0:
+                os.close(write_end)
+                _become_task(request, log_fd, sock)
+            os.write(write_end, str(task).encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            text = pipe.read()
+        os.waitpid(intermediate, 0)
+    finally:
+        os.close(log_fd)
+    if not text:
+        raise OSError("the intermediate process died before forking the task")
+    return int(text)
+
+
+def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket) -> None:
+    """In the task: look exactly like ``python -m zsvc.task`` started by the local runner."""
+    code = 1
+    try:
+        sock.close()
+        os.setpgid(0, 0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        os.close(null)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.chdir(request["cwd"])
+        except OSError as exc:
+            os.write(2, f"zsvc: cannot change to {request['cwd']}: {exc}\n".encode())
+            os._exit(EXIT_CHDIR)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [sys.executable, "-m", "zsvc.task"]
+        from zsvc.task.host import main
+
+        code = main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - a forked child must never return into the zygote
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+
+
+def main() -> int:
+    """``python -m zsvc.runners.zygote FD``: serve the socket inherited as FD."""
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the daemon to handle
+    # Import the task host now: this is what every forked task saves.
+    import zsvc.task.host  # noqa: F401
+
+    serve(sock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
