@@ -109,6 +109,10 @@ class Manager:
                 raise BadRequest("start: give a transaction id or a context file")
             record = self._get(transaction)
         else:
+            if transaction not in self.transactions:
+                # A new transaction is only created when what it starts can run.
+                for spec in _chosen_specs(context, services):
+                    _preflight(spec)
             record = self._create(transaction, context, context_text or "")
         async with record.lock:
             chosen = self._choose(record, services, default=self._entry_tasks(record))
@@ -550,6 +554,12 @@ class Manager:
         launch = self._launch_spec(record, task)
         task.runner_data = saved
         return launch
+
+
+def _chosen_specs(context: Context, services: list[str]) -> list[TaskSpec]:
+    if services:
+        return [spec for spec in context.tasks if spec.id in services]
+    return [spec for spec in context.tasks if spec.starts_with_transaction]
 
 
 def _preflight(spec: TaskSpec) -> None:

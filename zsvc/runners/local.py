@@ -86,9 +86,16 @@ def descendants(pid: int) -> set[int]:
 
 
 def process_start_time(pid: int) -> float | None:
-    """The process's start time (psutil's create_time), to tell a pid from its reuse."""
+    """The start time of a live process (psutil's create_time), to tell a pid from its reuse.
+
+    None when the process is gone or is a zombie: a dead task whose new
+    parent has not reaped it yet is not a task to adopt.
+    """
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except psutil.Error:
         return None
 
@@ -186,11 +193,12 @@ class LocalTask(TaskHandle):
 
     def _collect(self) -> ExitInfo | None:
         if self.adopted:
-            # Not our child: the status went to whoever is its parent now.
-            return ExitInfo(
-                self.reason or Result.LOST,
-                detail="adopted after a daemon restart; its exit status cannot be collected",
-            )
+            # Not our child: the status went to whoever is its parent now. Asked to
+            # stop, it stopped; otherwise nobody can say how it ended.
+            unknown = "adopted after a daemon restart; its exit status cannot be collected"
+            if self.reason is not None:
+                return ExitInfo(self.reason, detail=unknown)
+            return ExitInfo(Result.SUCCESS if self.stop_requested else Result.LOST, detail=unknown)
         try:
             status = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
