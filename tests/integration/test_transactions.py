@@ -273,3 +273,13 @@ def test_shutdown_command_stops_the_daemon(daemon, make_context) -> None:
     assert daemon.cli("shutdown").code == 0
     assert daemon.wait() == 0
     assert not pid_alive(pid)
+
+
+def test_many_tasks_that_are_ready_at_once_are_all_seen_ready(daemon, make_context) -> None:
+    """Forty tasks ready at once are all seen ready: a load smoke test. (The race of a READY=1
+    read before the zygote's answer is tested exactly in tests/unit/test_local_runner.py.)"""
+    context = make_context([TaskDef(f"t{i}") for i in range(40)])
+    result = daemon.cli("start", "--context", str(context), "MANY", "--timeout", "20", "--json")
+    assert result.code == 0, result.stderr
+    assert {task["state"] for task in result.json()["tasks"]} == {"active"}
+    assert daemon.cli("stop", "MANY").code == 0

@@ -249,6 +249,7 @@ class LocalTask(TaskHandle):
 
 
 PR_SET_CHILD_SUBREAPER = 36
+UNCLAIMED_LIMIT = 1024
 
 
 def become_subreaper() -> bool:
@@ -321,6 +322,9 @@ class LocalRunner(Runner):
             use_zygote = os.environ.get("ZSVC_ZYGOTE", "1") != "0"
         self.use_zygote = use_zygote
         self.zygote: Zygote | None = None
+        self._unclaimed: dict[int, list[Notification]] = {}
+        """Notifications from pids not yet known: a forked task may say READY=1 before the
+        zygote's answer naming its pid has been read. Replayed when the pid is registered."""
 
     async def open(self, events: RunnerEvents) -> None:
         self.events = events
@@ -350,6 +354,11 @@ class LocalRunner(Runner):
         Tasks are reaped by their own pidfd handler (with their exit status);
         only other children are collected here, by pid, so no status is stolen.
         """
+        if self.zygote is not None and self.zygote.lock.locked():
+            # A fork is in flight: its task may already be our child while we do not know
+            # its pid yet. Reaping it here would lose its exit status; come back shortly.
+            asyncio.get_running_loop().call_later(0.05, self._reap_strays)
+            return
         zygote = self.zygote.proc.pid if self.zygote is not None else None
         for pid in children_of("self"):
             if pid in self.by_pid or pid == zygote:
@@ -419,6 +428,8 @@ class LocalRunner(Runner):
         else:
             task.ready = True
             loop.call_soon(self._report_ready, task)
+        for note in self._unclaimed.pop(pid, ()):
+            self._apply(task, note)
         return task
 
     async def adopt(self, spec: LaunchSpec, description: Mapping[str, Any]) -> LocalTask | None:
@@ -474,9 +485,16 @@ class LocalRunner(Runner):
                 continue
             task = self._sender(item.pid)
             if task is None:
-                log.debug("notification from pid %d, which is no task: %s", item.pid, item.fields)
+                self._hold(item)
                 continue
             self._apply(task, item)
+
+    def _hold(self, note: Notification) -> None:
+        """Keep a notification from an unknown pid until that pid becomes a task (bounded)."""
+        log.debug("notification from pid %d, not (yet) a task: %s", note.pid, note.fields)
+        if len(self._unclaimed) >= UNCLAIMED_LIMIT:
+            self._unclaimed.pop(next(iter(self._unclaimed)))
+        self._unclaimed.setdefault(note.pid, []).append(note)
 
     def _sender(self, pid: int) -> LocalTask | None:
         """The task a notification comes from: its main pid, or a process in its group.
