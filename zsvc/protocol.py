@@ -94,6 +94,10 @@ def make_message(
     return Message(topic=topic, header=header, content=dict(content or {}))
 
 
+RESERVED_STATUS_KEYS = frozenset({"result", "device_action", "pid"})
+"""Keys of ``content.status`` that zsvc fills in; a task's own items may not use them."""
+
+
 def control_message(
     action: str,
     *,
@@ -102,10 +106,19 @@ def control_message(
     service_name: str,
     result: str = "success",
     device_action: str = "",
-    **status: Any,
+    pid: int | None = None,
+    status: Mapping[str, Any] | None = None,
 ) -> Message:
-    """A ``control`` report in the seed's shape: ``content.status`` with ``result``."""
-    body = {"result": result, "device_action": device_action, **status}
+    """A ``control`` report in the seed's shape: ``content.status`` with ``result``.
+
+    *status* items are merged in beside ``result``, ``device_action`` and
+    ``pid``, which they may not replace (ValueError names the clash).
+    """
+    items = dict(status or {})
+    clash = RESERVED_STATUS_KEYS.intersection(items)
+    if clash:
+        raise ValueError(f"status keys {sorted(clash)} are reserved for zsvc")
+    body = {"result": result, "device_action": device_action, "pid": pid, **items}
     return make_message(
         Topic.CONTROL,
         action,

@@ -283,3 +283,22 @@ def test_many_tasks_that_are_ready_at_once_are_all_seen_ready(daemon, make_conte
     assert result.code == 0, result.stderr
     assert {task["state"] for task in result.json()["tasks"]} == {"active"}
     assert daemon.cli("stop", "MANY").code == 0
+
+
+def test_a_step_slower_than_its_interval_does_not_starve_messages(daemon, make_context) -> None:
+    context = make_context([TaskDef("slow", instance="SlowStep", service_name="slow")])
+    assert daemon.cli("start", "--context", str(context), "SLOW").code == 0
+    bus = daemon.bus("control")
+    assert (
+        daemon.cli("send", "--service_name=slow", "--transaction=SLOW", "--action=ping").code == 0
+    )
+    heard = wait_message(bus, lambda m: m.action == "updated" and m.service_id == "slow")
+    assert heard.content["status"]["heard"] == "ping"
+    bus.close()
+
+
+def test_a_task_package_may_share_a_name_with_a_standard_module(daemon, make_context) -> None:
+    context = make_context([TaskDef("sig", instance="signal")])
+    result = daemon.cli("start", "--context", str(context), "SIG", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["tasks"][0]["state"] == "active"

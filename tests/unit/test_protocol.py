@@ -98,6 +98,18 @@ def test_control_message_has_the_seed_status_shape() -> None:
     assert decode(encode(message)).content == message.content
 
 
+def test_control_message_merges_items_but_protects_its_own_keys() -> None:
+    """A task's items sit beside result/device_action/pid and may not replace them."""
+    message = control_message(
+        "updated", transaction="T", service_id="s", service_name="n", status={"count": 3}
+    )
+    assert message.content["status"]["count"] == 3
+    with pytest.raises(ValueError, match="reserved"):
+        control_message(
+            "updated", transaction="T", service_id="s", service_name="n", status={"pid": 1}
+        )
+
+
 def test_missing_content_defaults_to_empty_and_header_fields_are_filled() -> None:
     """A message with only header.action gets content {} and all four header fields."""
     message = decode([b"state", body({"header": {"action": "request"}})])

@@ -419,11 +419,7 @@ class Manager:
         pid: int | None = None,
     ) -> None:
         """Publish the seed's control message for a task event (``pid``: the run it is about)."""
-        status: dict[str, Any] = {
-            "pid": pid or task.pid,
-            "state": str(task.state),
-            "sub_state": str(task.sub_state),
-        }
+        status: dict[str, Any] = {"state": str(task.state), "sub_state": str(task.sub_state)}
         if info is not None:
             status["reason"] = info.describe()
         self.publish(
@@ -434,7 +430,8 @@ class Manager:
                 service_name=task.spec.service_name,
                 result="success" if task.result is Result.SUCCESS else "failure",
                 device_action=task.spec.device_action,
-                **status,
+                pid=pid or task.pid,
+                status=status,
             )
         )
         self._context_info(self.transactions[task.transaction])

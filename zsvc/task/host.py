@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ log = logging.getLogger("zsvc.task")
 
 SPEC_ENV = "ZSVC_TASK"
 EXIT_USER_ERROR = 1
+"""The task's own code raised (setup, step, run, on_message, teardown)."""
 EXIT_SETUP_ERROR = 2
+"""The host could not even run the task: no such class, no bus."""
 NOTIFY_TIMEOUT = 2.0
 
 
@@ -73,19 +76,33 @@ class HostSpec:
         return json.dumps(self.__dict__, separators=(",", ":"))
 
 
+SERVICES_PACKAGE = "zsvc_services"
+"""The package task code is imported under, so that an instance named like any other
+module (``json``, ``zmq``, …) cannot collide with it."""
+
+
 def load_task_class(instance: str, location: str) -> type[Task]:
     """Import ``<location>/<instance>/Service<instance>.py`` and return ``Service<instance>``.
 
-    This is the seed's layout (``Services/EchoAction/ServiceEchoAction.py``);
-    the error says which file and which name were looked for.
+    This is the seed's layout (``Services/EchoAction/ServiceEchoAction.py``).
+    The package is imported as ``zsvc_services.<instance>``, so relative
+    imports inside it work; ``location`` also goes first on ``sys.path`` for
+    code that imports its siblings by name. The error says which file and
+    which name were looked for.
     """
-    module_name = f"{instance}.Service{instance}"
     class_name = f"Service{instance}"
-    expected = Path(location) / instance / f"Service{instance}.py"
+    expected = Path(location) / instance / f"{class_name}.py"
     if not expected.is_file():
         raise TaskLoadError(f"task module {expected} does not exist")
     sys.path.insert(0, location)
-    module = importlib.import_module(module_name)
+    parent = sys.modules.get(SERVICES_PACKAGE)
+    if parent is None:
+        parent = types.ModuleType(SERVICES_PACKAGE)
+        parent.__path__ = []
+        sys.modules[SERVICES_PACKAGE] = parent
+    if location not in parent.__path__:
+        parent.__path__.insert(0, location)
+    module = importlib.import_module(f"{SERVICES_PACKAGE}.{instance}.{class_name}")
     cls = getattr(module, class_name, None)
     if cls is None:
         raise TaskLoadError(f"{expected} defines no class {class_name}")
@@ -124,7 +141,7 @@ class Runtime:
                 result=result,
                 device_action=self.spec.device_action,
                 pid=os.getpid(),
-                **items,
+                status=items,
             )
         )
 
@@ -201,8 +218,9 @@ def run_loop(task: Task, runtime: Runtime, stop: _StopSignal) -> None:
         if now >= next_step:
             task.step()
             next_step = max(next_step + max(task.interval, 0.0), time.monotonic())
-            continue
-        timeout_ms = max(0, int((min(next_step, next_ping) - now) * 1000) + 1)
+        # Poll even when the next step is already due: a step slower than its
+        # interval must not starve the messages.
+        timeout_ms = max(0, int((min(next_step, next_ping) - time.monotonic()) * 1000) + 1)
         events = dict(poller.poll(timeout_ms))
         if stop.read_fd in events:
             stop.drain()
@@ -227,37 +245,40 @@ def host(spec: HostSpec) -> int:
     except Exception as exc:  # noqa: BLE001 - user code: any import error is the task's failure
         return _fail("cannot load the task class", exc, EXIT_SETUP_ERROR)
     bus = BusClient(spec.bus_pub, spec.bus_sub, topics=[spec.topic])
+    try:
+        bus.handshake(spec.handshake_timeout)
+    except TimeoutError as exc:
+        bus.close()
+        return _fail(f"cannot join the bus at {spec.bus_sub}", exc, EXIT_SETUP_ERROR)
     runtime = Runtime(spec, bus)
     stop.runtime = runtime
     runtime.stop_requested = stop.requested
     task: Task | None = None
+    code = 0
     try:
-        bus.handshake(spec.handshake_timeout)
         task = cls(**spec.configuration)
         task._runtime = runtime
         task.setup(**spec.configuration)
-        if stop.requested:
-            return 0
-        notify("READY=1", f"MAINPID={os.getpid()}")
-        log.info("%s/%s ready (pid %d)", spec.transaction, spec.task_id, os.getpid())
-        if task.single:
-            task.run()  # type: ignore[attr-defined]
-        else:
-            run_loop(task, runtime, stop)
+        if not stop.requested:  # asked to stop during set-up: a clean end, never ready
+            notify("READY=1", f"MAINPID={os.getpid()}")
+            log.info("%s/%s ready (pid %d)", spec.transaction, spec.task_id, os.getpid())
+            if task.single:
+                task.run()  # type: ignore[attr-defined]
+            else:
+                run_loop(task, runtime, stop)
         notify("STOPPING=1")
-        log.info(
-            "%s/%s %s", spec.transaction, spec.task_id, "stopping" if stop.requested else "done"
-        )
-        return 0
+        ending = "stopping" if stop.requested else "done"
+        log.info("%s/%s %s", spec.transaction, spec.task_id, ending)
     except Exception as exc:  # noqa: BLE001 - user code: report any failure, never hide it
-        return _fail(f"{type(task or cls).__name__} failed", exc, EXIT_USER_ERROR)
+        code = _fail(f"{type(task or cls).__name__} failed", exc, EXIT_USER_ERROR)
     finally:
         if task is not None:
             try:
                 task.teardown()
             except Exception as exc:  # noqa: BLE001 - user code
-                _fail("teardown failed", exc, EXIT_USER_ERROR)
+                code = code or _fail("teardown failed", exc, EXIT_USER_ERROR)
         bus.close()
+    return code
 
 
 def _fail(what: str, exc: BaseException, code: int) -> int:

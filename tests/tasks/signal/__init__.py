@@ -1,0 +1,1 @@
+"""A task package named like a standard module the task host has imported already."""
