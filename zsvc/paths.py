@@ -67,6 +67,10 @@ class RuntimeLayout:
     def lock(self) -> Path:
         return self.root / "daemon.lock"
 
+    def spawned(self, invocation: str) -> Path:
+        """Where the zygote notes the pid of a task it forked (see :mod:`zsvc.runners.zygote`)."""
+        return self.root / "spawned" / invocation
+
     @property
     def control_endpoint(self) -> str:
         return f"ipc://{self.control}"

@@ -111,6 +111,20 @@ def load_context_text(data: bytes | str, path: str | Path) -> Context:
 # --------------------------------------------------------------------------- issues
 
 
+_CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in range(32)} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x7F: "\\x7f",
+}
+
+
+def one_line(message: str) -> str:
+    """A message fit for ``file:line:column: message``: values quoted from the file may hold
+    newlines or other control characters, which are shown escaped."""
+    return message.translate(_CONTROL_CHARACTERS)
+
+
 @dataclass
 class _Issues:
     """Collects problems instead of stopping at the first, so users fix a file in one go."""
@@ -119,7 +133,7 @@ class _Issues:
     items: list[ConfigIssue] = field(default_factory=list)
 
     def add(self, line: int, column: int, message: str) -> None:
-        self.items.append(ConfigIssue(self.file, line, column, message))
+        self.items.append(ConfigIssue(self.file, line, column, one_line(message)))
 
     def at(self, element: _Element, message: str) -> None:
         """Report *message* at *element*'s line (column 1: lxml keeps no element columns)."""

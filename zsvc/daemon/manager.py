@@ -14,6 +14,7 @@ refused for being busy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -37,7 +38,15 @@ from zsvc.errors import (
 )
 from zsvc.naming import unit_name
 from zsvc.paths import RuntimeLayout, StateLayout
-from zsvc.runners.base import ExitInfo, LaunchError, LaunchSpec, Runner, TaskKey
+from zsvc.procs import find_invocation, process_start_time
+from zsvc.runners.base import (
+    INVOCATION_ENV,
+    ExitInfo,
+    LaunchError,
+    LaunchSpec,
+    Runner,
+    TaskKey,
+)
 from zsvc.states import (
     HAS_PROCESS,
     LastAction,
@@ -50,9 +59,6 @@ from zsvc.states import (
 from zsvc.task.host import HostSpec
 
 log = logging.getLogger(__name__)
-
-INVOCATION_ENV = "ZSVC_INVOCATION"
-"""A unique id per task run, in the task's environment: finds a run whose pid was not saved."""
 
 
 SUPERVISOR_ENV = frozenset(
@@ -207,13 +213,17 @@ class Manager:
             )
         existing = self.transactions.get(transaction)
         if existing is not None:
-            if existing.context_text != text:
+            if existing.context_text == text:
+                return existing
+            if any(task.is_up for task in existing.tasks.values()):
                 raise ZsvcError(
-                    f"transaction {transaction} exists with another context"
-                    f" ({existing.context.path}); stop and forget it first",
+                    f"transaction {transaction} is running with another context"
+                    f" ({existing.context.path}); stop it first",
                     code=ErrorCode.EXISTS,
                 )
-            return existing
+            # Nothing runs: the new context replaces the old one (a corrected file).
+            self.table.delete_transaction(transaction)
+            del self.transactions[transaction]
         record = TransactionRecord.new(transaction, context, text)
         self.table.save_transaction(record.to_row())
         for task in record.tasks.values():
@@ -324,8 +334,13 @@ class Manager:
         if task.starts:
             task.restarts += 1
         task.starts += 1
+        before = task.to_row()
         task.set_state(State.ACTIVATING, SubState.START, Result.SUCCESS)
-        self._save(task)  # with the invocation id, before the process exists
+        try:
+            self._save(task)  # with the invocation id, before the process exists
+        except StorageError:
+            task.load_row(before)  # nothing was started: the record says so again
+            raise
         try:
             handle = await self.runner.start(launch)
         except LaunchError as exc:
@@ -336,6 +351,8 @@ class Manager:
         task.pid = handle.pid
         task.runner_data = {**task.runner_data, **handle.describe()}
         self._save(task)
+        with contextlib.suppress(FileNotFoundError):
+            self.runtime.spawned(task.runner_data["invocation"]).unlink()
         self._context_info(record)
 
     async def _stop_task(self, task: TaskRecord, timeout: float | None) -> None:
@@ -378,6 +395,13 @@ class Manager:
         task = self._task(key)
         if task is not None and task.state is State.ACTIVE:
             task.set_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
+            self._save(task)
+
+    def on_main_pid(self, key: TaskKey, pid: int, description: dict[str, Any]) -> None:
+        task = self._task(key)
+        if task is not None and task.handle is not None:
+            task.pid = pid
+            task.runner_data = {**task.runner_data, **description}
             self._save(task)
 
     def on_exit(self, key: TaskKey, info: ExitInfo) -> None:
@@ -522,14 +546,14 @@ class Manager:
         launch = self._launch_spec_for_adoption(record, task)
         description = dict(task.runner_data)
         if task.pid is None:
-            found = find_invocation(description.get("invocation"))
+            found = self._find_unsaved_run(description.get("invocation"))
             if found is not None:
                 description.update(found)
         handle = await self.runner.adopt(launch, description) if description.get("pid") else None
         if handle is None:
             was = f"process {task.pid}" if task.pid else "its process"
             note = f"{record.id}/{task.id}: {was} ended while the daemon was not running"
-            task.stop_requested = False
+            task.stop_requested = task.state is State.DEACTIVATING  # it was being stopped
             self._ended(task, ExitInfo(Result.LOST, detail="ended while the daemon was down"))
             return note
         task.handle = handle
@@ -545,6 +569,17 @@ class Manager:
         if task.stop_requested:
             asyncio.get_running_loop().create_task(handle.stop())
         return None
+
+    def _find_unsaved_run(self, invocation: object) -> dict[str, Any] | None:
+        """A run started just before a crash, whose pid never reached the table."""
+        if not isinstance(invocation, str) or not invocation:
+            return None
+        marker = self.runtime.spawned(invocation)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(marker.read_text())
+            marker.unlink()
+            return {"pid": pid, "pgid": pid, "start_time": process_start_time(pid)}
+        return find_invocation(invocation)
 
     def _launch_spec_for_adoption(self, record: TransactionRecord, task: TaskRecord) -> LaunchSpec:
         saved = dict(task.runner_data)
@@ -575,28 +610,3 @@ def _preflight(spec: TaskSpec) -> None:
 
 def _status_suffix(task: TaskRecord) -> str:
     return f" [status: {task.status_text}]" if task.status_text else ""
-
-
-def find_invocation(invocation: object) -> dict[str, Any] | None:
-    """The process whose environment carries *invocation*: a run whose pid was never saved."""
-    if not isinstance(invocation, str) or not invocation:
-        return None
-    import psutil
-
-    needle = f"{INVOCATION_ENV}={invocation}".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                if needle not in handle.read().split(b"\0"):
-                    continue
-            process = psutil.Process(int(entry.name))
-            return {
-                "pid": process.pid,
-                "pgid": os.getpgid(process.pid),
-                "start_time": process.create_time(),
-            }
-        except (OSError, psutil.Error):
-            continue
-    return None

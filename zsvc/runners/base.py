@@ -24,6 +24,9 @@ from typing import Any, Protocol
 
 from zsvc.states import Result
 
+INVOCATION_ENV = "ZSVC_INVOCATION"
+"""A unique id per task run, in the task's environment: finds a run whose pid was not saved."""
+
 TaskKey = tuple[str, str]
 """(transaction, task id): how runners and the daemon name one task."""
 
@@ -91,6 +94,8 @@ class RunnerEvents(Protocol):
     def on_status(self, key: TaskKey, text: str) -> None: ...
 
     def on_stopping(self, key: TaskKey) -> None: ...
+
+    def on_main_pid(self, key: TaskKey, pid: int, description: dict[str, Any]) -> None: ...
 
     def on_exit(self, key: TaskKey, info: ExitInfo) -> None: ...
 

@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from zsvc.notify import Notification, NotifyProtocolError, NotifyServer
 from zsvc.paths import RuntimeLayout
+from zsvc.procs import children_of, descendants, process_start_time
 from zsvc.runners.base import (
+    INVOCATION_ENV,
     ExitInfo,
     LaunchError,
     LaunchSpec,
@@ -54,52 +54,6 @@ KILL_WAIT = 5.0
 """How long to wait for SIGKILL to take effect before giving up on a process."""
 
 
-def children_of(pid: int | str) -> list[int]:
-    """The children of *pid* (``"self"`` for this process), from the kernel's per-thread lists."""
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    children: list[int] = []
-    for tid in threads:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as handle:
-            children.extend(int(child) for child in handle.read().split())
-    return children
-
-
-def descendants(pid: int) -> set[int]:
-    """Every descendant of *pid*.
-
-    Walking the kernel's ``children`` lists costs a few reads per process,
-    where psutil's ``children(recursive=True)`` reads the status of every
-    process on the machine: a stop must not cost more with more unrelated
-    processes around.
-    """
-    found: set[int] = set()
-    pending = [pid]
-    while pending:
-        for child in children_of(pending.pop()):
-            if child not in found:
-                found.add(child)
-                pending.append(child)
-    return found
-
-
-def process_start_time(pid: int) -> float | None:
-    """The start time of a live process (psutil's create_time), to tell a pid from its reuse.
-
-    None when the process is gone or is a zombie: a dead task whose new
-    parent has not reaped it yet is not a task to adopt.
-    """
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.create_time()
-    except psutil.Error:
-        return None
-
-
 @dataclass(eq=False)
 class LocalTask(TaskHandle):
     """A task process supervised by the local runner."""
@@ -112,6 +66,7 @@ class LocalTask(TaskHandle):
     reason: Result | None = None  # set when zsvc itself ends the process (timeout, …)
     stop_requested: bool = False
     pidfd: int = -1
+    last_ping: float | None = None
     descendants: set[int] = field(default_factory=set)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
     _start_timer: asyncio.TimerHandle | None = None
@@ -274,9 +229,9 @@ class Zygote:
         self.lock = asyncio.Lock()
         self.broken = False
 
-    async def spawn(self, env: dict[str, str], cwd: str, log_path: str) -> int:
+    async def spawn(self, env: dict[str, str], cwd: str, log_path: str, marker: str | None) -> int:
         """Fork a task host; OSError when the zygote refused, ConnectionError when it is gone."""
-        request = json.dumps({"env": env, "cwd": cwd, "log": log_path}).encode()
+        request = json.dumps({"env": env, "cwd": cwd, "log": log_path, "marker": marker}).encode()
         loop = asyncio.get_running_loop()
         async with self.lock:
             try:
@@ -375,8 +330,14 @@ class LocalRunner(Runner):
         env["NOTIFY_SOCKET"] = str(self.layout.notify)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         if spec.host_entry and self.zygote is not None and not self.zygote.broken:
+            invocation = env.get(INVOCATION_ENV)
+            marker = None
+            if invocation:
+                marker_path = self.layout.spawned(invocation)
+                marker_path.parent.mkdir(exist_ok=True)
+                marker = str(marker_path)
             try:
-                pid = await self.zygote.spawn(env, spec.cwd, str(spec.log_path))
+                pid = await self.zygote.spawn(env, spec.cwd, str(spec.log_path), marker)
             except ConnectionError as exc:
                 log.warning("%s: executing tasks instead", exc)
             except OSError as exc:
@@ -489,6 +450,30 @@ class LocalRunner(Runner):
                 continue
             self._apply(task, item)
 
+    def _switch_main(self, task: LocalTask, pid: int) -> None:
+        """MAINPID=: follow another process as the task's main one (sd_notify(3)).
+
+        The new main process is watched through its own pidfd; as a descendant of
+        the task it becomes our child (we are a subreaper) when its parent exits,
+        so its exit status can be collected. An unrelated pid is refused.
+        """
+        if pid not in descendants(task.pid) or task.exit_info is not None:
+            log.warning("%s/%s: MAINPID=%d is not one of its processes: ignored", *task.key, pid)
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        task._close_pidfd()
+        if self.by_pid.get(task.pid) is task:
+            del self.by_pid[task.pid]
+        task.pid, task.pidfd = pid, pidfd
+        task.start_time = process_start_time(pid)
+        self.by_pid[pid] = task
+        asyncio.get_running_loop().add_reader(pidfd, task._on_pidfd)
+        if self.events is not None:
+            self.events.on_main_pid(task.key, pid, task.describe())
+
     def _hold(self, note: Notification) -> None:
         """Keep a notification from an unknown pid until that pid becomes a task (bounded)."""
         log.debug("notification from pid %d, not (yet) a task: %s", note.pid, note.fields)
@@ -514,8 +499,18 @@ class LocalRunner(Runner):
         if task.exit_info is not None or self.events is None:
             return
         key: TaskKey = task.key
+        if note.main_pid is not None and note.main_pid != task.pid:
+            self._switch_main(task, note.main_pid)
         if note.status is not None:
             self.events.on_status(key, note.status)
+        elif note.errno is not None:
+            self.events.on_status(key, f"errno {note.errno}: {os.strerror(note.errno)}")
+        if note.watchdog_ping:
+            task.last_ping = asyncio.get_running_loop().time()
+        if note.watchdog_trigger:
+            log.warning("%s/%s asked for WATCHDOG=trigger", *key)
+            task.reason = Result.WATCHDOG
+            asyncio.get_running_loop().create_task(task.stop())
         if note.extend_timeout_usec is not None:
             task._extend_start_timeout(note.extend_timeout_usec)
         if note.ready and not task.ready:

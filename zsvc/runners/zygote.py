@@ -16,9 +16,15 @@ zygote answers with the pid only after it reaped the intermediate, so the
 re-parenting has happened when the daemon first looks.
 
 Protocol on a SOCK_SEQPACKET socketpair, one JSON object per packet:
-request ``{"env": {...}, "cwd": "...", "log": "..."}``, reply
-``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the daemon's
-end closes.
+request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "..."}``,
+reply ``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the
+daemon's end closes.
+
+Before it answers, the zygote writes the task's pid to the ``marker`` file:
+if the daemon dies before it saved that pid, its successor still finds
+the task (a forked task's ``/proc/<pid>/environ`` is the zygote's, so the
+invocation id in its environment cannot be searched for as it can for an
+executed task).
 """
 
 from __future__ import annotations
@@ -74,7 +80,11 @@ def spawn(request: dict[str, Any], sock: socket.socket) -> int:
         os.close(log_fd)
     if not text:
         raise OSError("the intermediate process died before forking the task")
-    return int(text)
+    pid = int(text)
+    if marker := request.get("marker"):
+        with open(marker, "w") as handle:
+            handle.write(f"{pid}\n")
+    return pid
 
 
 def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket) -> None:
