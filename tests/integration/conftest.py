@@ -36,6 +36,10 @@ from zsvc.notify import NotifyServer
 REPO = Path(__file__).resolve().parents[2]
 TEST_SERVICES = REPO / "tests" / "tasks"
 REPO_SERVICES = REPO / "Services"
+IGNORES_SIGTERM = "python3 -c '{}'".format(
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+)
+"""A command task that only SIGKILL ends."""
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.integration.conftest import TaskDef, pid_alive, wait_message
+from tests.integration.conftest import IGNORES_SIGTERM, TaskDef, pid_alive, wait_message
 
 
 def _table(daemon) -> dict[str, str]:
@@ -218,3 +218,33 @@ def test_acknowledged_changes_survive_a_daemon_sigkill(daemons, make_context, wo
     daemon.kill9()
     successor = daemons(root=workdir)
     assert _table(successor) == {"A1": "running", "A2": "stopped", "A3": "running"}
+
+
+def test_the_bus_is_never_bound_off_loopback(daemon, workdir: Path) -> None:
+    """The bus has no authentication: a context asking for a public TCP bind is refused."""
+    context = workdir / "Context-public.xml"
+    context.write_text(
+        "<Context><FrontBind>tcp://192.0.2.7:25999</FrontBind>"
+        "<BackendBind>tcp://192.0.2.7:25998</BackendBind><ContextID>pub</ContextID>"
+        '<TaskService id="t1" instance="x"><Task><command>sleep 1</command><message><header>'
+        "<service_name>t</service_name></header></message></Task></TaskService></Context>"
+    )
+    result = daemon.cli("start", "--context", str(context), "PUB")
+    assert result.code == 1
+    assert "refusing to bind the bus on tcp://192.0.2.7:25999" in result.stderr
+    assert _table(daemon) == {}
+
+
+def test_nothing_starts_once_shutdown_began(daemon, make_context) -> None:
+    from zsvc.errors import ZsvcError
+
+    context = make_context(
+        [TaskDef("slow", command=IGNORES_SIGTERM, location=None, stop_timeout=3)]
+    )
+    assert daemon.cli("start", "--context", str(context), "SLOWSTOP").code == 0
+    other = make_context([TaskDef("late")])
+    with daemon.client() as client:
+        client.call("shutdown")
+        with pytest.raises(ZsvcError, match="shutting down"):
+            client.call("start", context_path=str(other), context_text=other.read_text())
+    assert daemon.wait() == 0

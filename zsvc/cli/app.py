@@ -85,18 +85,22 @@ def _print_json(data: Any) -> None:
 
 
 def _read_context(path: Path) -> tuple[str, str]:
-    """The context file's absolute path and text, validated here first for a fast, local error."""
-    from zsvc.config.loader import load_context_text
+    """The context file's absolute path and text, validated here first for a fast, local error.
+
+    The daemon validates again (it trusts no client); the text travels as
+    UTF-8, the encoding zsvc stores contexts in.
+    """
+    from zsvc.config.loader import load_context
 
     try:
-        text = path.read_bytes().decode()
-    except (OSError, UnicodeDecodeError) as exc:
-        typer.echo(f"zsvc: {path}:0:0: cannot read: {exc}", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
-    try:
-        load_context_text(text, path.absolute())
+        load_context(path.absolute())
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        typer.echo(f"{path}:0:0: not UTF-8 ({exc}); convert it, e.g. with iconv", err=True)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     return str(path.absolute()), text
 

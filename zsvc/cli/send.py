@@ -43,9 +43,9 @@ def send_on_bus(
     try:
         bus.handshake(timeout)
         bus.publish(message)
-        if topic != protocol.Topic.STATE or action not in ("request", "top"):
+        if topic != protocol.Topic.STATE or action != "request":
             return None
-        wanted = "reply_context" if action == "request" else "reply_top"
+        wanted = "reply_context"
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             reply = bus.receive(remaining)

@@ -40,12 +40,27 @@ class BindError(Exception):
     """An endpoint of the bus could not be bound."""
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]")
+
+
 def loopback_bind(endpoint: str) -> str:
-    """Bind TCP on loopback when a context says ``*``: the bus has no authentication yet."""
-    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
-        if endpoint.startswith(wildcard):
-            return "tcp://127.0.0.1:" + endpoint[len(wildcard) :]
-    return endpoint
+    """The endpoint to bind for *endpoint*: TCP only ever on loopback.
+
+    The bus has no authentication yet, so a wildcard (the seed's
+    ``tcp://*:5557``) binds 127.0.0.1 and any other address is refused.
+    """
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    if host in WILDCARD_HOSTS:
+        return f"tcp://127.0.0.1:{port}"
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return endpoint
+    raise BindError(
+        f"refusing to bind the bus on {endpoint}: the bus has no authentication,"
+        " so TCP endpoints must be on loopback (127.0.0.1)"
+    )
 
 
 class BusDevice:

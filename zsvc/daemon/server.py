@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import logging
 import os
 import signal
@@ -103,12 +104,15 @@ class Daemon:
         for note in lost:
             log.warning("lost: %s", note)
         for record in self.manager.transactions.values():
-            with contextlib.suppress(BindError):
+            try:
                 self.bus.bind(record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
+            except BindError as exc:
+                log.warning("transaction %s: %s", record.id, exc)
         self.control = self.zmq.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.bind(self.runtime.control_endpoint)
         os.chmod(self.runtime.control, 0o660)
+        share_with_group(self.runtime.control)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopped.set)
@@ -143,6 +147,7 @@ class Daemon:
         root = self.runtime.root
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o750)
+            share_with_group(root)
         except OSError as exc:
             raise DaemonError(f"cannot create the runtime directory {root}: {exc}") from exc
         fd = os.open(self.runtime.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -262,6 +267,8 @@ class Daemon:
         timeout: float | None,
     ) -> dict[str, Any]:
         assert self.manager is not None and self.bus is not None
+        if self.stopped.is_set():
+            raise OperationFailed("the daemon is shutting down: nothing more is started")
         context = None
         if context_text is not None:
             context = load_context_text(context_text, context_path or "<context>")
@@ -283,6 +290,8 @@ class Daemon:
         self, transaction: str, services: list[str], timeout: float | None
     ) -> Any:
         assert self.manager is not None
+        if self.stopped.is_set():
+            raise OperationFailed("the daemon is shutting down: nothing more is started")
         return await self.manager.restart(transaction, services, timeout)
 
     async def cmd_status(self, transaction: str | None) -> Any:
@@ -300,6 +309,25 @@ class Daemon:
     async def cmd_shutdown(self) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self.stopped.set)
         return {"stopping": True}
+
+
+CONTROL_GROUP = "zsvc"
+"""Members of this group may control a daemon run by root (DESIGN §2)."""
+
+
+def share_with_group(path: Path) -> None:
+    """Give *path* to group ``zsvc`` when we are root and the group exists.
+
+    The runtime directory's mode (0750) and group decide who may reach the
+    control socket: membership is the permission.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        gid = grp.getgrnam(CONTROL_GROUP).gr_gid
+    except KeyError:
+        return
+    os.chown(path, 0, gid)
 
 
 def notify(*assignments: str) -> None:
