@@ -181,10 +181,17 @@ def decode_request(data: bytes) -> tuple[str | None, Command | None, dict[str, A
         return request_id, command, exc
 
 
+class RawJSON(bytes):
+    """A result that is already encoded JSON (a cached view): sent as it is."""
+
+
 def encode_reply(
     request_id: str, result: Any = None, error: Mapping[str, Any] | None = None
 ) -> bytes:
     payload: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "ok": error is None}
+    if error is None and isinstance(result, RawJSON):
+        head = json.dumps(payload, separators=(",", ":")).encode()
+        return head[:-1] + b',"result":' + result + b"}"
     if error is None:
         payload["result"] = result
     else:

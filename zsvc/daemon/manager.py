@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zsvc import protocol
+from zsvc.commands import RawJSON
 from zsvc.config.model import Context, TaskSpec
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.daemon.table import Table
@@ -85,10 +87,17 @@ class Manager:
         self.state = state
         self.transactions: dict[str, TransactionRecord] = {}
         self._info_pending: set[str] = set()
+        self._views: dict[str, bytes] = {}
+        """Encoded ``status`` views, dropped whenever the transaction's stored state changes."""
 
     # --- persistence ------------------------------------------------------------
 
+    def _save_transaction(self, record: TransactionRecord) -> None:
+        self._views.pop(record.id, None)
+        self.table.save_transaction(record.to_row())
+
     def _save(self, task: TaskRecord) -> None:
+        self._views.pop(task.transaction, None)
         try:
             self.table.save_task(task.to_row())
         except StorageError:
@@ -123,7 +132,7 @@ class Manager:
         async with record.lock:
             chosen = self._choose(record, services, default=self._entry_tasks(record))
             record.stopping = False
-            self.table.save_transaction(record.to_row())
+            self._save_transaction(record)
             launched = [task for task in chosen if not task.is_up]
             for task in launched:
                 _preflight(task.spec)
@@ -140,13 +149,13 @@ class Manager:
             chosen = self._choose(record, services, default=list(record.tasks.values()))
             if whole:
                 record.stopping = True
-                self.table.save_transaction(record.to_row())
+                self._save_transaction(record)
             try:
                 await asyncio.gather(*(self._stop_task(task, timeout) for task in chosen))
             finally:
                 if whole:
                     record.stopping = False
-                    self.table.save_transaction(record.to_row())
+                    self._save_transaction(record)
                 self._context_info(record)
         return record.view()
 
@@ -161,10 +170,19 @@ class Manager:
         await self.stop(transaction, chosen_ids, timeout)
         return await self.start(transaction, None, None, chosen_ids, True, timeout)
 
-    def status(self, transaction: str | None) -> dict[str, Any]:
+    def status(self, transaction: str | None) -> RawJSON:
+        """The status view, encoded once per change: status is the hot read path."""
         if transaction:
-            return self._get(transaction).view()
-        return {"transactions": [record.view() for record in self.transactions.values()]}
+            return RawJSON(self._encoded_view(self._get(transaction)))
+        views = b",".join(self._encoded_view(record) for record in self.transactions.values())
+        return RawJSON(b'{"transactions":[' + views + b"]}")
+
+    def _encoded_view(self, record: TransactionRecord) -> bytes:
+        view = self._views.get(record.id)
+        if view is None:
+            view = json.dumps(record.view(), separators=(",", ":")).encode()
+            self._views[record.id] = view
+        return view
 
     def log_paths(self, transaction: str, services: list[str]) -> list[dict[str, str]]:
         record = self._get(transaction)
@@ -183,6 +201,7 @@ class Manager:
                 )
             self.table.delete_transaction(transaction)
             del self.transactions[transaction]
+            self._views.pop(transaction, None)
         return {"transaction": transaction, "forgotten": True}
 
     async def stop_all(self) -> None:
@@ -224,8 +243,9 @@ class Manager:
             # Nothing runs: the new context replaces the old one (a corrected file).
             self.table.delete_transaction(transaction)
             del self.transactions[transaction]
+            self._views.pop(transaction, None)
         record = TransactionRecord.new(transaction, context, text)
-        self.table.save_transaction(record.to_row())
+        self._save_transaction(record)
         for task in record.tasks.values():
             self.table.save_task(task.to_row())
         self.transactions[transaction] = record

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -380,6 +381,7 @@ class LocalRunner(Runner):
         return self._started(spec, proc.pid)
 
     def _started(self, spec: LaunchSpec, pid: int) -> LocalTask:
+        spec = dataclasses.replace(spec, env={})  # the environment is not needed any more
         task = LocalTask(spec=spec, pid=pid, runner=self, pgid=pid)
         task.start_time = process_start_time(pid)
         self._watch(task)
