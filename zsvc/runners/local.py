@@ -206,6 +206,7 @@ class LocalTask(TaskHandle):
 
 PR_SET_CHILD_SUBREAPER = 36
 UNCLAIMED_LIMIT = 1024
+UNCLAIMED_SECONDS = 10.0
 
 
 def become_subreaper() -> bool:
@@ -278,9 +279,10 @@ class LocalRunner(Runner):
             use_zygote = os.environ.get("ZSVC_ZYGOTE", "1") != "0"
         self.use_zygote = use_zygote
         self.zygote: Zygote | None = None
-        self._unclaimed: dict[int, list[Notification]] = {}
+        self._unclaimed: dict[int, tuple[float, list[Notification]]] = {}
         """Notifications from pids not yet known: a forked task may say READY=1 before the
-        zygote's answer naming its pid has been read. Replayed when the pid is registered."""
+        zygote's answer naming its pid has been read. Replayed when the pid is registered;
+        forgotten after UNCLAIMED_SECONDS (a late datagram from a task that already ended)."""
 
     async def open(self, events: RunnerEvents) -> None:
         self.events = events
@@ -391,7 +393,7 @@ class LocalRunner(Runner):
         else:
             task.ready = True
             loop.call_soon(self._report_ready, task)
-        for note in self._unclaimed.pop(pid, ()):
+        for note in self._unclaimed.pop(pid, (0.0, []))[1]:
             self._apply(task, note)
         return task
 
@@ -479,9 +481,14 @@ class LocalRunner(Runner):
     def _hold(self, note: Notification) -> None:
         """Keep a notification from an unknown pid until that pid becomes a task (bounded)."""
         log.debug("notification from pid %d, not (yet) a task: %s", note.pid, note.fields)
-        if len(self._unclaimed) >= UNCLAIMED_LIMIT:
-            self._unclaimed.pop(next(iter(self._unclaimed)))
-        self._unclaimed.setdefault(note.pid, []).append(note)
+        now = asyncio.get_running_loop().time()
+        while self._unclaimed:
+            oldest = next(iter(self._unclaimed))
+            held_since = self._unclaimed[oldest][0]
+            if now - held_since < UNCLAIMED_SECONDS and len(self._unclaimed) < UNCLAIMED_LIMIT:
+                break
+            del self._unclaimed[oldest]
+        self._unclaimed.setdefault(note.pid, (now, []))[1].append(note)
 
     def _sender(self, pid: int) -> LocalTask | None:
         """The task a notification comes from: its main pid, or a process in its group.
