@@ -307,7 +307,7 @@ class Daemon:
         return await self.manager.forget(transaction)
 
     async def cmd_shutdown(self) -> dict[str, Any]:
-        asyncio.get_running_loop().call_soon(self.stopped.set)
+        self.stopped.set()  # from now on nothing is started; run() stops every task
         return {"stopping": True}
 
 

@@ -1,0 +1,47 @@
+"""The command line without a daemon: version, usage errors, validation, exit statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import zsvc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def zsvc_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zsvc", *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=env,
+    )  # fmt: skip
+
+
+def test_version() -> None:
+    result = zsvc_cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"zsvc {zsvc.__version__}")
+
+
+def test_usage_error_exits_2() -> None:
+    assert zsvc_cli("start", "--no-such-flag").returncode == 2
+    assert zsvc_cli("frobnicate").returncode == 2
+
+
+def test_validate_reports_every_bad_file_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "Context-bad.xml"
+    bad.write_text("<Context>\n<Nope/>\n</Context>\n")
+    result = zsvc_cli("validate", "Conf/Context-EchoAction.xml", str(bad))
+    assert result.returncode == 2
+    assert "Conf/Context-EchoAction.xml: ok (1 tasks)" in result.stdout
+    assert f"{bad}:2:1:" in result.stderr
+
+
+def test_no_daemon_exits_3_with_a_hint(tmp_path: Path) -> None:
+    import os
+
+    env = dict(os.environ, ZSVC_RUNTIME_DIR=str(tmp_path / "nothing-here"))
+    for args in (("status",), ("status", "--json"), ("stop", "T"), ("ping",)):
+        result = zsvc_cli(*args, env=env)
+        assert result.returncode == 3, args
+        assert "zsvc daemon --detach" in result.stderr

@@ -1,0 +1,33 @@
+"""Task logs are capped in place (copytruncate) so that writers with O_APPEND keep writing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zsvc.daemon.logs import cap_logs
+
+
+def test_a_log_over_the_cap_moves_to_dot_1_and_the_writer_carries_on(tmp_path: Path) -> None:
+    log = tmp_path / "t.log"
+    writer = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(writer, b"old line\n" * 200)
+        small = tmp_path / "small.log"
+        small.write_text("short\n")
+        assert cap_logs([log, small, tmp_path / "missing.log"], max_bytes=1000) == [log]
+        assert (tmp_path / "t.log.1").read_bytes() == b"old line\n" * 200
+        assert log.stat().st_size == 0
+        os.write(writer, b"new line\n")  # the task's descriptor still works, at the new end
+        assert log.read_bytes() == b"new line\n"
+        assert small.read_text() == "short\n"
+    finally:
+        os.close(writer)
+
+
+def test_rotation_replaces_the_previous_backup(tmp_path: Path) -> None:
+    log = tmp_path / "t.log"
+    (tmp_path / "t.log.1").write_text("ancient\n")
+    log.write_text("x" * 50)
+    cap_logs([log], max_bytes=10)
+    assert (tmp_path / "t.log.1").read_text() == "x" * 50
