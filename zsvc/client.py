@@ -25,6 +25,8 @@ from zsvc.paths import RuntimeLayout
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+LIVENESS_CHECK = 0.5
+"""While waiting for a reply, how often to check that the daemon still listens."""
 
 
 def _socket_listening(path: Path) -> bool:
@@ -80,11 +82,20 @@ class ControlClient:
         deadline = time.monotonic() + limit
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+            if remaining <= 0:
                 raise DaemonUnreachable(
                     f"the zsvc daemon on {self.layout.control} did not answer '{command}'"
                     f" within {limit:g} s"
                 )
+            if not sock.poll(int(min(remaining, LIVENESS_CHECK) * 1000) + 1):
+                # A long command (start waits for readiness) is fine; a daemon that
+                # went away is not worth waiting for until the deadline.
+                if not _socket_listening(self.layout.control):
+                    raise DaemonUnreachable(
+                        f"the zsvc daemon on {self.layout.control} went away"
+                        f" before answering '{command}'"
+                    )
+                continue
             reply = json.loads(sock.recv())
             if reply.get("id") != request_id:
                 continue  # the late answer to an earlier, timed-out request

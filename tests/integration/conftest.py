@@ -37,9 +37,14 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_SERVICES = REPO / "tests" / "tasks"
 REPO_SERVICES = REPO / "Services"
 IGNORES_SIGTERM = "python3 -c '{}'".format(
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    "import os, signal, socket, time;"
+    " signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+    " socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto("
+    'b"READY=1", os.environ["NOTIFY_SOCKET"]);'
+    " time.sleep(600)"
 )
-"""A command task that only SIGKILL ends."""
+"""A command task that only SIGKILL ends; use it with notify=True: it says READY=1 only
+once SIGTERM is ignored, so a stop can never catch it still starting."""
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 

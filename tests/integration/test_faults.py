@@ -239,7 +239,7 @@ def test_nothing_starts_once_shutdown_began(daemon, make_context) -> None:
     from zsvc.errors import ZsvcError
 
     context = make_context(
-        [TaskDef("slow", command=IGNORES_SIGTERM, location=None, stop_timeout=3)]
+        [TaskDef("slow", command=IGNORES_SIGTERM, notify=True, location=None, stop_timeout=3)]
     )
     assert daemon.cli("start", "--context", str(context), "SLOWSTOP").code == 0
     other = make_context([TaskDef("late")])

@@ -189,11 +189,9 @@ def test_task_exit_is_noticed_and_reported(daemon, make_context) -> None:
 
 
 def test_task_that_ignores_sigterm_is_killed_after_the_stop_timeout(daemon, make_context) -> None:
-    stubborn = (
-        "python3 -c 'import signal,time;"
-        " signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)'"
+    context = make_context(
+        [TaskDef("stubborn", command=IGNORES_SIGTERM, notify=True, location=None, stop_timeout=0.5)]
     )
-    context = make_context([TaskDef("stubborn", command=stubborn, location=None, stop_timeout=0.5)])
     record = daemon.cli("start", "--context", str(context), "STUB", "--json").json()
     pid = record["tasks"][0]["pid"]
     stopped = daemon.cli("stop", "STUB", "--json").json()["tasks"][0]

@@ -201,6 +201,14 @@ class Daemon:
                 reply = commands.encode_reply(request_id or "", result=result)
             except ZsvcError as exc:
                 reply = commands.encode_reply(request_id or "", error=exc.to_wire())
+            except asyncio.CancelledError:
+                # The daemon is closing: say so rather than leave the client waiting.
+                error = OperationFailed("the daemon stopped before the command finished")
+                with contextlib.suppress(zmq.ZMQError):
+                    await self.control.send_multipart(
+                        [identity, commands.encode_reply(request_id or "", error=error.to_wire())]
+                    )
+                raise
             except Exception as exc:  # a bug must not kill the daemon nor hang the client
                 log.exception("internal error in %s", command.name)
                 error = ZsvcError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL)
