@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (
+    IGNORES_SIGTERM,
     REPO,
     REPO_SERVICES,
     TaskDef,
