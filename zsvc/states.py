@@ -98,6 +98,14 @@ class TaskAction(StrEnum):
     RESTART = "restart"
 
 
+class RestartMode(StrEnum):
+    """When a task that ended on its own is started again (systemd's ``Restart=`` subset)."""
+
+    NO = "no"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
 class ServiceType(StrEnum):
     """The seed's ``serviceType``: a task in its own process, or a thread."""
 

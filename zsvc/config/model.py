@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zsvc.states import ServiceType, TaskAction, TriggerEvent
+from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent
 
 DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5556"
 """Where subscribers connect (the seed's ``FrontEndEndpoint``, ``sub_port``)."""
@@ -30,6 +30,26 @@ class Trigger:
 
     action: TaskAction
     call: str
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a task is restarted when it ends on its own, and how often at most.
+
+    Delays grow exponentially from ``delay_min`` to ``delay_max`` (with
+    ``jitter``, a fraction of the delay, randomised both ways) and go back
+    to ``delay_min`` once a run lasted ``stable_sec``. More than
+    ``limit_burst`` automatic starts within ``limit_interval`` seconds
+    (restarts and trigger starts alike) end in ``failed/start-limit-hit``.
+    """
+
+    mode: RestartMode = RestartMode.NO
+    delay_min: float = 0.1
+    delay_max: float = 30.0
+    jitter: float = 0.1
+    stable_sec: float = 10.0
+    limit_burst: int = 5
+    limit_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,11 @@ class TaskSpec:
     notify: bool = False
     start_timeout: float = DEFAULT_START_TIMEOUT
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    after: tuple[str, ...] = ()
+    """Task ids that must be ready before this task starts (and stop after it)."""
+    watchdog_sec: float | None = None
+    """A task that sends no WATCHDOG=1 for this long is killed (result ``watchdog``)."""
     line: int = 0
 
     @property

@@ -48,6 +48,8 @@ class LaunchSpec:
     description: str = ""
     host_entry: bool = False
     """True when argv runs zsvc's task host: a runner may fork it from a warm process."""
+    watchdog_sec: float | None = None
+    """Kill the task (result ``watchdog``) when it sends no WATCHDOG=1 for this long."""
 
     @property
     def key(self) -> TaskKey:
