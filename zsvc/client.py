@@ -204,7 +204,16 @@ class BusClient:
                 log.warning("ignored a bus message: %s", exc)
 
     def close(self) -> None:
-        self.pub.close()
+        """Close both sockets (idempotent); the context too when this client made it."""
+        if self.pub.closed:
+            return
+        self.pub.close()  # lingers up to 1 s: a task's last report is still delivered
         self.sub.close()
         if self._own_context:
             self.context.term()
+
+    def __enter__(self) -> BusClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -105,6 +105,12 @@ COMMANDS: dict[str, Command] = {
                 _SERVICES,
                 Param("block", bool, default=True, help="wait until every started task is ready"),
                 _TIMEOUT,
+                Param(
+                    "keep_going",
+                    bool,
+                    default=False,
+                    help="when a task fails to become ready, leave the others running",
+                ),
             ),
         ),
         Command(

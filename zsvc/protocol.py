@@ -69,6 +69,12 @@ class Message:
     def service_name(self) -> str:
         return str(self.header.get("service_name", ""))
 
+    @property
+    def status(self) -> Mapping[str, Any]:
+        """``content.status`` of a control report ({} when there is none)."""
+        status = self.content.get("status")
+        return status if isinstance(status, Mapping) else {}
+
     def to_dict(self) -> dict[str, Any]:
         return {"header": dict(self.header), "content": dict(self.content)}
 

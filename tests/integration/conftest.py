@@ -70,6 +70,8 @@ class TaskDef:
     start_timeout: float = 20.0
     stop_timeout: float = 5.0
     triggers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    attrs: dict[str, str] = field(default_factory=dict)
+    """More attributes of <TaskService> (restart=, after=, watchdog_sec=, …)."""
 
 
 def render_context(
@@ -89,10 +91,11 @@ def render_context(
             f"<{name}><action>{action}</action><call>{call}</call></{name}>"
             for name, (action, call) in task.triggers.items()
         )
+        extra = "".join(f' {name}="{escape(value)}"' for name, value in task.attrs.items())
         services.append(
             f"""
   <TaskService id="{task.id}" instance="{task.instance}" serviceType="Process" topic="process"
-               start_timeout="{task.start_timeout}" stop_timeout="{task.stop_timeout}">
+               start_timeout="{task.start_timeout}" stop_timeout="{task.stop_timeout}"{extra}>
     <Task>
       <description>test task {task.id}</description>{command}
       <message>
@@ -134,6 +137,7 @@ class Daemon:
         self.state = root / "state"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
+        self.buses: list[BusClient] = []
 
     # --- life cycle ------------------------------------------------------------
 
@@ -171,8 +175,13 @@ class Daemon:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
+    def close_buses(self) -> None:
+        while self.buses:
+            self.buses.pop().close()
+
     def terminate(self) -> int | None:
         """SIGTERM and a bounded wait; SIGKILL (and the tasks) if that fails."""
+        self.close_buses()
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
@@ -210,9 +219,12 @@ class Daemon:
         return CliResult(done.returncode, done.stdout, done.stderr)
 
     def bus(self, *topics: str) -> BusClient:
+        """A bus client on this daemon, closed at teardown (a test that fails early cannot
+        leave a ZMQ context whose term() would wait forever for its open sockets)."""
         bus = BusClient(
             f"ipc://{self.runtime / 'bus-pub'}", f"ipc://{self.runtime / 'bus-sub'}", topics=topics
         )
+        self.buses.append(bus)
         bus.handshake(10.0)
         return bus
 

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zsvc.config import BusEndpoints, Context, TaskSpec, Trigger, load_context, load_context_text
+from zsvc.config.model import RestartPolicy
 from zsvc.errors import ConfigError
-from zsvc.states import ServiceType, TaskAction, TriggerEvent
+from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent
 
 CONF = Path(__file__).resolve().parents[2] / "Conf"
 ECHO = CONF / "Context-EchoAction.xml"
@@ -51,7 +52,11 @@ ALLOWED_IN_CONTEXT = (
     "<FrontEndEndpoint>, <BackendEndpoint>, <FrontBind>, <BackendBind>, "
     "<ContextID>, <TaskLogName>, <TaskService>"
 )
-TASK_ATTRS = "'id', 'instance', 'serviceType', 'topic', 'start_timeout', 'stop_timeout'"
+TASK_ATTRS = (
+    "'id', 'instance', 'serviceType', 'topic', 'start_timeout', 'stop_timeout', "
+    "'restart', 'restart_sec', 'restart_max_sec', 'restart_stable_sec', "
+    "'start_limit_burst', 'start_limit_interval_sec', 'after', 'watchdog_sec'"
+)
 
 
 def ctx(**parts: str) -> str:
@@ -117,6 +122,7 @@ def test_echo_sample_loads_with_the_seed_values() -> None:
     assert task.location == (CONF / ".." / "Services").resolve()
     assert task.command is None and not task.is_command
     assert (task.start_timeout, task.stop_timeout) == (30.0, 10.0)
+    assert (task.restart, task.after, task.watchdog_sec) == (RestartPolicy(), (), None)
     assert task.line == 26
 
 
@@ -130,7 +136,7 @@ def test_state_machine_sample_chains_four_tasks() -> None:
     ]
     assert summary == [
         ("Stand", "stand", "pass_state1", TriggerEvent.ON_START, {"duration_s": 0.2}),
-        ("Walk", "walk", "pass_state2", TriggerEvent.ON_UPDATE, {"period_s": 0.5}),
+        ("Walk", "walk", "pass_state2", TriggerEvent.ON_UPDATE, {"period_s": 3.0}),
         ("DrinkCoffee", "drink_coffee", "pass_state3", TriggerEvent.ON_UPDATE, {"duration_s": 0.2}),
         ("Run", "run", "pass_state4", TriggerEvent.ON_UPDATE, {"period_s": 0.5}),
     ]
@@ -143,6 +149,14 @@ def test_state_machine_sample_chains_four_tasks() -> None:
     ]
     assert context.task("ts_102").description == "Stop and take a coffee"
     assert len({t.service_name for t in context.tasks}) == 4
+    assert [t.restart.mode for t in context.tasks] == [
+        RestartMode.NO,
+        RestartMode.ON_FAILURE,
+        RestartMode.NO,
+        RestartMode.NO,
+    ]
+    assert all(t.restart == RestartPolicy(mode=t.restart.mode) for t in context.tasks)
+    assert all(t.after == () and t.watchdog_sec is None for t in context.tasks)
 
 
 def test_samples_load_from_stored_text_too() -> None:
@@ -685,6 +699,340 @@ def test_load_context_reports_the_path_as_given(tmp_path: Path) -> None:
         load_context(str(path))
     assert str(info.value).startswith(f"{path}:4:1: element <TaskService>")
     assert info.value.to_wire()["details"][0]["line"] == 4
+
+
+# --------------------------------------------------------------------------- restart/after/watchdog
+
+ATTRS = 'id="ts_1" instance="Echo"'
+NOTIFYING = '<command notify="true">run</command>'
+
+
+def policy_of(extra: str) -> RestartPolicy:
+    return task_of(attrs=f"{ATTRS} {extra}").restart
+
+
+def chain(*afters: str) -> str:
+    """A context whose task ts_N, on line N + 2, has after="afters[N - 1]" (none when "")."""
+    lines = ["<Context>", "<ContextID>c</ContextID>"]
+    for number, after in enumerate(afters, 1):
+        attr = f' after="{after}"' if after else ""
+        lines.append(
+            f'<TaskService id="ts_{number}" instance="T"{attr}><Task><message><header>'
+            f"<service_name>s{number}</service_name></header></message></Task></TaskService>"
+        )
+    return "\n".join([*lines, "</Context>"])
+
+
+def test_new_attributes_default_to_the_model() -> None:
+    task = task_of()
+    assert task.restart == RestartPolicy()
+    assert task.restart == RestartPolicy(RestartMode.NO, 0.1, 30.0, 0.1, 10.0, 5, 10.0)
+    assert (task.after, task.watchdog_sec) == ((), None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('restart="no"', RestartPolicy(mode=RestartMode.NO)),
+        ('restart="on-failure"', RestartPolicy(mode=RestartMode.ON_FAILURE)),
+        ('restart="always"', RestartPolicy(mode=RestartMode.ALWAYS)),
+        ('restart_sec="0"', RestartPolicy(delay_min=0.0)),
+        ('restart_sec="2.5"', RestartPolicy(delay_min=2.5)),
+        ('restart_sec=" 1e1 "', RestartPolicy(delay_min=10.0)),
+        ('restart_sec="45"', RestartPolicy(delay_min=45.0, delay_max=45.0)),
+        ('restart_max_sec="60"', RestartPolicy(delay_max=60.0)),
+        ('restart_max_sec="0.1"', RestartPolicy(delay_max=0.1)),
+        ('restart_sec="0" restart_max_sec="0"', RestartPolicy(delay_min=0.0, delay_max=0.0)),
+        ('restart_sec="5" restart_max_sec="5"', RestartPolicy(delay_min=5.0, delay_max=5.0)),
+        ('restart_sec="1" restart_max_sec="300"', RestartPolicy(delay_min=1.0, delay_max=300.0)),
+        ('restart_stable_sec="30"', RestartPolicy(stable_sec=30.0)),
+        ('restart_stable_sec=".5"', RestartPolicy(stable_sec=0.5)),
+        ('start_limit_burst="1"', RestartPolicy(limit_burst=1)),
+        ('start_limit_burst=" +12 "', RestartPolicy(limit_burst=12)),
+        ('start_limit_interval_sec="60"', RestartPolicy(limit_interval=60.0)),
+        ('start_limit_interval_sec="0.25"', RestartPolicy(limit_interval=0.25)),
+    ],
+)
+def test_restart_attributes_map_to_the_policy(extra: str, expected: RestartPolicy) -> None:
+    policy = policy_of(extra)
+    assert policy == expected
+    assert type(policy.limit_burst) is int and type(policy.delay_min) is float
+
+
+def test_restart_sec_minus_zero_is_zero() -> None:
+    assert math.copysign(1.0, policy_of('restart_sec="-0"').delay_min) == 1.0
+
+
+def test_all_restart_attributes_together() -> None:
+    extra = (
+        'restart="always" restart_sec="0.5" restart_max_sec="20" restart_stable_sec="15" '
+        'start_limit_burst="3" start_limit_interval_sec="30"'
+    )
+    assert policy_of(extra) == RestartPolicy(RestartMode.ALWAYS, 0.5, 20.0, 0.1, 15.0, 3, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "task", "seconds"),
+    [
+        ('watchdog_sec="5"', "", 5.0),
+        ('watchdog_sec="0.5"', "", 0.5),
+        ('watchdog_sec=" 2e1 "', NOTIFYING, 20.0),
+        ('watchdog_sec="3"', '<command notify="yes">run</command>', 3.0),
+    ],
+)
+def test_watchdog_sec(extra: str, task: str, seconds: float) -> None:
+    assert task_of(attrs=f"{ATTRS} {extra}", task=task).watchdog_sec == seconds
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        ("ts_2", ("ts_2",)),
+        ("ts_3 ts_2", ("ts_3", "ts_2")),
+        ("  ts_2\t\n ts_3  ", ("ts_2", "ts_3")),
+    ],
+)
+def test_after_lists_other_tasks_in_order(after: str, expected: tuple[str, ...]) -> None:
+    more = other_task("ts_2") + other_task("ts_3")
+    assert task_of(attrs=f'{ATTRS} after="{after}"', more=more).after == expected
+
+
+def test_after_may_form_any_acyclic_graph() -> None:
+    # A diamond plus a task that nothing orders: ts_1 after ts_2 and ts_3, both after ts_4.
+    context = load(chain("ts_2 ts_3", "ts_4", "ts_4", "", "ts_1 ts_4"))
+    assert [t.after for t in context.tasks] == [
+        ("ts_2", "ts_3"),
+        ("ts_4",),
+        ("ts_4",),
+        (),
+        ("ts_1", "ts_4"),
+    ]
+
+
+A4 = f"{E}:4:1: element <TaskService> attribute"
+NO_NEGATIVE = "is not a number of seconds, 0 or more"
+NO_ZERO = "is not a positive number of seconds"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            'restart="sometimes"',
+            f"{A4} 'restart': 'sometimes' is not a restart mode; "
+            "expected 'no', 'on-failure' or 'always'",
+        ),
+        (
+            'restart="On-Failure"',
+            f"{A4} 'restart': 'On-Failure' is not a restart mode; "
+            "expected 'no', 'on-failure' or 'always'",
+        ),
+        (
+            'restart=""',
+            f"{A4} 'restart': '' is not a restart mode; expected 'no', 'on-failure' or 'always'",
+        ),
+        ('restart_sec="-1"', f"{A4} 'restart_sec': '-1' {NO_NEGATIVE}"),
+        ('restart_sec="inf"', f"{A4} 'restart_sec': 'inf' {NO_NEGATIVE}"),
+        ('restart_sec="1e999"', f"{A4} 'restart_sec': '1e999' {NO_NEGATIVE}"),
+        ('restart_sec="1s"', f"{A4} 'restart_sec': '1s' {NO_NEGATIVE}"),
+        ('restart_sec=""', f"{A4} 'restart_sec': '' {NO_NEGATIVE}"),
+        ('restart_max_sec="nan"', f"{A4} 'restart_max_sec': 'nan' {NO_NEGATIVE}"),
+        ('restart_max_sec="-30"', f"{A4} 'restart_max_sec': '-30' {NO_NEGATIVE}"),
+        (
+            'restart_sec="5" restart_max_sec="1"',
+            f"{A4} 'restart_max_sec': '1' is less than restart_sec (5); "
+            "expected a number of seconds, restart_sec or more",
+        ),
+        (
+            'restart_max_sec="0.05"',
+            f"{A4} 'restart_max_sec': '0.05' is less than restart_sec (0.1, the default); "
+            "expected a number of seconds, restart_sec or more",
+        ),
+        ('restart_sec="x" restart_max_sec="0.05"', f"{A4} 'restart_sec': 'x' {NO_NEGATIVE}"),
+        ('restart_stable_sec="0"', f"{A4} 'restart_stable_sec': '0' {NO_ZERO}"),
+        ('restart_stable_sec="-10"', f"{A4} 'restart_stable_sec': '-10' {NO_ZERO}"),
+        ('restart_stable_sec="inf"', f"{A4} 'restart_stable_sec': 'inf' {NO_ZERO}"),
+        *(
+            (
+                f'start_limit_burst="{value}"',
+                f"{A4} 'start_limit_burst': '{value}' is not a whole number, 1 or more",
+            )
+            for value in ("0", "-2", "1.5", "5e0", "five", "")
+        ),
+        (
+            f'start_limit_burst="{"9" * 5000}"',
+            f"{A4} 'start_limit_burst': '{'9' * 20}...' is too long a number",
+        ),
+        ('start_limit_interval_sec="0"', f"{A4} 'start_limit_interval_sec': '0' {NO_ZERO}"),
+        ('start_limit_interval_sec="1e999"', f"{A4} 'start_limit_interval_sec': '1e999' {NO_ZERO}"),
+        ('watchdog_sec="0"', f"{A4} 'watchdog_sec': '0' {NO_ZERO}"),
+        ('watchdog_sec="-5"', f"{A4} 'watchdog_sec': '-5' {NO_ZERO}"),
+        ('watchdog_sec="nan"', f"{A4} 'watchdog_sec': 'nan' {NO_ZERO}"),
+        ('watchdog_sec="5 s"', f"{A4} 'watchdog_sec': '5 s' {NO_ZERO}"),
+        (
+            'after=" "',
+            f"{A4} 'after': ' ' is empty; expected task ids separated by spaces (or leave it out)",
+        ),
+        (
+            'after="ts_9"',
+            f"{A4} 'after': 'ts_9' is not a task of this context; "
+            "expected ids of other <TaskService> elements",
+        ),
+        (
+            'after="bad!id"',
+            f"{A4} 'after': 'bad!id' is not a task of this context; "
+            "expected ids of other <TaskService> elements",
+        ),
+        (
+            'after="ts_1"',
+            f"{A4} 'after': 'ts_1' is the task itself; expected ids of other tasks",
+        ),
+        (
+            'after="ts_2 ts_2"',
+            f"{A4} 'after': 'ts_2' is given twice; expected each task id once",
+        ),
+    ],
+)
+def test_each_wrong_new_attribute(extra: str, expected: str) -> None:
+    assert errors(ctx(attrs=f"{ATTRS} {extra}", more=other_task("ts_2"))) == [expected]
+
+
+def test_wrong_new_attributes_are_reported_together() -> None:
+    extra = (
+        'restart="never" restart_sec="-1" restart_max_sec="x" restart_stable_sec="0" '
+        'start_limit_burst="0" start_limit_interval_sec="-1" after="ts_1 ts_9 ts_2 ts_2" '
+        'watchdog_sec="0"'
+    )
+    assert errors(ctx(attrs=f"{ATTRS} {extra}", more=other_task("ts_2"))) == [
+        f"{A4} 'restart': 'never' is not a restart mode; expected 'no', 'on-failure' or 'always'",
+        f"{A4} 'restart_sec': '-1' {NO_NEGATIVE}",
+        f"{A4} 'restart_max_sec': 'x' {NO_NEGATIVE}",
+        f"{A4} 'restart_stable_sec': '0' {NO_ZERO}",
+        f"{A4} 'start_limit_burst': '0' is not a whole number, 1 or more",
+        f"{A4} 'start_limit_interval_sec': '-1' {NO_ZERO}",
+        f"{A4} 'after': 'ts_1' is the task itself; expected ids of other tasks",
+        f"{A4} 'after': 'ts_9' is not a task of this context; "
+        "expected ids of other <TaskService> elements",
+        f"{A4} 'after': 'ts_2' is given twice; expected each task id once",
+        f"{A4} 'watchdog_sec': '0' {NO_ZERO}",
+    ]
+
+
+WATCHDOG_NEEDS_NOTIFY = (
+    "task 'ts_1': watchdog_sec needs a program that notifies; "
+    'expected <command notify="true"> (a program that does not notify cannot send WATCHDOG=1)'
+)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "<command>run</command>",
+        '<command notify="false">run</command>',
+        '<command notify="0">run</command>',
+        '<command notify=" No ">run</command>',
+    ],
+)
+def test_watchdog_needs_a_notifying_command(command: str) -> None:
+    text = ctx(attrs=f'{ATTRS} watchdog_sec="5"', task=command)
+    assert errors(text) == [f"{E}:4:1: {WATCHDOG_NEEDS_NOTIFY}"]
+
+
+def test_watchdog_with_a_wrong_notify_reports_only_the_notify() -> None:
+    text = ctx(attrs=f'{ATTRS} watchdog_sec="5"', task='<command notify="maybe">run</command>')
+    assert errors(text) == [
+        f"{E}:6:1: task 'ts_1': <command> attribute 'notify': 'maybe' is not a boolean; "
+        "expected true/false/1/0/yes/no"
+    ]
+
+
+def cycle(*members: str) -> str:
+    return f"tasks {' → '.join(members)} form an ordering cycle in 'after'"
+
+
+@pytest.mark.parametrize(
+    ("afters", "expected"),
+    [
+        # ts_N is on line N + 2; a cycle is named from its first-defined member, at its line.
+        (("ts_2", "ts_1"), [f"{E}:3:1: {cycle('ts_1', 'ts_2', 'ts_1')}"]),
+        (("ts_3", "", "ts_1"), [f"{E}:3:1: {cycle('ts_1', 'ts_3', 'ts_1')}"]),
+        (("ts_2", "ts_3", "ts_1"), [f"{E}:3:1: {cycle('ts_1', 'ts_2', 'ts_3', 'ts_1')}"]),
+        (("ts_3", "ts_1", "ts_2"), [f"{E}:3:1: {cycle('ts_1', 'ts_3', 'ts_2', 'ts_1')}"]),
+        # Entered from a task outside it, the cycle is still named from its own first member.
+        (("ts_3", "ts_3", "ts_2"), [f"{E}:4:1: {cycle('ts_2', 'ts_3', 'ts_2')}"]),
+        (("ts_4", "ts_3", "ts_4", "ts_2"), [f"{E}:4:1: {cycle('ts_2', 'ts_3', 'ts_4', 'ts_2')}"]),
+        # Two separate cycles: one issue each.
+        (
+            ("ts_2", "ts_1", "ts_4", "ts_3"),
+            [
+                f"{E}:3:1: {cycle('ts_1', 'ts_2', 'ts_1')}",
+                f"{E}:5:1: {cycle('ts_3', 'ts_4', 'ts_3')}",
+            ],
+        ),
+        # Two cycles through ts_1 (ts_1 → ts_2 → ts_1 and ts_1 → ts_2 → ts_3 → ts_1).
+        (
+            ("ts_2", "ts_3 ts_1", "ts_1"),
+            [
+                f"{E}:3:1: {cycle('ts_1', 'ts_2', 'ts_3', 'ts_1')}",
+                f"{E}:3:1: {cycle('ts_1', 'ts_2', 'ts_1')}",
+            ],
+        ),
+    ],
+)
+def test_after_cycles_are_reported_once(afters: tuple[str, ...], expected: list[str]) -> None:
+    assert errors(chain(*afters)) == expected
+
+
+def test_after_cycle_beside_wrong_entries() -> None:
+    assert errors(chain("ts_9 ts_2", "ts_1 ts_2")) == [
+        f"{E}:3:1: element <TaskService> attribute 'after': 'ts_9' is not a task of this "
+        "context; expected ids of other <TaskService> elements",
+        f"{E}:3:1: {cycle('ts_1', 'ts_2', 'ts_1')}",
+        f"{E}:4:1: element <TaskService> attribute 'after': 'ts_2' is the task itself; "
+        "expected ids of other tasks",
+    ]
+
+
+def test_a_long_after_chain_is_no_cycle_and_needs_no_recursion() -> None:
+    count = 3000
+    afters = [f"ts_{n + 1}" for n in range(1, count)] + [""]
+    context = load(chain(*afters))
+    assert context.tasks[0].after == ("ts_2",) and context.tasks[-1].after == ()
+    afters[-1] = "ts_1"
+    (issue,) = errors(chain(*afters))
+    assert issue.startswith(f"{E}:3:1: tasks ts_1 → ts_2 → ts_3 → ")
+    assert issue.endswith(f"ts_{count} → ts_1 form an ordering cycle in 'after'")
+
+
+_NEW_ATTRIBUTES = (
+    "restart",
+    "restart_sec",
+    "restart_max_sec",
+    "restart_stable_sec",
+    "start_limit_burst",
+    "start_limit_interval_sec",
+    "watchdog_sec",
+)
+_ATTRIBUTE_TEXT = st.one_of(
+    st.sampled_from(["no", "on-failure", "always", "0", "-0", "1", "2.5", "1e3", "inf", "nan"]),
+    st.text(string.digits + "+-.eE x", max_size=6),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(_NEW_ATTRIBUTES), _ATTRIBUTE_TEXT, max_size=4))
+def test_property_new_attributes_give_a_sound_policy_or_issues(values: dict[str, str]) -> None:
+    extra = " ".join(f'{name}="{escape(value)}"' for name, value in values.items())
+    try:
+        task = task_of(attrs=f"{ATTRS} {extra}")
+    except ConfigError as error:
+        assert all(issue.line == 4 for issue in error.issues)
+        return
+    policy = task.restart
+    assert 0 <= policy.delay_min <= policy.delay_max < math.inf
+    assert 0 < policy.stable_sec < math.inf and 0 < policy.limit_interval < math.inf
+    assert policy.limit_burst >= 1
+    assert task.watchdog_sec is None or 0 < task.watchdog_sec < math.inf
 
 
 # --------------------------------------------------------------------------- many errors at once

@@ -119,9 +119,17 @@ def start(
     ),
     no_block: bool = typer.Option(False, "--no-block", help="Do not wait for readiness."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for readiness."),
+    keep_going: bool = typer.Option(
+        False, "--keep-going", help="When a task fails to start, leave the others running."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
 ) -> None:
-    """Start a transaction: a new one from --context, or a known one again."""
+    """Start a transaction: a new one from --context, or a known one again.
+
+    Tasks start in their 'after' order and the command returns once every
+    one is ready. If one fails, what was started is stopped again (in
+    reverse order) and the command exits 1 naming the task and why.
+    """
     args: dict[str, Any] = {"transaction": transaction, "services": list(service)}
     if context is not None:
         args["context_path"], args["context_text"] = _read_context(context)
@@ -130,6 +138,7 @@ def start(
         raise typer.Exit(ExitCode.BAD_INPUT)
     args["block"] = not no_block
     args["timeout"] = timeout
+    args["keep_going"] = keep_going
     result = _call("start", wait=_wait_budget(timeout), **args)
     _show_transaction(result, as_json)
 

@@ -7,8 +7,8 @@ each with ``file:line:column``:
    which elements and attributes may appear where;
 2. Python checks everything a schema says badly or not at all: required
    elements and their cardinality (children may come in any order), values
-   (ids, endpoints, timeouts, trigger targets) and the typing of the
-   free-form ``<configuration>``.
+   (ids, endpoints, timeouts, restart policy, trigger targets, the ``after``
+   order and its cycles) and the typing of the free-form ``<configuration>``.
 
 Parsing is hardened: a document with a DOCTYPE is refused before its
 internal subset is read, entities are never resolved, nothing is fetched
@@ -40,11 +40,12 @@ from zsvc.config.model import (
     DEFAULT_SUB_ENDPOINT,
     BusEndpoints,
     Context,
+    RestartPolicy,
     TaskSpec,
     Trigger,
 )
 from zsvc.errors import ConfigError, ConfigIssue
-from zsvc.states import ServiceType, TaskAction, TriggerEvent, is_valid_id
+from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
 
 __all__ = ["load_context", "load_context_text"]
 
@@ -500,6 +501,7 @@ def _build_context(root: _Element, path: Path, issues: _Issues) -> Context:
     known_ids = _task_ids(services, issues)
     base_dir = path.parent
     tasks = tuple(_task_spec(el, known_ids, base_dir, issues) for el in services)
+    _check_order_cycles(tasks, known_ids, issues)
     return Context(
         path=path,
         context_id=context_id,
@@ -676,10 +678,19 @@ def _task_spec(
     topic = _topic(reader)
     start_timeout = _timeout(reader, "start_timeout", DEFAULT_START_TIMEOUT)
     stop_timeout = _timeout(reader, "stop_timeout", DEFAULT_STOP_TIMEOUT)
+    restart = _restart_policy(reader)
+    after = _after(reader, task_id)
+    watchdog_sec = _seconds(reader, "watchdog_sec")
     parts = _task_parts(reader, _exactly_one(element, groups, "Task", issues, reader.label))
     command, notify = _command(reader, parts.get("command"))
     if command is not None and service_type is ServiceType.THREAD:
         reader.at(element, "a <command> runs as a process; serviceType must be 'Process'")
+    if watchdog_sec is not None and _never_notifies(parts.get("command")):
+        reader.at(
+            element,
+            'watchdog_sec needs a program that notifies; expected <command notify="true"> '
+            "(a program that does not notify cannot send WATCHDOG=1)",
+        )
     service_name = _service_name(reader, parts.get("message"))
     config, device_action, location = _configuration(reader, parts.get("message"))
     entry, triggers = _state(reader, parts.get("state"))
@@ -699,6 +710,9 @@ def _task_spec(
         notify=notify,
         start_timeout=start_timeout,
         stop_timeout=stop_timeout,
+        restart=restart,
+        after=after,
+        watchdog_sec=watchdog_sec,
         line=element.sourceline or 0,
     )
 
@@ -785,16 +799,203 @@ def _topic(reader: _TaskReader) -> str:
 
 
 def _timeout(reader: _TaskReader, attr: str, default: float) -> float:
-    """A positive, finite number of seconds."""
+    """A positive, finite number of seconds; *default* when absent or wrong (reported)."""
+    number = _seconds(reader, attr)
+    return default if number is None else number
+
+
+def _number(value: str) -> float:
+    """The number *value* spells (surrounding whitespace allowed); NaN when it is none."""
+    text = value.strip()
+    return float(text) if _FLOAT_RE.fullmatch(text) or _INT_RE.fullmatch(text) else math.nan
+
+
+def _seconds(reader: _TaskReader, attr: str, *, zero: bool = False) -> float | None:
+    """Attribute *attr* as finite seconds, > 0 (or >= 0 with *zero*).
+
+    None when the attribute is absent or wrong; a wrong value is reported.
+    """
     value = reader.element.get(attr)
     if value is None:
-        return default
+        return None
+    number = _number(value)
+    if math.isfinite(number) and (number > 0 or (zero and number == 0)):
+        return number + 0.0  # -0 becomes 0
+    expected = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+    _attr_issue(reader, attr, value, f"is not {expected}")
+    return None
+
+
+def _given_but_wrong(reader: _TaskReader, attr: str, parsed: object) -> bool:
+    """True when *attr* is written but its value was rejected (*parsed* is None)."""
+    return parsed is None and reader.element.get(attr) is not None
+
+
+_RESTART_DEFAULTS = RestartPolicy()
+
+
+def _restart_policy(reader: _TaskReader) -> RestartPolicy:
+    """restart, restart_sec, restart_max_sec, restart_stable_sec and the start limit.
+
+    A missing restart_max_sec is its default (30 s) or restart_sec when
+    that is larger, so that the delays never shrink below what was asked.
+    """
+    defaults = _RESTART_DEFAULTS
+    mode = _restart_mode(reader)
+    delay_min = _seconds(reader, "restart_sec", zero=True)
+    delay_max = _seconds(reader, "restart_max_sec", zero=True)
+    low = defaults.delay_min if delay_min is None else delay_min
+    if delay_max is not None and delay_max < low:
+        if not _given_but_wrong(reader, "restart_sec", delay_min):
+            given = "" if delay_min is not None else ", the default"
+            _attr_issue(
+                reader,
+                "restart_max_sec",
+                reader.element.get("restart_max_sec", ""),
+                f"is less than restart_sec ({low:g}{given}); "
+                "expected a number of seconds, restart_sec or more",
+            )
+        delay_max = None
+    if delay_max is None:
+        delay_max = max(defaults.delay_max, low)
+    stable = _seconds(reader, "restart_stable_sec")
+    burst = _start_limit_burst(reader)
+    interval = _seconds(reader, "start_limit_interval_sec")
+    return RestartPolicy(
+        mode=mode,
+        delay_min=low,
+        delay_max=delay_max,
+        jitter=defaults.jitter,
+        stable_sec=defaults.stable_sec if stable is None else stable,
+        limit_burst=defaults.limit_burst if burst is None else burst,
+        limit_interval=defaults.limit_interval if interval is None else interval,
+    )
+
+
+def _restart_mode(reader: _TaskReader) -> RestartMode:
+    value = reader.element.get("restart")
+    if value is None:
+        return _RESTART_DEFAULTS.mode
+    try:
+        return RestartMode(value)
+    except ValueError:
+        *first, last = (f"'{mode.value}'" for mode in RestartMode)
+        choices = f"{', '.join(first)} or {last}"
+        _attr_issue(reader, "restart", value, f"is not a restart mode; expected {choices}")
+        return _RESTART_DEFAULTS.mode
+
+
+def _start_limit_burst(reader: _TaskReader) -> int | None:
+    """A whole number, 1 or more; None when absent or wrong (reported)."""
+    attr = "start_limit_burst"
+    value = reader.element.get(attr)
+    if value is None:
+        return None
     text = value.strip()
-    number = float(text) if _FLOAT_RE.fullmatch(text) or _INT_RE.fullmatch(text) else math.nan
-    if not (math.isfinite(number) and number > 0):
-        _attr_issue(reader, attr, value, "is not a positive number of seconds")
-        return default
-    return number
+    if _INT_RE.fullmatch(text):
+        try:
+            number = int(text)
+        except ValueError:  # more digits than Python converts
+            _attr_issue(reader, attr, f"{text[:20]}...", "is too long a number")
+            return None
+        if number >= 1:
+            return number
+    _attr_issue(reader, attr, value, "is not a whole number, 1 or more")
+    return None
+
+
+def _after(reader: _TaskReader, task_id: str) -> tuple[str, ...]:
+    """Ids of other tasks of this context, separated by whitespace, each once.
+
+    Only the entries that are fine are returned; the others are reported.
+    Cycles need every task and are checked by :func:`_check_order_cycles`.
+    """
+    value = reader.element.get("after")
+    if value is None:
+        return ()
+    tokens = value.split()
+    if not tokens:
+        _attr_issue(
+            reader,
+            "after",
+            value,
+            "is empty; expected task ids separated by spaces (or leave it out)",
+        )
+    found: list[str] = []
+    seen: set[str] = set()
+    for token in tokens:
+        if token in seen:
+            _attr_issue(reader, "after", token, "is given twice; expected each task id once")
+        elif token == task_id:
+            _attr_issue(reader, "after", token, "is the task itself; expected ids of other tasks")
+        elif token not in reader.known_ids:
+            _attr_issue(
+                reader,
+                "after",
+                token,
+                "is not a task of this context; expected ids of other <TaskService> elements",
+            )
+        else:
+            found.append(token)
+        seen.add(token)
+    return tuple(found)
+
+
+def _never_notifies(command: _Element | None) -> bool:
+    """True for a <command> whose notify is absent or false: it cannot send WATCHDOG=1.
+
+    A notify that is not a boolean is reported by :func:`_command` already.
+    """
+    if command is None:
+        return False
+    raw = command.get("notify")
+    return raw is None or _parse_bool(raw) is False
+
+
+def _check_order_cycles(
+    tasks: tuple[TaskSpec, ...], known_ids: frozenset[str], issues: _Issues
+) -> None:
+    """Report every cycle of the 'after' graph once, at the line of its first task.
+
+    A depth-first walk in document order reports one cycle per edge that
+    closes one (a back edge), naming its members from the one defined first.
+    """
+    specs: dict[str, TaskSpec] = {}
+    for spec in tasks:
+        if spec.id in known_ids:
+            specs.setdefault(spec.id, spec)
+    order = {task_id: index for index, task_id in enumerate(specs)}
+    done: set[str] = set()
+    for root in specs:
+        if root in done:
+            continue
+        path = [root]
+        on_path = {root: 0}
+        pending = [iter(specs[root].after)]
+        while pending:
+            nxt = next(pending[-1], None)
+            if nxt is None:
+                pending.pop()
+                node = path.pop()
+                del on_path[node]
+                done.add(node)
+                continue
+            if nxt in on_path:
+                _report_cycle(path[on_path[nxt] :], specs, order, issues)
+            elif nxt not in done and nxt in specs:
+                on_path[nxt] = len(path)
+                path.append(nxt)
+                pending.append(iter(specs[nxt].after))
+
+
+def _report_cycle(
+    members: list[str], specs: Mapping[str, TaskSpec], order: Mapping[str, int], issues: _Issues
+) -> None:
+    """One issue naming the cycle *members* (each waits for the next), first-defined first."""
+    start = min(range(len(members)), key=lambda index: order[members[index]])
+    ring = members[start:] + members[:start]
+    names = " → ".join([*ring, ring[0]])
+    issues.add(specs[ring[0]].line or 1, 1, f"tasks {names} form an ordering cycle in 'after'")
 
 
 def _command(reader: _TaskReader, element: _Element | None) -> tuple[tuple[str, ...] | None, bool]:

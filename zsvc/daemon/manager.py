@@ -18,7 +18,9 @@ import contextlib
 import json
 import logging
 import os
+import random
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context, TaskSpec
+from zsvc.daemon import engine
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.daemon.table import Table
 from zsvc.errors import (
@@ -55,6 +58,7 @@ from zsvc.states import (
     Result,
     State,
     SubState,
+    TaskAction,
     is_valid_id,
     new_transaction_id,
 )
@@ -89,6 +93,8 @@ class Manager:
         self._info_pending: set[str] = set()
         self._views: dict[str, bytes] = {}
         """Encoded ``status`` views, dropped whenever the transaction's stored state changes."""
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._clock: Callable[[], float] = time.monotonic
 
     # --- persistence ------------------------------------------------------------
 
@@ -117,8 +123,15 @@ class Manager:
         services: list[str],
         block: bool,
         timeout: float | None,
+        keep_going: bool = False,
     ) -> dict[str, Any]:
-        """Create a transaction from *context*, or start a known one again."""
+        """Create a transaction from *context*, or start a known one again.
+
+        Tasks start in waves along their ``after`` edges, each wave once the
+        previous one is ready. When a task fails to become ready, the start
+        stops what it started, in reverse order, and fails naming the task
+        (``keep_going`` leaves the rest running instead).
+        """
         if context is None:
             if not transaction:
                 raise BadRequest("start: give a transaction id or a context file")
@@ -133,27 +146,106 @@ class Manager:
             chosen = self._choose(record, services, default=self._entry_tasks(record))
             record.stopping = False
             self._save_transaction(record)
-            launched = [task for task in chosen if not task.is_up]
-            for task in launched:
-                _preflight(task.spec)
-            for task in launched:
-                await self._launch(record, task)
+            for task in chosen:
+                if not task.is_up:
+                    _preflight(task.spec)
+            now = self._clock()
+            for task in chosen:  # a start by hand resets the start limit, as reset-failed does
+                _, task.restart_state = engine.note_start(
+                    task.restart_state, now, automatic=False, policy=task.spec.restart
+                )
+            epoch = record.epoch
+        run = self._start_in_order(record, [task.id for task in chosen], epoch, keep_going, timeout)
         if block:
-            await self._wait_ready(record, chosen, timeout)
+            await run
+        else:
+            self._spawn(run, f"start {record.id}")
         return record.view()
 
-    async def stop(self, transaction: str, services: list[str], timeout: float | None) -> dict:
+    async def _start_in_order(
+        self,
+        record: TransactionRecord,
+        chosen: list[str],
+        epoch: int,
+        keep_going: bool,
+        timeout: float | None,
+    ) -> None:
+        deadline = None if timeout is None else self._clock() + timeout
+        launched: list[TaskRecord] = []
+        problems: list[str] = []
+        blocked: set[str] = set()
+        for wave in engine.start_waves(record.context.tasks, chosen):
+            async with record.lock:
+                if record.epoch != epoch:
+                    raise OperationFailed(f"transaction {record.id} was stopped while it started")
+                batch = [record.tasks[task_id] for task_id in wave if task_id not in blocked]
+                for task in batch:
+                    if not task.is_up or task.sub_state is SubState.AUTO_RESTART:
+                        task.cancel_restart()
+                        await self._launch(record, task)
+                        launched.append(task)
+            failures = await self._wait_wave(batch, deadline)
+            for task_id, reason in failures.items():
+                problems.append(f"task {task_id} {reason}")
+                blocked |= engine.blocked_by(task_id, record.context.tasks, chosen)
+            if failures and not keep_going:
+                break
+        if not problems:
+            return
+        if blocked:
+            problems.append(f"not started (after a failed task): {', '.join(sorted(blocked))}")
+        if not keep_going:
+            undone = [task.id for task in launched if task.is_up]
+            if undone:
+                await self.stop(record.id, undone, None, quiet=True)
+                problems.append(f"stopped again: {', '.join(undone)}")
+        raise OperationFailed(
+            f"transaction {record.id} did not start: " + "; ".join(problems),
+            details={"transaction": record.view()},
+        )
+
+    async def _wait_wave(self, batch: list[TaskRecord], deadline: float | None) -> dict[str, str]:
+        """Wait for a wave to be ready; returns what went wrong, by task id."""
+        waiting = {task.id: task.ready for task in batch if task.ready is not None}
+        if not waiting:
+            return {}
+        remaining = None if deadline is None else max(0.0, deadline - self._clock())
+        _, pending = await asyncio.wait(waiting.values(), timeout=remaining)
+        failures = {}
+        for task in batch:
+            future = waiting.get(task.id)
+            if future is None:
+                continue
+            if future in pending:
+                failures[task.id] = "is not ready within the --timeout"
+            elif (info := future.result()) is not None:
+                failures[task.id] = f"{info.describe()}{_status_suffix(task)}"
+        return failures
+
+    async def stop(
+        self,
+        transaction: str,
+        services: list[str],
+        timeout: float | None,
+        quiet: bool = False,
+    ) -> dict:
+        """Stop tasks in reverse ``after`` order; *quiet* also silences their triggers."""
         record = self._get(transaction)
         async with record.lock:
             whole = not services
             chosen = self._choose(record, services, default=list(record.tasks.values()))
-            if whole:
+            record.epoch += 1
+            silent = whole or quiet
+            if silent:
                 record.stopping = True
                 self._save_transaction(record)
             try:
-                await asyncio.gather(*(self._stop_task(task, timeout) for task in chosen))
+                for wave in engine.stop_order(record.context.tasks, [t.id for t in chosen]):
+                    await asyncio.gather(
+                        *(self._stop_task(record.tasks[task_id], timeout) for task_id in wave)
+                    )
             finally:
-                if whole:
+                if silent:
                     record.stopping = False
                     self._save_transaction(record)
                 self._context_info(record)
@@ -270,28 +362,6 @@ class Manager:
             )
         return [record.tasks[name] for name in dict.fromkeys(services)]
 
-    async def _wait_ready(
-        self, record: TransactionRecord, tasks: list[TaskRecord], timeout: float | None
-    ) -> None:
-        waiting = {task.id: task.ready for task in tasks if task.ready is not None}
-        if not waiting:
-            return
-        _, pending = await asyncio.wait(waiting.values(), timeout=timeout)
-        problems = []
-        for task in tasks:
-            future = waiting.get(task.id)
-            if future is None:
-                continue
-            if future in pending:
-                problems.append(f"task {task.id} is not ready after {timeout:g} s")
-            elif (info := future.result()) is not None:
-                problems.append(f"task {task.id} {info.describe()}{_status_suffix(task)}")
-        if problems:
-            raise OperationFailed(
-                f"transaction {record.id} did not start: " + "; ".join(problems),
-                details={"transaction": record.view()},
-            )
-
     # --- launching and stopping -----------------------------------------------------
 
     def _launch_spec(self, record: TransactionRecord, task: TaskRecord) -> LaunchSpec:
@@ -343,6 +413,7 @@ class Manager:
             log_path=self.state.task_log(record.id, spec.id),
             description=spec.description,
             host_entry=not spec.is_command,
+            watchdog_sec=spec.watchdog_sec,
         )
 
     async def _launch(self, record: TransactionRecord, task: TaskRecord) -> None:
@@ -376,6 +447,11 @@ class Manager:
         self._context_info(record)
 
     async def _stop_task(self, task: TaskRecord, timeout: float | None) -> None:
+        if task.cancel_restart() or task.sub_state is SubState.AUTO_RESTART:
+            task.set_state(State.INACTIVE, SubState.DEAD)
+            task.last_action = LastAction.STOPPED
+            self._save(task)
+            return
         if task.handle is None:
             if task.sub_state is SubState.WAITING or not task.is_up:
                 return
@@ -403,6 +479,7 @@ class Manager:
         if task.ready is not None and not task.ready.done():
             task.ready.set_result(None)
         self._report(task, LastAction.STARTED)
+        self._fire(task, LastAction.STARTED)
 
     def on_status(self, key: TaskKey, text: str) -> None:
         task = self._task(key)
@@ -452,6 +529,112 @@ class Manager:
             task.ready.set_result(info)
         log.info("%s/%s %s", task.transaction, task.id, info.describe())
         self._report(task, action, info, pid)
+        self._fire(task, action)
+        if not task.stop_requested:
+            self._apply_restart_policy(task, info)
+
+    # --- triggers and the restart policy (decided by zsvc.daemon.engine) ----------------
+
+    def _fire(self, task: TaskRecord, action: LastAction) -> None:
+        """Run the triggers an event fires: once per event, never while the transaction stops."""
+        record = self.transactions.get(task.transaction)
+        if record is None:
+            return
+        table = {t.id: t.spec.triggers for t in record.tasks.values()}
+        event = engine.TaskEvent(record.id, task.id, action)
+        for triggered in engine.fire(event, table, record.stopping):
+            log.info("%s: %s", record.id, triggered.describe())
+            self._spawn(self._carry_out(record, triggered), triggered.describe())
+
+    async def _carry_out(
+        self, record: TransactionRecord, triggered: engine.TriggeredAction
+    ) -> None:
+        target = record.tasks.get(triggered.target)
+        if target is None or record.stopping:
+            return
+        if triggered.action in (TaskAction.STOP, TaskAction.RESTART) and target.is_up:
+            await self.stop(record.id, [target.id], None)
+        if triggered.action in (TaskAction.START, TaskAction.RESTART):
+            await self._start_automatically(record, target, f"{triggered.describe()}")
+
+    async def _start_automatically(
+        self, record: TransactionRecord, task: TaskRecord, cause: str
+    ) -> None:
+        """A start nobody typed (a trigger or the restart policy): bounded by the start limit."""
+        async with record.lock:
+            if record.stopping or (task.is_up and task.sub_state is not SubState.AUTO_RESTART):
+                return
+            task.restart_timer = None
+            allowed, task.restart_state = engine.note_start(
+                task.restart_state, self._clock(), automatic=True, policy=task.spec.restart
+            )
+            if not allowed:
+                self._start_limit_hit(task, cause)
+                return
+            try:
+                _preflight(task.spec)
+            except OperationFailed as exc:
+                self._ended(task, ExitInfo(Result.RESOURCES, detail=exc.message))
+                return
+            await self._launch(record, task)
+
+    def _apply_restart_policy(self, task: TaskRecord, info: ExitInfo) -> None:
+        record = self.transactions.get(task.transaction)
+        if record is None or record.stopping or task.is_up:
+            return  # stopping, or a trigger already started it again
+        decision = engine.on_exit(
+            task.restart_state,
+            task.spec.restart,
+            info.result,
+            stop_requested=False,
+            now=self._clock(),
+            rand=random.random(),
+        )
+        task.restart_state = decision.state
+        if decision.verdict is engine.Verdict.LIMIT:
+            self._start_limit_hit(task, f"restart={task.spec.restart.mode}")
+        elif decision.verdict is engine.Verdict.RESTART:
+            task.set_state(State.ACTIVATING, SubState.AUTO_RESTART)
+            task.status_text = f"restarting in {decision.delay:.2f} s: {info.describe()}"
+            self._save(task)
+            loop = asyncio.get_running_loop()
+            task.restart_timer = loop.call_later(
+                decision.delay,
+                lambda: self._spawn(
+                    self._start_automatically(record, task, "restart policy"), "auto-restart"
+                ),
+            )
+
+    def _start_limit_hit(self, task: TaskRecord, cause: str) -> None:
+        policy = task.spec.restart
+        task.cancel_restart()
+        task.set_state(State.FAILED, SubState.FAILED, Result.START_LIMIT_HIT)
+        task.status_text = (
+            f"start limit hit: more than {policy.limit_burst} automatic starts"
+            f" in {policy.limit_interval:g} s ({cause}); 'zsvc start' resets it"
+        )
+        task.last_action = LastAction.FAILED
+        self._save(task)
+        log.warning("%s/%s: %s", task.transaction, task.id, task.status_text)
+        # Reported once on the bus; its triggers do not fire for it: an on_fail that
+        # restarts the task would only hit the limit again, forever.
+        self._report(task, LastAction.FAILED, ExitInfo(Result.START_LIMIT_HIT, detail=cause))
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        """Run *coroutine* in the background, keeping a reference and logging its failure."""
+        job = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._jobs.add(job)
+        job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task[Any]) -> None:
+        self._jobs.discard(job)
+        if job.cancelled():
+            return
+        exc = job.exception()
+        if isinstance(exc, ZsvcError):
+            log.warning("%s: %s", job.get_name(), exc.message)
+        elif exc is not None:
+            log.error("%s failed", job.get_name(), exc_info=exc)
 
     # --- the bus ---------------------------------------------------------------------
 
@@ -513,9 +696,12 @@ class Manager:
         """Act on the bus traffic the daemon observes (see :mod:`zsvc.daemon.bus`)."""
         if message.topic == protocol.Topic.CONTROL and message.action == LastAction.UPDATED:
             task = self._task((message.transaction, message.service_id))
-            if task is not None and task.is_up and task.last_action is not LastAction.UPDATED:
+            if task is None or not task.is_up:
+                return
+            if task.last_action is not LastAction.UPDATED:
                 task.last_action = LastAction.UPDATED
                 self._save(task)
+            self._fire(task, LastAction.UPDATED)
         elif message.topic == protocol.Topic.STATE and message.action == "request":
             self._reply_context(message)
         elif message.topic == protocol.Topic.CONTEXT:

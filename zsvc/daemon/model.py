@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zsvc.config.model import Context, TaskSpec
+from zsvc.daemon.engine import RestartState
 from zsvc.daemon.table import TaskRow, TransactionRow
 from zsvc.runners.base import ExitInfo, TaskHandle
 from zsvc.states import HAS_PROCESS, LastAction, Result, State, SubState, TransactionState
@@ -39,6 +40,18 @@ class TaskRecord:
     stop_requested: bool = False
     ready: asyncio.Future[ExitInfo | None] | None = None
     """Resolved with None when the current run becomes ready, or with how it ended before."""
+    restart_state: RestartState = field(default_factory=RestartState)
+    """The restart policy's memory (starts in the limit window, backoff); not persisted."""
+    restart_timer: asyncio.TimerHandle | None = None
+    """The pending automatic restart, while the task is ``activating/auto-restart``."""
+
+    def cancel_restart(self) -> bool:
+        """Drop a pending automatic restart; True when there was one."""
+        if self.restart_timer is None:
+            return False
+        self.restart_timer.cancel()
+        self.restart_timer = None
+        return True
 
     @property
     def id(self) -> str:
@@ -111,6 +124,8 @@ class TransactionRecord:
     context_text: str
     created: float = field(default_factory=time.time)
     stopping: bool = False
+    epoch: int = 0
+    """Bumped by every stop: an ordered start in progress checks it before each wave."""
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -130,10 +145,13 @@ class TransactionRecord:
         if self.stopping:
             return TransactionState.STOPPING
         states = [task.state for task in self.tasks.values()]
-        if State.ACTIVATING in states:
+        if any(t.state is State.ACTIVATING and t.sub_state is not SubState.AUTO_RESTART
+               for t in self.tasks.values()):  # fmt: skip
             return TransactionState.STARTING
         if State.DEACTIVATING in states:
             return TransactionState.STOPPING
+        if any(task.sub_state is SubState.AUTO_RESTART for task in self.tasks.values()):
+            return TransactionState.DEGRADED  # a task failed and waits to be restarted
         failed = State.FAILED in states
         active = State.ACTIVE in states
         if failed:

@@ -273,6 +273,7 @@ class Daemon:
         services: list[str],
         block: bool,
         timeout: float | None,
+        keep_going: bool,
     ) -> dict[str, Any]:
         assert self.manager is not None and self.bus is not None
         if self.stopped.is_set():
@@ -287,7 +288,7 @@ class Daemon:
         elif context_path is not None:
             raise BadRequest("start: 'context_path' needs 'context_text'")
         return await self.manager.start(
-            transaction, context, context_text, services, block, timeout
+            transaction, context, context_text, services, block, timeout, keep_going
         )
 
     async def cmd_stop(self, transaction: str, services: list[str], timeout: float | None) -> Any:
