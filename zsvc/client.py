@@ -29,7 +29,7 @@ LIVENESS_CHECK = 0.5
 """While waiting for a reply, how often to check that the daemon still listens."""
 
 
-def _socket_listening(path: Path) -> bool:
+def socket_listening(path: Path) -> bool:
     """True when something accepts connections on the unix socket *path*.
 
     ZMQ's ``connect`` never fails on a dead ``ipc://`` endpoint, it just
@@ -57,7 +57,7 @@ class ControlClient:
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
-            if not _socket_listening(self.layout.control):
+            if not socket_listening(self.layout.control):
                 raise DaemonUnreachable(f"no zsvc daemon is listening on {self.layout.control}")
             self._context = zmq.Context()
             sock = self._context.socket(zmq.DEALER)
@@ -90,7 +90,7 @@ class ControlClient:
             if not sock.poll(int(min(remaining, LIVENESS_CHECK) * 1000) + 1):
                 # A long command (start waits for readiness) is fine; a daemon that
                 # went away is not worth waiting for until the deadline.
-                if not _socket_listening(self.layout.control):
+                if not socket_listening(self.layout.control):
                     raise DaemonUnreachable(
                         f"the zsvc daemon on {self.layout.control} went away"
                         f" before answering '{command}'"

@@ -344,7 +344,7 @@ def shutdown(
     """Stop every task, then the daemon."""
     import time
 
-    from zsvc.client import _socket_listening
+    from zsvc.client import socket_listening
     from zsvc.paths import RuntimeLayout, runtime_dir
 
     _call("shutdown")
@@ -353,7 +353,7 @@ def shutdown(
         return
     control = RuntimeLayout(runtime_dir(_state["runtime_dir"])).control
     deadline = time.monotonic() + timeout
-    while _socket_listening(control):  # the daemon closes it last, after every task stopped
+    while socket_listening(control):  # the daemon closes it last, after every task stopped
         if time.monotonic() > deadline:
             typer.echo(f"zsvc: the daemon is still running after {timeout:g} s", err=True)
             raise typer.Exit(ExitCode.FAILED)

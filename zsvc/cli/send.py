@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from zsvc import protocol
-from zsvc.client import BusClient, _socket_listening
+from zsvc.client import BusClient, socket_listening
 from zsvc.errors import DaemonUnreachable
 from zsvc.paths import RuntimeLayout, runtime_dir
 
@@ -26,7 +26,7 @@ def send_on_bus(
 ) -> dict[str, Any] | None:
     """Publish one message; for a ``state`` request, wait for and return the reply."""
     layout = RuntimeLayout(runtime_dir(runtime))
-    if not _socket_listening(layout.bus_sub):
+    if not socket_listening(layout.bus_sub):
         raise DaemonUnreachable(f"no zsvc bus on {layout.bus_sub}")
     content: dict[str, Any] = {}
     if device_action is not None:
