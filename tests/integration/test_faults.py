@@ -248,3 +248,11 @@ def test_nothing_starts_once_shutdown_began(daemon, make_context) -> None:
         with pytest.raises(ZsvcError, match="shutting down"):
             client.call("start", context_path=str(other), context_text=other.read_text())
     assert daemon.wait() == 0
+
+
+def test_an_unknown_task_in_a_new_transaction_creates_nothing(daemon, make_context) -> None:
+    context = make_context([TaskDef("t1")])
+    result = daemon.cli("start", "--context", str(context), "NEWTX", "--service", "bogus")
+    assert result.code == 4
+    assert "no task 'bogus'" in result.stderr
+    assert _table(daemon) == {}

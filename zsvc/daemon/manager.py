@@ -139,6 +139,12 @@ class Manager:
         else:
             if transaction not in self.transactions:
                 # A new transaction is only created when what it starts can run.
+                unknown = sorted(set(services) - set(context.task_ids))
+                if unknown:
+                    raise UnknownTask(
+                        f"{context.path} has no task {', '.join(map(repr, unknown))};"
+                        f" its tasks: {', '.join(context.task_ids)}"
+                    )
                 for spec in _chosen_specs(context, services):
                     _preflight(spec)
             record = self._create(transaction, context, context_text or "")
@@ -734,6 +740,7 @@ class Manager:
                 continue
             record = TransactionRecord.new(row.id, context, row.context_text)
             record.created = row.created
+            record.stopping = row.stopping  # an interrupted stop: no trigger fires meanwhile
             self.transactions[row.id] = record
             for task_row in self.table.tasks(row.id):
                 task = record.tasks.get(task_row.task_id)

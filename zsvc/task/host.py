@@ -276,7 +276,8 @@ def host(spec: HostSpec) -> int:
             try:
                 task.teardown()
             except Exception as exc:  # noqa: BLE001 - user code
-                code = code or _fail("teardown failed", exc, EXIT_USER_ERROR)
+                failure = _fail("teardown failed", exc, EXIT_USER_ERROR)  # always reported
+                code = code or failure
         bus.close()
     return code
 
