@@ -63,6 +63,25 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def invocation_of(pid: int) -> str | None:
+    """The invocation id in the environment *pid* was executed with, None if none or unreadable.
+
+    Only what the process was started with: a process forked without exec (a
+    zygote task, a Python child of one) shows the environment of the program
+    it was executed as.
+    """
+    prefix = f"{INVOCATION_ENV}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace") or None
+    return None
+
+
 def find_invocation(invocation: object) -> dict[str, Any] | None:
     """The process whose environment carries *invocation*: a run whose pid was never saved."""
     if not isinstance(invocation, str) or not invocation:

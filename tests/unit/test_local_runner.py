@@ -6,14 +6,37 @@ import asyncio
 import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
+import textwrap
+import time
+import uuid
 from pathlib import Path
 
+import pytest
+
 from zsvc.paths import RuntimeLayout
-from zsvc.runners.base import ExitInfo, LaunchSpec, TaskKey
-from zsvc.runners.local import LocalRunner, children_of, descendants
+from zsvc.procs import process_start_time
+from zsvc.runners.base import INVOCATION_ENV, ExitInfo, LaunchError, LaunchSpec, TaskKey
+from zsvc.runners.cgroup import cgroup_of, find_hierarchy
+from zsvc.runners.local import (
+    JOIN_AND_EXEC,
+    SHELL,
+    LocalRunner,
+    children_of,
+    descendants,
+    executable_error,
+)
 from zsvc.states import Result
+
+REPO = Path(__file__).resolve().parents[2]
+CGROUPS = find_hierarchy() if os.environ.get("ZSVC_CGROUPS", "1") != "0" else None
+"""The runner's cgroups; ZSVC_CGROUPS=0 runs these tests (and their daemons) without."""
+needs_cgroup2 = pytest.mark.skipif(
+    CGROUPS is None,
+    reason="no writable cgroup2 hierarchy (needs root and a cgroup2 mount) or ZSVC_CGROUPS=0",
+)
 
 
 class Recorder:
@@ -21,12 +44,16 @@ class Recorder:
         self.ready: list[TaskKey] = []
         self.exits: list[tuple[TaskKey, ExitInfo]] = []
         self.status: list[tuple[TaskKey, str]] = []
+        self.ready_at: float | None = None
+        self.got_status = asyncio.Event()
 
     def on_ready(self, key: TaskKey) -> None:
         self.ready.append(key)
+        self.ready_at = asyncio.get_running_loop().time()
 
     def on_status(self, key: TaskKey, text: str) -> None:
         self.status.append((key, text))
+        self.got_status.set()
 
     def on_stopping(self, key: TaskKey) -> None:
         pass
@@ -35,18 +62,25 @@ class Recorder:
         self.exits.append((key, info))
 
 
-def _spec(tmp: Path, argv: list[str], notify: bool = True) -> LaunchSpec:
+def _spec(
+    tmp: Path,
+    argv: list[str],
+    notify: bool = True,
+    watchdog_sec: float | None = None,
+    stop_timeout: float = 2.0,
+) -> LaunchSpec:
     return LaunchSpec(
         transaction="TX",
         task_id="t1",
-        unit="zsvc-TX-t1.service",
+        unit=f"zsvc-TX-t1-{uuid.uuid4().hex[:8]}.service",  # a cgroup of its own per test
         argv=tuple(argv),
-        env=dict(os.environ),
+        env=dict(os.environ, PYTHONPATH=str(REPO), **{INVOCATION_ENV: uuid.uuid4().hex}),
         cwd=str(tmp),
         notify=notify,
         start_timeout=10.0,
-        stop_timeout=2.0,
+        stop_timeout=stop_timeout,
         log_path=tmp / "t1.log",
+        watchdog_sec=watchdog_sec,
     )
 
 
@@ -119,3 +153,389 @@ def test_descendants_walks_the_process_tree(tmp_path: Path) -> None:
                 os.kill(pid, 9)
         child.kill()
         child.wait(10)
+
+
+# --- leaving nothing behind ---------------------------------------------------------------
+
+ORPHANER = textwrap.dedent(
+    """
+    import os, signal, socket, sys
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # the intermediate: a new session, one child, and away
+        os.close(read_end)
+        os.setsid()
+        if os.fork() == 0:  # the grandchild: only SIGKILL ends it
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.write(write_end, str(os.getpid()).encode())
+            os.close(write_end)
+            os.execvp("sleep", ["sleep", "3600"])
+        os._exit(0)
+    os.close(write_end)
+    grandchild = os.read(read_end, 64).decode()
+    os.wait()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.sendto(f"READY=1\\nSTATUS={grandchild}".encode(), os.environ["NOTIFY_SOCKET"])
+    if sys.argv[1] == "exit":
+        sys.exit(0)
+    signal.pause()
+    """
+)
+"""A main process whose grandchild left its session and its parent; the grandchild's pid is
+sent as STATUS= with READY=1. Argument: "exit" to end at once, anything else to wait."""
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill_quietly(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@needs_cgroup2
+@pytest.mark.parametrize("ending", ["stop", "exit"])
+def test_everything_a_task_starts_shares_its_cgroup_and_dies_with_it(
+    tmp_path: Path, ending: str
+) -> None:
+    assert CGROUPS is not None
+    grandchild: int | None = None
+
+    async def scenario() -> tuple[ExitInfo, Path, list[int]]:
+        nonlocal grandchild
+        events = Recorder()
+        runner = LocalRunner(RuntimeLayout(tmp_path), use_zygote=False)
+        await runner.open(events)
+        try:
+            task = await runner.start(_spec(tmp_path, [sys.executable, "-c", ORPHANER, ending]))
+            path = Path(task.describe()["cgroup"])
+            await asyncio.wait_for(events.got_status.wait(), 10)
+            grandchild = int(events.status[0][1])
+            members: list[int] = []
+            if ending == "stop":
+                assert task.cgroup is not None
+                members = task.cgroup.procs()
+                assert cgroup_of(grandchild) == task.cgroup.relative
+                info = await asyncio.wait_for(task.stop(), 10)
+            else:
+                info = await asyncio.wait_for(task.wait(), 10)
+            return info, path, members
+        finally:
+            await runner.close()
+
+    try:
+        info, path, members = asyncio.run(scenario())
+        assert info.result is Result.SUCCESS
+        assert grandchild is not None and not _alive(grandchild)  # dead when the end is reported
+        assert path.parent == CGROUPS.slice and not path.exists()
+        if ending == "stop":
+            assert grandchild in members
+    finally:
+        _kill_quietly(grandchild)
+
+
+def test_a_missing_program_is_refused_before_the_start(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, ["/no/such/program"], notify=False)
+
+    async def scenario() -> LaunchError:
+        runner = LocalRunner(RuntimeLayout(tmp_path), use_zygote=False)
+        await runner.open(Recorder())
+        try:
+            with pytest.raises(LaunchError) as caught:
+                await runner.start(spec)
+            return caught.value
+        finally:
+            await runner.close()
+
+    error = asyncio.run(scenario())
+    assert error.info.exit_code == 203 and error.info.result is Result.EXIT_CODE
+    assert "cannot execute /no/such/program: No such file or directory" in str(error)
+    if CGROUPS is not None:
+        assert not (CGROUPS.slice / spec.unit).exists()
+
+
+def test_executable_error_looks_programs_up_like_exec(tmp_path: Path) -> None:
+    import errno
+
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    (tmp_path / "data").write_text("")
+    env = {"PATH": f"/nonexistent:{tmp_path}"}
+    assert executable_error("run.sh", env, "/") is None  # found on PATH
+    assert executable_error("./run.sh", {}, str(tmp_path)) is None  # relative to the cwd
+    assert executable_error(str(script), {"PATH": ""}, "/") is None
+    assert executable_error("sh", dict(os.environ), "/") is None
+    for program, cwd, code in (
+        ("no-such-zsvc-program", "/", errno.ENOENT),
+        ("./data", str(tmp_path), errno.EACCES),  # not executable
+        (str(tmp_path), "/", errno.EACCES),  # a directory
+        ("./run.sh", "/", errno.ENOENT),  # relative to another cwd
+        ("", "/", errno.ENOENT),
+    ):
+        error = executable_error(program, env, cwd)
+        assert error is not None and error.errno == code, program
+
+
+class _PreviousDaemon:
+    """A task started the way an earlier daemon did: its main process joined a cgroup
+    through the runner's own wrapper; the grandchild's pid arrives on a notify socket."""
+
+    def __init__(self, tmp: Path, unit: str):
+        from zsvc.notify import NotifyServer
+
+        assert CGROUPS is not None
+        self.cgroup = CGROUPS.create(unit, f"{unit}-x")
+        self.invocation = uuid.uuid4().hex
+        self.server = NotifyServer(tmp / "previous.sock")
+        argv = [SHELL, "-c", JOIN_AND_EXEC, "sh", str(self.cgroup.path)]
+        argv += [sys.executable, "-c", ORPHANER, "stop"]
+        env = dict(os.environ, NOTIFY_SOCKET=self.server.path, ZSVC_INVOCATION=self.invocation)
+        self.main = subprocess.Popen(argv, env=env, process_group=0)
+        self.grandchild: int | None = None
+        deadline = time.monotonic() + 10
+        while self.grandchild is None and (remaining := deadline - time.monotonic()) > 0:
+            select.select([self.server.fileno()], [], [], remaining)
+            for note in self.server.drain():
+                if not isinstance(note, Exception) and note.status:
+                    self.grandchild = int(note.status)
+        assert self.grandchild is not None, "the task did not report its grandchild"
+
+    def description(self, saved: bool) -> dict[str, object]:
+        found = {
+            "pid": self.main.pid,
+            "pgid": self.main.pid,
+            "start_time": process_start_time(self.main.pid),
+            "invocation": self.invocation,
+        }
+        return {**found, "cgroup": str(self.cgroup.path)} if saved else found
+
+    def close(self) -> None:
+        self.server.close()
+        _kill_quietly(self.grandchild)
+        with contextlib.suppress(ProcessLookupError):
+            self.main.kill()
+        self.main.wait(10)
+
+
+@needs_cgroup2
+@pytest.mark.parametrize("saved", [True, False], ids=["described", "found-by-pid"])
+def test_an_adopted_task_is_still_stopped_as_a_whole(tmp_path: Path, saved: bool) -> None:
+    spec = _spec(tmp_path, ["unused"])
+    previous = _PreviousDaemon(tmp_path, spec.unit)
+
+    async def scenario() -> ExitInfo:
+        runner = LocalRunner(RuntimeLayout(tmp_path), use_zygote=False)
+        await runner.open(Recorder())
+        try:
+            task = await runner.adopt(spec, previous.description(saved))
+            assert task is not None and task.cgroup is not None
+            assert task.cgroup.path == previous.cgroup.path
+            assert task.describe()["cgroup"] == str(previous.cgroup.path)
+            return await asyncio.wait_for(task.stop(), 10)
+        finally:
+            await runner.close()
+
+    try:
+        info = asyncio.run(scenario())
+        assert info.result is Result.SUCCESS
+        assert previous.grandchild is not None and not _alive(previous.grandchild)
+        assert not previous.cgroup.path.exists()
+    finally:
+        previous.close()
+
+
+@needs_cgroup2
+def test_what_a_task_lost_while_the_daemon_was_down_left_behind_is_killed(
+    tmp_path: Path,
+) -> None:
+    """KillMode=control-group, late: its main process ended, its grandchild did not."""
+    spec = _spec(tmp_path, ["unused"])
+    previous = _PreviousDaemon(tmp_path, spec.unit)
+    try:
+        description = previous.description(saved=True)
+        previous.main.kill()
+        previous.main.wait(10)
+        assert previous.grandchild is not None and _alive(previous.grandchild)
+
+        async def scenario() -> object:
+            runner = LocalRunner(RuntimeLayout(tmp_path), use_zygote=False)
+            await runner.open(Recorder())
+            try:
+                return await runner.adopt(spec, description)
+            finally:
+                await runner.close()
+
+        assert asyncio.run(scenario()) is None
+        assert not _alive(previous.grandchild)
+        assert not previous.cgroup.path.exists()
+    finally:
+        previous.close()
+
+
+FALLBACK = textwrap.dedent(
+    """
+    import asyncio, contextlib, json, os, select, signal, sys, uuid
+    from pathlib import Path
+    from zsvc.paths import RuntimeLayout
+    from zsvc.runners.base import INVOCATION_ENV, LaunchSpec
+    from zsvc.runners.local import LocalRunner
+
+    tmp, ending, orphaner = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    class Events:
+        def __init__(self):
+            self.status = asyncio.Queue()
+        def on_ready(self, key): pass
+        def on_status(self, key, text):  # watch it now: with "exit", it is killed very soon
+            pid = int(text)
+            try:
+                self.status.put_nowait((pid, os.pidfd_open(pid)))
+            except ProcessLookupError:  # killed and reaped already
+                self.status.put_nowait((pid, None))
+        def on_stopping(self, key): pass
+        def on_main_pid(self, key, pid, description): pass
+        def on_exit(self, key, info): pass
+
+    async def main():
+        events = Events()
+        runner = LocalRunner(RuntimeLayout(tmp), use_zygote=False, use_cgroups=False)
+        await runner.open(events)
+        env = dict(os.environ, **{INVOCATION_ENV: uuid.uuid4().hex})
+        spec = LaunchSpec("TX", "t1", "zsvc-TX-t1.service", (sys.executable, "-c", orphaner,
+                          ending), env, str(tmp), True, 10.0, 2.0, tmp / "t1.log")
+        task = await runner.start(spec)
+        grandchild, watch = await asyncio.wait_for(events.status.get(), 10)
+        try:
+            info = await asyncio.wait_for(task.stop() if ending == "stop" else task.wait(), 10)
+            gone = watch is None or bool(select.select([watch], [], [], 5)[0])  # ended
+            result = {"subreaper": runner.subreaper, "cgroup": task.describe()["cgroup"],
+                      "result": str(info.result), "grandchild_gone": gone}
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
+            await runner.close()
+        print(json.dumps(result))
+
+    asyncio.run(main())
+    """
+)
+"""The runner without cgroups, in a process of its own: it becomes a child subreaper."""
+
+
+@pytest.mark.parametrize("ending", ["stop", "exit"])
+def test_without_cgroups_orphans_of_an_ended_task_are_killed(tmp_path: Path, ending: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK, str(tmp_path), ending, ORPHANER],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    import json
+
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    assert outcome == {
+        "subreaper": True,
+        "cgroup": None,
+        "result": "success",
+        "grandchild_gone": True,
+    }
+
+
+# --- the watchdog ---------------------------------------------------------------------------
+
+SILENT = "from zsvc.notify import sd_notify; import time; sd_notify('READY=1'); time.sleep(60)"
+TRIGGER = (
+    "from zsvc.notify import sd_notify; import time;"
+    " sd_notify('READY=1'); sd_notify('WATCHDOG=trigger'); time.sleep(60)"
+)
+ABORT_PROOF = (
+    "from zsvc.notify import sd_notify; import signal, time;"
+    " signal.signal(signal.SIGABRT, signal.SIG_IGN); sd_notify('READY=1'); time.sleep(60)"
+)
+PINGER = textwrap.dedent(
+    """
+    import os, time
+    from zsvc.notify import sd_notify, watchdog_interval
+    every = watchdog_interval()
+    assert every and "WATCHDOG_PID" not in os.environ, dict(os.environ)
+    sd_notify("READY=1")
+    while True:
+        time.sleep(every)  # the task's own pace
+        sd_notify("WATCHDOG=1")
+    """
+)
+
+
+def _run_watchdog(tmp: Path, code: str, watchdog_sec: float, stop_timeout: float = 2.0):
+    """Start *code* with a watchdog; (how it ended, seconds from READY=1 to the end)."""
+
+    async def scenario() -> tuple[ExitInfo, float]:
+        events = Recorder()
+        runner = LocalRunner(RuntimeLayout(tmp), use_zygote=False)
+        await runner.open(events)
+        try:
+            argv = [sys.executable, "-c", code]
+            task = await runner.start(
+                _spec(tmp, argv, watchdog_sec=watchdog_sec, stop_timeout=stop_timeout)
+            )
+            info = await asyncio.wait_for(task.wait(), 10 + watchdog_sec + 2 * stop_timeout)
+            assert events.ready_at is not None
+            return info, asyncio.get_running_loop().time() - events.ready_at
+        finally:
+            await runner.close()
+
+    return asyncio.run(scenario())
+
+
+def test_the_watchdog_aborts_a_task_that_sends_no_ping(tmp_path: Path) -> None:
+    info, after = _run_watchdog(tmp_path, SILENT, watchdog_sec=0.5)
+    assert (info.result, info.signal) == (Result.WATCHDOG, signal.SIGABRT)
+    assert 0.45 <= after <= 0.5 + 1.5, after
+    assert "(watchdog)" in info.describe()
+
+
+def test_watchdog_trigger_aborts_at_once(tmp_path: Path) -> None:
+    info, after = _run_watchdog(tmp_path, TRIGGER, watchdog_sec=30.0)
+    assert (info.result, info.signal) == (Result.WATCHDOG, signal.SIGABRT)
+    assert after < 5.0
+
+
+def test_a_task_that_survives_sigabrt_gets_the_normal_stop(tmp_path: Path) -> None:
+    info, after = _run_watchdog(tmp_path, ABORT_PROOF, watchdog_sec=0.3, stop_timeout=0.3)
+    assert (info.result, info.signal) == (Result.WATCHDOG, signal.SIGTERM)
+    assert after >= 0.3 + 0.3 - 0.05
+
+
+def test_a_task_that_pings_keeps_running(tmp_path: Path) -> None:
+    period = 0.4
+
+    async def scenario() -> tuple[ExitInfo, float | None]:
+        events = Recorder()
+        runner = LocalRunner(RuntimeLayout(tmp_path), use_zygote=False)
+        await runner.open(events)
+        try:
+            task = await runner.start(
+                _spec(tmp_path, [sys.executable, "-c", PINGER], watchdog_sec=period)
+            )
+            # Five periods: it must still run (no end within the wait) and have pinged.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(task.wait(), 5 * period)
+            assert events.ready and task.poll() is None
+            last_ping = task.last_ping
+            return await asyncio.wait_for(task.stop(), 10), last_ping
+        finally:
+            await runner.close()
+
+    info, last_ping = asyncio.run(scenario())
+    assert last_ping is not None
+    assert info.result is Result.SUCCESS, info.describe()

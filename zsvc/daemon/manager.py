@@ -30,7 +30,13 @@ from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context, TaskSpec
 from zsvc.daemon import engine
-from zsvc.daemon.model import TaskRecord, TransactionRecord
+from zsvc.daemon.model import (
+    THREAD_HOST_ID,
+    TaskRecord,
+    ThreadHost,
+    ThreadRun,
+    TransactionRecord,
+)
 from zsvc.daemon.table import Table
 from zsvc.errors import (
     BadRequest,
@@ -62,10 +68,14 @@ from zsvc.states import (
     is_valid_id,
     new_transaction_id,
 )
+from zsvc.task import threads
 from zsvc.task.host import HostSpec
 
 log = logging.getLogger(__name__)
 
+
+HOST_STOP_MARGIN = 5.0
+"""A thread host's stop timeout beyond its longest task's: time to tear down and report."""
 
 SUPERVISOR_ENV = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
@@ -250,6 +260,8 @@ class Manager:
                     await asyncio.gather(
                         *(self._stop_task(record.tasks[task_id], timeout) for task_id in wave)
                     )
+                if record.thread_host is not None and not record.threads_up:
+                    await self._stop_host(record, timeout)
             finally:
                 if silent:
                     record.stopping = False
@@ -283,12 +295,16 @@ class Manager:
         return view
 
     def log_paths(self, transaction: str, services: list[str]) -> list[dict[str, str]]:
+        """Each chosen task's log; Thread tasks share their host's, listed once as ``@threads``."""
         record = self._get(transaction)
         chosen = self._choose(record, services, default=list(record.tasks.values()))
-        return [
-            {"task": task.id, "path": str(self.state.task_log(record.id, task.id))}
-            for task in chosen
-        ]
+        entries: dict[str, dict[str, str]] = {}
+        for task in chosen:
+            name = THREAD_HOST_ID if task.is_thread else task.id
+            entries.setdefault(
+                name, {"task": name, "path": str(self.state.task_log(record.id, name))}
+            )
+        return list(entries.values())
 
     async def forget(self, transaction: str) -> dict[str, Any]:
         record = self._get(transaction)
@@ -297,6 +313,8 @@ class Manager:
                 raise OperationFailed(
                     f"transaction {transaction} still has running tasks: stop it first"
                 )
+            if record.thread_host is not None:  # idle, and about to be stopped anyway
+                await self._stop_host(record, None)
             self.table.delete_transaction(transaction)
             del self.transactions[transaction]
             self._views.pop(transaction, None)
@@ -309,6 +327,7 @@ class Manager:
                 self.stop(record.id, [], None)
                 for record in list(self.transactions.values())
                 if any(task.is_up for task in record.tasks.values())
+                or record.thread_host is not None
             ),
             return_exceptions=True,
         )
@@ -389,21 +408,9 @@ class Manager:
             notify = spec.notify
         else:
             location = str(spec.location or context_dir)
-            host = HostSpec(
-                transaction=record.id,
-                task_id=spec.id,
-                service_name=spec.service_name,
-                instance=spec.instance,
-                location=location,
-                bus_pub=self.runtime.bus_pub_endpoint,
-                bus_sub=self.runtime.bus_sub_endpoint,
-                topic=spec.topic,
-                device_action=spec.device_action,
-                configuration=dict(spec.configuration),
-                handshake_timeout=spec.start_timeout,
-            )
-            env["ZSVC_TASK"] = host.to_json()
-            argv = (sys.executable, "-m", "zsvc.task")
+            env["ZSVC_TASK"] = self._host_spec(record, spec).to_json()
+            # -P: the working directory (the task location) must not shadow the stdlib.
+            argv = (sys.executable, "-P", "-m", "zsvc.task")
             cwd = location if Path(location).is_dir() else context_dir
             notify = True
         return LaunchSpec(
@@ -422,7 +429,25 @@ class Manager:
             watchdog_sec=spec.watchdog_sec,
         )
 
+    def _host_spec(self, record: TransactionRecord, spec: TaskSpec) -> HostSpec:
+        return HostSpec(
+            transaction=record.id,
+            task_id=spec.id,
+            service_name=spec.service_name,
+            instance=spec.instance,
+            location=str(spec.location or record.context.path.parent),
+            bus_pub=self.runtime.bus_pub_endpoint,
+            bus_sub=self.runtime.bus_sub_endpoint,
+            topic=spec.topic,
+            device_action=spec.device_action,
+            configuration=dict(spec.configuration),
+            handshake_timeout=spec.start_timeout,
+        )
+
     async def _launch(self, record: TransactionRecord, task: TaskRecord) -> None:
+        if task.is_thread:
+            await self._launch_thread(record, task)
+            return
         launch = self._launch_spec(record, task)
         task.stop_requested = False
         task.ready = asyncio.get_running_loop().create_future()
@@ -458,6 +483,9 @@ class Manager:
             task.last_action = LastAction.STOPPED
             self._save(task)
             return
+        if task.is_thread:
+            await self._stop_thread(task, timeout)
+            return
         if task.handle is None:
             if task.sub_state is SubState.WAITING or not task.is_up:
                 return
@@ -469,6 +497,309 @@ class Manager:
         self._save(task)
         await task.handle.stop(timeout)
 
+    # --- Thread tasks: one thread host per transaction (zsvc.task.threads) ---------------
+
+    async def _launch_thread(self, record: TransactionRecord, task: TaskRecord) -> None:
+        """Start a Thread task: an order to the transaction's thread host, launched if needed."""
+        loop = asyncio.get_running_loop()
+        host = record.thread_host
+        if host is not None and host.stopping:
+            # One host process per transaction at a time: wait for the old one to end
+            # (bounded by its stop).
+            await asyncio.shield(host.ended)
+            host = record.thread_host
+        new_host = host is None
+        if host is None:
+            host = ThreadHost(record.id, uuid.uuid4().hex, loop.create_future())
+        if task.spec.watchdog_sec is not None:
+            log.warning("%s/%s: watchdog_sec is ignored for a Thread task", record.id, task.id)
+        task.stop_requested = False
+        task.ready = loop.create_future()
+        task.status_text = ""
+        task.pid = None
+        if task.starts:
+            task.restarts += 1
+        task.starts += 1
+        before = task.to_row()
+        run = uuid.uuid4().hex
+        task.runner_data = {"thread_run": run, "host": host.describe()}
+        task.set_state(State.ACTIVATING, SubState.START, Result.SUCCESS)
+        try:
+            self._save(task)  # with the host's invocation id, before the host exists
+        except StorageError:
+            task.load_row(before)
+            raise
+        task.thread = ThreadRun(run, host, loop.create_future())
+        if new_host:
+            host.waiting.append(task.id)
+            await self._start_host(record, host)
+        elif host.ready and host.handle is not None:
+            self._order_start(host, task)
+        else:
+            host.waiting.append(task.id)
+        self._context_info(record)
+
+    def _host_launch_spec(self, record: TransactionRecord, host: ThreadHost) -> LaunchSpec:
+        specs = [task.spec for task in record.tasks.values() if task.is_thread]
+        env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
+        env.update(
+            ZSVC_TRANSACTION=record.id,
+            ZSVC_TASK_ID=THREAD_HOST_ID,
+            ZSVC_SERVICE_NAME=THREAD_HOST_ID,
+            PYTHONUNBUFFERED="1",
+        )
+        env[INVOCATION_ENV] = host.invocation
+        start_timeout = max(spec.start_timeout for spec in specs)
+        stop_timeout = max(spec.stop_timeout for spec in specs)
+        group = threads.ThreadGroupSpec(
+            transaction=record.id,
+            bus_pub=self.runtime.bus_pub_endpoint,
+            bus_sub=self.runtime.bus_sub_endpoint,
+            tasks=tuple(self._host_spec(record, spec) for spec in specs),
+            handshake_timeout=start_timeout,
+            stop_timeout=stop_timeout,
+        )
+        env["ZSVC_TASK"] = group.to_json()
+        return LaunchSpec(
+            transaction=record.id,
+            task_id=THREAD_HOST_ID,
+            unit=unit_name(record.id, THREAD_HOST_ID),
+            argv=(sys.executable, "-P", "-m", "zsvc.task"),
+            env=env,
+            cwd=str(record.context.path.parent),
+            notify=True,
+            start_timeout=start_timeout,
+            stop_timeout=stop_timeout + HOST_STOP_MARGIN,
+            log_path=self.state.task_log(record.id, THREAD_HOST_ID),
+            description=f"zsvc thread host of transaction {record.id}",
+            host_entry=True,
+        )
+
+    async def _start_host(self, record: TransactionRecord, host: ThreadHost) -> None:
+        record.thread_host = host
+        try:
+            handle = await self.runner.start(self._host_launch_spec(record, host))
+        except LaunchError as exc:
+            log.error("%s: thread host: %s", record.id, exc)
+            self._host_ended(record, host, exc.info)
+            return
+        host.handle = handle
+        host.pid = handle.pid
+        with contextlib.suppress(FileNotFoundError):
+            self.runtime.spawned(host.invocation).unlink()
+        log.info("%s: thread host started (pid %d)", record.id, handle.pid)
+        described = host.describe()
+        for task_id in host.waiting:
+            task = record.tasks[task_id]
+            task.runner_data = {**task.runner_data, "host": described}
+            self._save(task)
+        if host.ready:  # its READY=1 came while the runner was still starting it
+            self._order_waiting(record, host)
+
+    def _host_ready(self, transaction: str) -> None:
+        record = self.transactions.get(transaction)
+        host = record.thread_host if record is not None else None
+        if record is None or host is None or host.ready:
+            return
+        host.ready = True
+        if host.handle is not None:
+            self._order_waiting(record, host)
+
+    def _order_waiting(self, record: TransactionRecord, host: ThreadHost) -> None:
+        waiting, host.waiting = host.waiting, []
+        for task_id in waiting:
+            task = record.tasks[task_id]
+            if task.thread is not None and task.thread.host is host:
+                self._order_start(host, task)
+        self._context_info(record)
+
+    def _order_start(self, host: ThreadHost, task: TaskRecord) -> None:
+        thread_run = task.thread
+        assert thread_run is not None
+        task.pid = host.pid
+        task.status_text = _thread_status(host)
+        self._save(task)
+        self._publish_order(task, threads.ORDER_START, thread_run.run)
+        thread_run.start_timer = asyncio.get_running_loop().call_later(
+            task.spec.start_timeout, self._thread_start_timed_out, task, thread_run
+        )
+
+    def _publish_order(self, task: TaskRecord, action: str, run: str) -> None:
+        self.publish(
+            protocol.make_message(
+                protocol.Topic.PROCESS,
+                action,
+                transaction=task.transaction,
+                service_id=task.id,
+                service_name=task.spec.service_name,
+                content={threads.ORDER_KEY: {"run": run}},
+            )
+        )
+
+    def _thread_start_timed_out(self, task: TaskRecord, thread_run: ThreadRun) -> None:
+        thread_run.start_timer = None
+        if task.thread is not thread_run or task.state is not State.ACTIVATING:
+            return
+        limit = task.spec.start_timeout
+        log.warning(
+            "%s/%s: its thread sent no 'started' within %g s", task.transaction, task.id, limit
+        )
+        self._publish_order(task, threads.ORDER_STOP, thread_run.run)
+        pid = thread_run.host.pid
+        self._ended(
+            task,
+            ExitInfo(
+                Result.TIMEOUT,
+                detail=f"its thread was not started within {limit:g} s"
+                f" (it cannot be killed: it runs on in pid {pid} until it ends)",
+            ),
+        )
+
+    def _on_thread_report(self, message: protocol.Message) -> None:
+        """A thread host reports on one of its threads (``control``, action ``thread``)."""
+        key = (message.transaction, message.service_id)
+        task = self._task(key)
+        status = message.status
+        if task is None or task.thread is None or status.get("run") != task.thread.run:
+            return  # not a current run: a late report of an earlier one
+        event = status.get("event")
+        if event == threads.Event.STARTED:
+            task.thread.cancel_timer()
+            self.on_ready(key)
+        elif event == threads.Event.STATUS and isinstance(text := status.get("text"), str):
+            self.on_status(key, text)
+        elif event in threads.ENDS:
+            reason = str(status.get("reason") or "")
+            if event == threads.Event.FAILED and reason:
+                task.status_text = reason  # as a task process's host says it with STATUS=
+            self._ended(task, _thread_exit(event, status))
+
+    async def _stop_thread(self, task: TaskRecord, timeout: float | None) -> None:
+        """Set the thread's stop flag (an order) and wait for its end, up to the stop timeout."""
+        thread_run = task.thread
+        if thread_run is None:
+            if task.sub_state is SubState.WAITING or not task.is_up:
+                return
+            self._ended(task, ExitInfo(Result.LOST, detail="no thread to stop"))
+            return
+        task.stop_requested = True
+        host = thread_run.host
+        if task.id in host.waiting:  # its host is not ready: no thread exists yet
+            host.waiting.remove(task.id)
+            self._ended(task, ExitInfo(Result.SUCCESS, detail="stopped before its thread started"))
+            return
+        task.set_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
+        self._save(task)
+        self._publish_order(task, threads.ORDER_STOP, thread_run.run)
+        limit = task.spec.stop_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(thread_run.done), limit)
+        except TimeoutError:
+            if task.thread is thread_run:
+                log.warning("%s/%s: its thread did not stop within %g s", *key_of(task), limit)
+                self._ended(
+                    task,
+                    ExitInfo(
+                        Result.TIMEOUT,
+                        detail=f"its thread did not stop within {limit:g} s (a thread cannot be"
+                        f" killed: it runs on in pid {host.pid} until its host stops)",
+                    ),
+                )
+
+    def _thread_run_ended(self, task: TaskRecord, thread_run: ThreadRun, info: ExitInfo) -> None:
+        task.thread = None
+        if task.status_text == _thread_status(thread_run.host):
+            task.status_text = ""  # no longer true; last_exit tells how it ended
+        thread_run.cancel_timer()
+        if not thread_run.done.done():
+            thread_run.done.set_result(info)
+        with contextlib.suppress(ValueError):
+            thread_run.host.waiting.remove(task.id)
+
+    def _retire_host_when_idle(self, transaction: str) -> None:
+        record = self.transactions.get(transaction)
+        if record is None or record.thread_host is None or record.thread_host.stopping:
+            return
+        if not record.threads_up:
+            self._spawn(self._retire_host(record), f"retire the thread host of {transaction}")
+
+    async def _retire_host(self, record: TransactionRecord) -> None:
+        """The last Thread task has ended: stop the host (unless a start came meanwhile)."""
+        async with record.lock:
+            host = record.thread_host
+            if host is None or host.stopping or record.threads_up:
+                return
+            log.info("%s: no Thread task is up: stopping the thread host", record.id)
+            await self._stop_host(record, None)
+
+    async def _stop_host(self, record: TransactionRecord, timeout: float | None) -> None:
+        host = record.thread_host
+        if host is None:
+            return
+        host.stopping = True
+        if host.handle is not None:
+            await host.handle.stop(timeout)
+        if not host.ended.done():  # never launched, or its end not reported: wait for it
+            await asyncio.shield(host.ended)
+
+    def _host_ended(self, record: TransactionRecord, host: ThreadHost, info: ExitInfo) -> None:
+        """The host process ended (or could not start): so did every thread task in it."""
+        if record.thread_host is host:
+            record.thread_host = None
+        if not host.ended.done():
+            host.ended.set_result(info)
+        log.info("%s: thread host (pid %s) %s", record.id, host.pid, info.describe())
+        how = f"its thread host (pid {host.pid}) ended" if host.pid else "its thread host failed"
+        if host.status_text:
+            how += f": {host.status_text}"
+        if info.detail:
+            how += f"; {info.detail}"
+        members = [
+            task
+            for task in record.tasks.values()
+            if task.thread is not None and task.thread.host is host
+        ]
+        for task in members:
+            self._ended(task, ExitInfo(info.result, info.exit_code, info.signal, detail=how))
+
+    async def _readopt_threads(
+        self, record: TransactionRecord, tasks: list[TaskRecord]
+    ) -> list[str]:
+        """Thread tasks are not re-adopted: their host is stopped, their runs recorded as lost.
+
+        The daemon cannot know what happened to each thread while it was down (the
+        reports went nowhere), so it says so instead of guessing.
+        """
+        described = next(
+            (t.runner_data["host"] for t in tasks if isinstance(t.runner_data.get("host"), dict)),
+            {},
+        )
+        description = dict(described)
+        if not description.get("pid"):
+            found = self._find_unsaved_run(description.get("invocation"))
+            if found is not None:
+                description.update(found)
+        loop = asyncio.get_running_loop()
+        host = ThreadHost(record.id, str(description.get("invocation", "")), loop.create_future())
+        handle = None
+        if description.get("pid"):
+            handle = await self.runner.adopt(self._host_launch_spec(record, host), description)
+        if handle is not None:
+            host.handle, host.pid, host.stopping = handle, handle.pid, True
+            record.thread_host = host
+            log.info(
+                "%s: stopping the thread host (pid %d) of the last daemon", record.id, host.pid
+            )
+            self._spawn(handle.stop(), f"stop the old thread host of {record.id}")
+        notes = []
+        for task in tasks:
+            was = f"pid {host.pid}" if host.pid else "its thread host"
+            task.stop_requested = task.state is State.DEACTIVATING
+            detail = f"a Thread task is not re-adopted after a daemon restart ({was} is stopped)"
+            self._ended(task, ExitInfo(Result.LOST, detail=detail))
+            notes.append(f"{record.id}/{task.id}: {detail}")
+        return notes
+
     # --- runner events -------------------------------------------------------------
 
     def _task(self, key: TaskKey) -> TaskRecord | None:
@@ -476,6 +807,9 @@ class Manager:
         return record.tasks.get(key[1]) if record else None
 
     def on_ready(self, key: TaskKey) -> None:
+        if key[1] == THREAD_HOST_ID:
+            self._host_ready(key[0])
+            return
         task = self._task(key)
         if task is None or task.state is not State.ACTIVATING:
             return
@@ -488,6 +822,11 @@ class Manager:
         self._fire(task, LastAction.STARTED)
 
     def on_status(self, key: TaskKey, text: str) -> None:
+        if key[1] == THREAD_HOST_ID:
+            record = self.transactions.get(key[0])
+            if record is not None and record.thread_host is not None:
+                record.thread_host.status_text = text
+            return
         task = self._task(key)
         if task is not None and text != task.status_text:
             task.status_text = text
@@ -508,6 +847,11 @@ class Manager:
             self._save(task)
 
     def on_exit(self, key: TaskKey, info: ExitInfo) -> None:
+        if key[1] == THREAD_HOST_ID:
+            record = self.transactions.get(key[0])
+            if record is not None and record.thread_host is not None:
+                self._host_ended(record, record.thread_host, info)
+            return
         task = self._task(key)
         if task is not None:
             self._ended(task, info)
@@ -515,6 +859,9 @@ class Manager:
     def _ended(self, task: TaskRecord, info: ExitInfo) -> None:
         """Record how a run ended, then report it."""
         task.handle = None
+        thread_run = task.thread
+        if thread_run is not None:
+            self._thread_run_ended(task, thread_run, info)
         pid, task.pid = task.pid, None
         task.last_exit = info.describe()
         if task.stop_requested:
@@ -538,6 +885,9 @@ class Manager:
         self._fire(task, action)
         if not task.stop_requested:
             self._apply_restart_policy(task, info)
+        if task.is_thread:
+            # After the triggers: a trigger that starts another Thread task keeps the host.
+            self._retire_host_when_idle(task.transaction)
 
     # --- triggers and the restart policy (decided by zsvc.daemon.engine) ----------------
 
@@ -625,6 +975,8 @@ class Manager:
         # Reported once on the bus; its triggers do not fire for it: an on_fail that
         # restarts the task would only hit the limit again, forever.
         self._report(task, LastAction.FAILED, ExitInfo(Result.START_LIMIT_HIT, detail=cause))
+        if task.is_thread:
+            self._retire_host_when_idle(task.transaction)
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         """Run *coroutine* in the background, keeping a reference and logging its failure."""
@@ -700,7 +1052,9 @@ class Manager:
 
     def on_bus_message(self, message: protocol.Message) -> None:
         """Act on the bus traffic the daemon observes (see :mod:`zsvc.daemon.bus`)."""
-        if message.topic == protocol.Topic.CONTROL and message.action == LastAction.UPDATED:
+        if message.topic == protocol.Topic.CONTROL and message.action == threads.REPORT_ACTION:
+            self._on_thread_report(message)
+        elif message.topic == protocol.Topic.CONTROL and message.action == LastAction.UPDATED:
             task = self._task((message.transaction, message.service_id))
             if task is None or not task.is_up:
                 return
@@ -746,11 +1100,16 @@ class Manager:
                 task = record.tasks.get(task_row.task_id)
                 if task is not None:
                     task.load_row(task_row)
+            thread_tasks = []
             for task in record.tasks.values():
-                if task.state in HAS_PROCESS:
+                if task.state in HAS_PROCESS and task.is_thread:
+                    thread_tasks.append(task)
+                elif task.state in HAS_PROCESS:
                     note = await self._readopt(record, task)
                     if note:
                         lost.append(note)
+            if thread_tasks:
+                lost.extend(await self._readopt_threads(record, thread_tasks))
             if row.stopping:
                 asyncio.get_running_loop().create_task(self.stop(row.id, [], None))
         return lost
@@ -819,6 +1178,25 @@ def _preflight(spec: TaskSpec) -> None:
             f" (instance {spec.instance!r} is looked up as"
             f" <location>/{spec.instance}/Service{spec.instance}.py)"
         )
+
+
+def _thread_status(host: ThreadHost) -> str:
+    """A Thread task's status line until it sets its own (``zsvc status`` shows it)."""
+    return f"thread in pid {host.pid}"
+
+
+def key_of(task: TaskRecord) -> TaskKey:
+    return (task.transaction, task.id)
+
+
+def _thread_exit(event: str, status: Any) -> ExitInfo:
+    """How a thread's run ended, from its host's report (``docs/states.md``, Thread tasks)."""
+    if event != threads.Event.FAILED:
+        return ExitInfo(Result.SUCCESS, detail=str(status.get("reason") or "its thread ended"))
+    code = status.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return ExitInfo(Result.EXIT_CODE, exit_code=code, detail="its thread called sys.exit()")
+    return ExitInfo(Result.EXIT_CODE, detail="its thread failed")
 
 
 def _status_suffix(task: TaskRecord) -> str:

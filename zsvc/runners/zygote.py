@@ -13,12 +13,20 @@ intermediate process forks the task and exits at once, so the task is
 re-parented to the daemon, which then watches and reaps it exactly like a
 task it executed itself (pidfd + waitid, with the real exit status). The
 zygote answers with the pid only after it reaped the intermediate, so the
-re-parenting has happened when the daemon first looks.
+re-parenting has happened when the daemon first looks, and after the task
+joined its cgroup and made its own process group, so that a stop that
+follows at once reaches it.
 
 Protocol on a SOCK_SEQPACKET socketpair, one JSON object per packet:
-request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "..."}``,
+request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "...", "cgroup": "..."}``,
 reply ``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the
 daemon's end closes.
+
+With ``cgroup`` (a directory of a cgroup2 hierarchy, or null), the task's
+first act is to join that group, before it runs any task code: everything
+it starts later, however it forks, stays there for the daemon to find and
+kill (:mod:`zsvc.runners.cgroup`). With ``WATCHDOG_USEC`` in ``env``, the task
+sets ``WATCHDOG_PID`` to its own pid, as systemd does for a main process.
 
 Before it answers, the zygote writes the task's pid to the ``marker`` file:
 if the daemon dies before it saved that pid, its successor still finds
@@ -36,6 +44,8 @@ import signal
 import socket
 import sys
 from typing import Any
+
+from zsvc.runners.cgroup import EXIT_CGROUP, join
 
 EXIT_CHDIR = 200  # systemd's exit status for "could not change the working directory"
 MAX_PACKET = 1 << 20
@@ -68,8 +78,7 @@ def spawn(request: dict[str, Any], sock: socket.socket) -> int:
             os.close(read_end)
             task = os.fork()
             if task == 0:
-                os.close(write_end)
-                _become_task(request, log_fd, sock)
+                _become_task(request, log_fd, sock, write_end)
             os.write(write_end, str(task).encode())
             os._exit(0)
         os.close(write_end)
@@ -87,12 +96,24 @@ def spawn(request: dict[str, Any], sock: socket.socket) -> int:
     return pid
 
 
-def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket) -> None:
-    """In the task: look exactly like ``python -m zsvc.task`` started by the local runner."""
+def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket, started: int) -> None:
+    """In the task: look exactly like ``python -m zsvc.task`` started by the local runner.
+
+    *started* is the write end of the pipe the zygote reads to its end: it is
+    closed only once the task is in its cgroup and its own process group, so
+    when the daemon learns the pid, a signal to either reaches the task.
+    """
     code = 1
     try:
-        sock.close()
+        if cgroup := request.get("cgroup"):
+            try:
+                join(cgroup)
+            except OSError as exc:
+                os.write(log_fd, f"zsvc: cannot join the cgroup {cgroup}: {exc}\n".encode())
+                os._exit(EXIT_CGROUP)
         os.setpgid(0, 0)
+        os.close(started)
+        sock.close()
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log_fd, 1)
@@ -108,6 +129,8 @@ def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket) -> N
             os._exit(EXIT_CHDIR)
         os.environ.clear()
         os.environ.update(request["env"])
+        if "WATCHDOG_USEC" in os.environ:
+            os.environ["WATCHDOG_PID"] = str(os.getpid())
         sys.argv = [sys.executable, "-m", "zsvc.task"]
         from zsvc.task.host import main
 

@@ -66,12 +66,16 @@ class Task:
         self._rt().send(topic, action, content or {})
 
     def set_status(self, text: str) -> None:
-        """Show *text* as the task's status line (sd_notify ``STATUS=``)."""
+        """Show *text* as the task's status line (sd_notify ``STATUS=``; a Thread task's
+        goes to the daemon over the bus, since ``STATUS=`` would be its whole process's)."""
         self._rt().set_status(text)
 
     @property
     def stopping(self) -> bool:
-        """True once the task has been asked to stop; long loops should check it."""
+        """True once the task has been asked to stop; long loops should check it.
+
+        A Thread task cannot be killed on its own: checking this is the only way it stops.
+        """
         return self._runtime is not None and self._runtime.stop_requested
 
     @property

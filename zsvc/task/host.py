@@ -8,6 +8,10 @@ a message. SIGTERM becomes STOPPING=1 and a clean close. When user code
 raises, the traceback goes to the task's log, the first line to STATUS=,
 and the host exits 1.
 
+When ``$ZSVC_TASK`` describes a group of ``serviceType="Thread"`` tasks
+(``"kind": "threads"``), the process becomes their thread host instead
+(:mod:`zsvc.task.threads`).
+
 It imports nothing heavier than pyzmq: its start-up is part of every
 task's start-up.
 """
@@ -86,7 +90,7 @@ def load_task_class(instance: str, location: str) -> type[Task]:
 
     This is the seed's layout (``Services/EchoAction/ServiceEchoAction.py``).
     The package is imported as ``zsvc_services.<instance>``, so relative
-    imports inside it work; ``location`` also goes first on ``sys.path`` for
+    imports inside it work; ``location`` is also appended to ``sys.path`` for
     code that imports its siblings by name. The error says which file and
     which name were looked for.
     """
@@ -94,7 +98,8 @@ def load_task_class(instance: str, location: str) -> type[Task]:
     expected = Path(location) / instance / f"{class_name}.py"
     if not expected.is_file():
         raise TaskLoadError(f"task module {expected} does not exist")
-    sys.path.insert(0, location)
+    if location not in sys.path:
+        sys.path.append(location)  # last: a task package never shadows a real module
     parent = sys.modules.get(SERVICES_PACKAGE)
     if parent is None:
         parent = types.ModuleType(SERVICES_PACKAGE)
@@ -270,7 +275,7 @@ def host(spec: HostSpec) -> int:
         ending = "stopping" if stop.requested else "done"
         log.info("%s/%s %s", spec.transaction, spec.task_id, ending)
     except Exception as exc:  # noqa: BLE001 - user code: report any failure, never hide it
-        code = _fail(f"{type(task or cls).__name__} failed", exc, EXIT_USER_ERROR)
+        code = _fail(f"{cls.__name__} failed", exc, EXIT_USER_ERROR)
     finally:
         if task is not None:
             try:
@@ -288,12 +293,31 @@ def _fail(what: str, exc: BaseException, code: int) -> int:
     return code
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+THREAD_LOG_FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
+"""A thread host's log: every line names the thread, which is named after its task."""
+
+
 def main() -> int:
+    raw = os.environ.get(SPEC_ENV, "")
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    group = isinstance(data, dict) and data.get("kind") == "threads"
     logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr, level=logging.INFO, format=THREAD_LOG_FORMAT if group else LOG_FORMAT
     )
+    if group:
+        # The JSON describes the Thread tasks of a transaction: be their thread host.
+        from zsvc.task import threads
+
+        try:
+            group_spec = threads.ThreadGroupSpec.from_dict(data)  # type: ignore[arg-type]
+        except (KeyError, ValueError, TypeError) as exc:
+            log.error("invalid thread group description: %s", exc)
+            return EXIT_SETUP_ERROR
+        return threads.serve(group_spec)
     try:
         spec = HostSpec.from_environ()
     except (TaskLoadError, ValueError, TypeError) as exc:

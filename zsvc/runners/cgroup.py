@@ -1,0 +1,279 @@
+"""One cgroup2 group per task run: the local runner's way to leave no process behind.
+
+A process group is not enough to find everything a task started: a child
+that calls ``setsid`` leaves it, and a grandchild whose parent exits is
+re-parented away from the task's tree. A cgroup is inherited by every
+descendant and cannot be left without privileges, so when the runner can
+write a cgroup2 hierarchy (as root; see :func:`find_hierarchy`), each run of a
+task gets ``<hierarchy>/zsvc.slice/<unit name>`` and the task's first
+process joins it before it runs any task code. Then:
+
+* every process of the task, however it forked, is listed in ``cgroup.procs``;
+* ``cgroup.kill`` (Linux 5.14) SIGKILLs all of them at once, forks in flight
+  included; on an older kernel each listed pid is SIGKILLed, again until the
+  group is empty;
+* ``populated 0`` in ``cgroup.events`` says the last one is gone, and the
+  empty directory is removed. A group left empty by a run whose daemon died
+  is removed at the next start of that unit, or by :meth:`CgroupTree.sweep`
+  once it is a minute old.
+
+Only the cgroup2 core files are used (no controller is enabled), so the
+"no internal processes" rule never applies. Standard library only: the
+zygote imports it.
+
+Limits: the groups are made directly under the hierarchy's root, outside of
+what systemd manages on a pure cgroup2 host (a daemon run by systemd with
+``Delegate=yes`` could use its own subtree instead; not done). Two daemons
+running the same transaction and task names at the same time share a unit
+name: a live group is never reused (the new run gets a suffixed name), but
+one of them may remove the other's group in the instant between its
+creation and the task joining it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP2_SUPER_MAGIC = 0x63677270
+CANDIDATES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+"""Where a cgroup2 hierarchy is mounted: the hybrid layout first, then the unified one."""
+SLICE = "zsvc.slice"
+EXIT_CGROUP = 219
+"""systemd's exit status for "could not join the cgroup" (EXIT_CGROUP)."""
+STALE_AGE = 60.0
+"""An empty group older than this (seconds) is a leftover that :meth:`CgroupTree.sweep` removes."""
+"""systemd's exit status for "could not join the cgroup" (EXIT_CGROUP)."""
+
+
+def _statfs_type(path: Path) -> int | None:
+    """The filesystem magic of *path* (statfs(2) ``f_type``), None when it cannot be read."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buffer = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit
+        if libc.statfs(os.fsencode(path), buffer) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    # f_type is the first member, a (signed) word.
+    return ctypes.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def is_cgroup2(path: Path) -> bool:
+    """Whether *path* is a directory of a cgroup2 hierarchy."""
+    if not (path / "cgroup.controllers").is_file():  # cgroup1 and tmpfs have none
+        return False
+    magic = _statfs_type(path)
+    return magic is None or magic == CGROUP2_SUPER_MAGIC
+
+
+def find_hierarchy(candidates: Iterable[Path] = CANDIDATES) -> CgroupTree | None:
+    """The first writable cgroup2 hierarchy, with zsvc's slice made in it; None if none is.
+
+    Writable means: we may create a directory there and move processes (write
+    its ``cgroup.procs``), which in practice means root.
+    """
+    for root in candidates:
+        if not is_cgroup2(root):
+            continue
+        if not (os.access(root, os.W_OK) and os.access(root / "cgroup.procs", os.W_OK)):
+            log.debug("cgroup2 at %s is not writable", root)
+            continue
+        slice_path = root / SLICE
+        try:
+            slice_path.mkdir(exist_ok=True)
+        except OSError as exc:
+            log.debug("cannot make %s: %s", slice_path, exc)
+            continue
+        if not (slice_path / "cgroup.procs").is_file():
+            continue
+        return CgroupTree(root, slice_path)
+    return None
+
+
+def cgroup_of(pid: int | str) -> str | None:
+    """The cgroup2 path of *pid* as the kernel shows it (``/zsvc.slice/…``), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as handle:
+            for line in handle:
+                if line.startswith("0::"):
+                    return line[3:].rstrip("\n")
+    except OSError:
+        return None
+    return None
+
+
+def join(path: str | os.PathLike[str], pid: int = 0) -> None:
+    """Move *pid* (0: the caller) into the cgroup at *path*; OSError when refused."""
+    with open(os.path.join(path, "cgroup.procs"), "w") as handle:
+        handle.write(str(pid or os.getpid()))
+
+
+class CgroupTree:
+    """zsvc's slice in a writable cgroup2 hierarchy: where task groups are made."""
+
+    def __init__(self, root: Path, slice_path: Path):
+        self.root = root
+        self.slice = slice_path
+
+    def __repr__(self) -> str:
+        return f"CgroupTree({str(self.slice)!r})"
+
+    def create(self, name: str, alternative: str) -> Cgroup:
+        """A new, empty group *name*; *alternative* when *name* is still in use (OSError if
+        neither can be made). A stale empty group of an earlier run is removed first."""
+        path = self.slice / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            try:
+                path.rmdir()  # left over by an earlier run: empty, else EBUSY
+                path.mkdir()
+            except OSError as exc:
+                log.warning(
+                    "cgroup %s is still in use (%s): using %s", path, exc.strerror, alternative
+                )
+                path = self.slice / alternative
+                path.mkdir()
+        return Cgroup(path, self)
+
+    def sweep(self, min_age: float = STALE_AGE) -> list[Path]:
+        """Remove empty groups made more than *min_age* seconds ago: left by runs whose
+        processes were killed by someone else, or whose daemon died. A group is empty only
+        for an instant after it is made, so a young empty group is never touched."""
+        removed = []
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.slice))
+        except OSError:
+            return removed
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
+                group = Cgroup(Path(entry.path), self)
+                if not group.populated():
+                    os.rmdir(entry.path)  # EBUSY if it was populated meanwhile
+                    removed.append(group.path)
+        return removed
+
+    def relative(self, path: Path) -> str | None:
+        """*path* as /proc/<pid>/cgroup spells it, None when it is not one of our groups."""
+        try:
+            inside = path.relative_to(self.slice)
+        except ValueError:
+            return None
+        if not inside.parts or ".." in inside.parts:
+            return None
+        return "/" + str(path.relative_to(self.root))
+
+    def of_pid(self, pid: int) -> Cgroup | None:
+        """The task group *pid* is in, when it is one of ours."""
+        relative = cgroup_of(pid)
+        if not relative:
+            return None
+        return self.at(self.root / relative.lstrip("/"))
+
+    def at(self, path: str | os.PathLike[str]) -> Cgroup | None:
+        """The existing group at *path* (from a task's description), None if not ours or gone."""
+        path = Path(path)
+        if self.relative(path) is None or not (path / "cgroup.procs").is_file():
+            return None
+        return Cgroup(path, self)
+
+
+class Cgroup:
+    """One task run's group."""
+
+    def __init__(self, path: Path, tree: CgroupTree | None = None):
+        self.path = path
+        self.tree = tree
+
+    def __repr__(self) -> str:
+        return f"Cgroup({str(self.path)!r})"
+
+    @property
+    def relative(self) -> str | None:
+        return self.tree.relative(self.path) if self.tree is not None else None
+
+    def procs(self) -> list[int]:
+        """Every process in the group (empty when the group is gone)."""
+        try:
+            with open(self.path / "cgroup.procs") as handle:
+                return [int(pid) for pid in handle.read().split()]
+        except OSError:
+            return []
+
+    def populated(self) -> bool:
+        """Whether any process is left (``populated`` in ``cgroup.events``); False once gone."""
+        try:
+            with open(self.path / "cgroup.events") as handle:
+                for line in handle:
+                    key, _, value = line.partition(" ")
+                    if key == "populated":
+                        return value.strip() != "0"
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return bool(self.procs())
+        return bool(self.procs())
+
+    def signal(self, signum: int) -> None:
+        """Send *signum* to every process in the group."""
+        for pid in self.procs():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL everything in the group: ``cgroup.kill``, or each pid on older kernels."""
+        try:
+            with open(self.path / "cgroup.kill", "w") as handle:
+                handle.write("1")
+            return
+        except FileNotFoundError:
+            if not self.path.is_dir():
+                return
+        except OSError as exc:
+            log.debug("cgroup.kill of %s failed: %s", self.path, exc)
+        self.signal(signal.SIGKILL)
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait (bounded) until the group is empty; True if it is. Killed processes that
+        forked meanwhile (no cgroup.kill) are killed again on each look."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.001
+        has_kill = (self.path / "cgroup.kill").exists()
+        while self.populated():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if not has_kill:
+                self.signal(signal.SIGKILL)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def remove(self) -> bool:
+        """Remove the (empty) group; True when it is gone."""
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            level = logging.WARNING if exc.errno != errno.EBUSY else logging.INFO
+            log.log(level, "cannot remove cgroup %s: %s", self.path, exc.strerror)
+            return False
+        return True
