@@ -301,3 +301,11 @@ def test_a_task_package_may_share_a_name_with_a_standard_module(daemon, make_con
     result = daemon.cli("start", "--context", str(context), "SIG", "--json")
     assert result.code == 0, result.stderr
     assert result.json()["tasks"][0]["state"] == "active"
+
+
+def test_context_info_is_published_to_control_subscribers(daemon, make_context) -> None:
+    bus = daemon.bus("control")
+    assert daemon.cli("start", "--context", str(make_context([TaskDef("t1")])), "INFO").code == 0
+    info = wait_message(bus, lambda m: m.status.get("device_action") == "context_info")
+    assert info.action == "update" and info.transaction == "INFO"
+    assert info.status["data"]["tasks"][0]["id"] == "t1"

@@ -93,10 +93,13 @@ class Manager:
         publish: Callable[[protocol.Message], None],
         runtime: RuntimeLayout,
         state: StateLayout,
+        listened: Callable[[bytes], int] | None = None,
     ):
         self.runner = runner
         self.table = table
         self.publish = publish
+        self.listened = listened or (lambda topic: 1)
+        """How many bus subscriptions would receive a topic (the device counts them)."""
         self.runtime = runtime
         self.state = state
         self.transactions: dict[str, TransactionRecord] = {}
@@ -1031,8 +1034,8 @@ class Manager:
     def _publish_context_info(self, transaction: str) -> None:
         self._info_pending.discard(transaction)
         record = self.transactions.get(transaction)
-        if record is None:
-            return
+        if record is None or not self.listened(protocol.Topic.CONTROL.encode()):
+            return  # the whole record, encoded for nobody: skip it (a crash loop costs less)
         self.publish(
             protocol.make_message(
                 protocol.Topic.CONTROL,

@@ -98,7 +98,14 @@ class Daemon:
         except BindError as exc:
             raise DaemonError(str(exc)) from exc
         self.bus.start()
-        self.manager = Manager(self.runner, self.table, self.bus.publish, self.runtime, self.state)
+        self.manager = Manager(
+            self.runner,
+            self.table,
+            self.bus.publish,
+            self.runtime,
+            self.state,
+            listened=self.bus.subscribers,
+        )
         await self.runner.open(self.manager)
         lost = await self.manager.restore(self._load_stored)
         for note in lost:
