@@ -905,21 +905,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = datetime.now()
-    meta = machine_info()
-    load, busy = busy_processes()
-    meta["cpu_busy_before_percent"] = load
-    meta["busy_processes_before"] = busy
-    meta["pyc_cache"] = not args.no_pyc_cache
-    meta["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    if load > 15 or busy:
-        print(f"warning: the machine is {load:.0f}% busy before the run:", file=sys.stderr)
-        for line in busy:
-            print(f"  {line}", file=sys.stderr)
-    bench = Bench(args)
-    print(f"zsvc {zsvc_version} bench in {bench.work} ({meta['cpus']} CPUs)", file=sys.stderr)
+def run_and_report(
+    bench: Any,
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+    started: datetime,
+    name: str,
+    kept: str,
+) -> int:
+    """Run *bench*, always shut it down, print the table and write the JSON (shared by benches)."""
     error = None
     try:
         bench.main()
@@ -938,7 +932,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(bench.metrics)
     if busy:
         print(f"\nwarning: other processes were busy at the end: {'; '.join(busy)}")
-    path = args.json or RESULTS_DIR / f"core-{started:%Y%m%d-%H%M%S}.json"
+    path = args.json or RESULTS_DIR / f"{name}-{started:%Y%m%d-%H%M%S}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"meta": meta, "error": error, "metrics": [m.to_json() for m in bench.metrics]}
     path.write_text(json.dumps(document, indent=2) + "\n")
@@ -946,11 +940,31 @@ def main(argv: list[str] | None = None) -> int:
     if error is None and not args.keep:
         shutil.rmtree(bench.work, ignore_errors=True)
     else:
-        print(f"work directory kept: {bench.work} (daemon log: {bench.state / 'daemon.log'})")
+        print(f"work directory kept: {bench.work} ({kept})")
     if error is not None:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now()
+    meta = machine_info()
+    load, busy = busy_processes()
+    meta["cpu_busy_before_percent"] = load
+    meta["busy_processes_before"] = busy
+    meta["pyc_cache"] = not args.no_pyc_cache
+    meta["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    if load > 15 or busy:
+        print(f"warning: the machine is {load:.0f}% busy before the run:", file=sys.stderr)
+        for line in busy:
+            print(f"  {line}", file=sys.stderr)
+    bench = Bench(args)
+    print(f"zsvc {zsvc_version} bench in {bench.work} ({meta['cpus']} CPUs)", file=sys.stderr)
+    return run_and_report(
+        bench, args, meta, started, "core", f"daemon log: {bench.state / 'daemon.log'}"
+    )
 
 
 if __name__ == "__main__":

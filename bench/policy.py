@@ -51,7 +51,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ from core import (
     machine_info,
     median,
     percentile,
-    print_table,
+    run_and_report,
     wait_gone,
 )
 
@@ -681,37 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     cpus = meta["cpus"]
     print(f"zsvc {zsvc_version} policy bench in {bench.work} ({cpus} CPUs)", file=sys.stderr)
-    error = None
-    try:
-        bench.main()
-    except BaseException as exc:  # noqa: BLE001 - reported below, after the clean-up
-        error = "".join(traceback.format_exception_only(exc)).strip()
-        traceback.print_exc()
-    finally:
-        bench.shutdown()
-    load, busy = busy_processes()
-    meta["cpu_busy_after_percent"] = load
-    meta["busy_processes_after"] = busy
-    meta.update(bench.meta)
-    meta["started"] = started.isoformat(timespec="seconds")
-    meta["seconds"] = round((datetime.now() - started).total_seconds(), 1)
-    print()
-    print_table(bench.metrics)
-    if busy:
-        print(f"\nwarning: other processes were busy at the end: {'; '.join(busy)}")
-    path = args.json or RESULTS_DIR / f"policy-{started:%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"meta": meta, "error": error, "metrics": [m.to_json() for m in bench.metrics]}
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nresults: {path}")
-    if error is None and not args.keep:
-        shutil.rmtree(bench.work, ignore_errors=True)
-    else:
-        print(f"work directory kept: {bench.work} (daemon logs: {bench.work}/*/s/daemon.log)")
-    if error is not None:
-        print(f"FAILED: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_and_report(
+        bench, args, meta, started, "policy", f"daemon logs: {bench.work}/*/s/daemon.log"
+    )
 
 
 if __name__ == "__main__":
