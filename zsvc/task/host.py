@@ -137,16 +137,20 @@ class Runtime:
         return self.spec.service_name
 
     def publish_update(self, result: str, items: dict[str, Any]) -> None:
+        self.publish_control(LastAction.UPDATED, result, items)
+
+    def publish_control(self, action: str, result: str, status: dict[str, Any]) -> None:
+        """A control report about this task, with its header and device_action."""
         self.bus.publish(
             protocol.control_message(
-                LastAction.UPDATED,
+                action,
                 transaction=self.transaction,
                 service_id=self.task_id,
                 service_name=self.service_name,
                 result=result,
                 device_action=self.spec.device_action,
                 pid=os.getpid(),
-                status=items,
+                status=status,
             )
         )
 

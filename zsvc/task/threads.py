@@ -153,18 +153,7 @@ class ThreadRuntime(Runtime):
         self.report(Event.STATUS, text=" ".join(text.splitlines()))
 
     def report(self, event: str, result: str = "success", **items: Any) -> None:
-        self.bus.publish(
-            protocol.control_message(
-                REPORT_ACTION,
-                transaction=self.transaction,
-                service_id=self.task_id,
-                service_name=self.service_name,
-                result=result,
-                device_action=self.spec.device_action,
-                pid=os.getpid(),
-                status={"event": event, "run": self.run, **items},
-            )
-        )
+        self.publish_control(REPORT_ACTION, result, {"event": event, "run": self.run, **items})
 
 
 _WAKE = object()
