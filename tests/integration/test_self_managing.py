@@ -131,6 +131,16 @@ def test_restart_always_restarts_a_clean_exit_and_on_failure_does_not(daemon, ma
     bus.close()
 
 
+def wait_for_start_limit(daemon, transaction: str) -> dict:
+    """The first task of *transaction* once it ended ``start-limit-hit``."""
+
+    def at_the_limit() -> dict | None:
+        task = daemon.call("status", transaction=transaction)["tasks"][0]
+        return task if task["result"] == "start-limit-hit" else None
+
+    return wait_until(at_the_limit, what=f"{transaction}: start-limit-hit")
+
+
 def test_a_crash_loop_hits_the_start_limit(daemon, make_context) -> None:
     policy = {
         "restart": "on-failure",
@@ -141,19 +151,28 @@ def test_a_crash_loop_hits_the_start_limit(daemon, make_context) -> None:
     context = make_context([TaskDef("crash", instance="StepFails", attrs=policy)])
     daemon.cli("start", "--context", str(context), "LOOP")
     bus = daemon.bus("control")
-    task = wait_until(
-        lambda: (
-            (t := daemon.call("status", transaction="LOOP")["tasks"][0])["result"]
-            == "start-limit-hit"
-            and t
-        ),
-        what="start-limit-hit",
-    )
+    task = wait_for_start_limit(daemon, "LOOP")
     assert (task["state"], task["restarts"]) == ("failed", 4)
     # A start by hand resets the limit.
     assert daemon.cli("start", "LOOP").code in (0, 1)
     assert daemon.call("status", transaction="LOOP")["tasks"][0]["restarts"] >= 5
     bus.close()
+
+
+def test_a_crash_loop_below_the_rate_limit_ends_by_its_crash_streak(daemon, make_context) -> None:
+    """A window so short that the rate limit can never trip (as when runs or the back-off
+    are longer than interval / burst): the loop still ends, after burst + 1 quick crashes."""
+    policy = {
+        "restart": "on-failure",
+        "restart_sec": "0",
+        "start_limit_burst": "2",
+        "start_limit_interval_sec": "0.001",
+    }
+    context = make_context([TaskDef("crash", instance="StepFails", attrs=policy)])
+    daemon.cli("start", "--context", str(context), "STREAK")
+    task = wait_for_start_limit(daemon, "STREAK")
+    assert (task["state"], task["restarts"]) == ("failed", 2)
+    assert "3 runs in a row failed within restart_stable_sec" in task["status_text"]
 
 
 def test_on_fail_ping_pong_stops_at_the_limit(daemon, make_context) -> None:

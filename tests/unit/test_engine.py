@@ -30,6 +30,7 @@ from zsvc.daemon.engine import (
     backoff_delay,
     blocked_by,
     fire,
+    limit_reached,
     note_start,
     on_exit,
     start_waves,
@@ -194,7 +195,7 @@ def policy(**changes: Any) -> RestartPolicy:
     return replace(RestartPolicy(mode=RestartMode.ALWAYS, jitter=0.0), **changes)
 
 
-RUNNING = RestartState(starts=(), failures=0, last_start=100.0)
+RUNNING = RestartState(starts=(), crashes=0, last_start=100.0)
 """A task that started at 100 s; exits at 101 s are unstable (stable_sec is 10)."""
 
 
@@ -229,9 +230,7 @@ def test_restart_mode(mode: RestartMode, result: Result, verdict: Verdict) -> No
     assert decision.verdict is verdict
     if verdict is Verdict.NONE:
         assert decision.delay == 0.0
-        assert decision.state.failures == 0
-    else:
-        assert decision.state.failures == 1
+    assert decision.state.crashes == (0 if result is Result.SUCCESS else 1)
 
 
 def test_a_requested_stop_is_never_undone() -> None:
@@ -241,7 +240,7 @@ def test_a_requested_stop_is_never_undone() -> None:
 
 
 def test_backoff_doubles_and_caps() -> None:
-    """1, 2, 4, 8, then the cap of 10: each unstable run doubles the delay."""
+    """1, 2, 4, 8, then the cap of 10: each quick crash doubles the delay."""
     pol = policy(delay_min=1.0, delay_max=10.0, limit_burst=100)
     state, now, delays = RUNNING, 100.0, []
     for _ in range(6):
@@ -253,7 +252,7 @@ def test_backoff_doubles_and_caps() -> None:
         allowed, state = note_start(decision.state, now, True, pol)
         assert allowed
     assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert state.failures == 6
+    assert state.crashes == 6
 
 
 def test_backoff_survives_huge_failure_counts() -> None:
@@ -264,16 +263,16 @@ def test_backoff_survives_huge_failure_counts() -> None:
 
 def test_delay_min_zero_means_no_delay() -> None:
     pol = policy(delay_min=0.0, delay_max=30.0, jitter=0.5)
-    for failures in (0, 3, 50):
-        assert backoff_delay(failures, pol, 0.9) == 0.0
+    for crashes in (0, 3, 50):
+        assert backoff_delay(crashes, pol, 0.9) == 0.0
 
 
 def test_jitter_spreads_both_ways_within_bounds() -> None:
     """rand 0 shortens by the jitter fraction, rand 0.5 keeps, rand near 1 lengthens."""
     pol = policy(delay_min=4.0, delay_max=30.0, jitter=0.25)
-    assert backoff_delay(0, pol, 0.0) == pytest.approx(3.0)
-    assert backoff_delay(0, pol, 0.5) == pytest.approx(4.0)
-    assert backoff_delay(0, pol, 0.999999) == pytest.approx(5.0, rel=1e-5)
+    assert backoff_delay(1, pol, 0.0) == pytest.approx(3.0)
+    assert backoff_delay(1, pol, 0.5) == pytest.approx(4.0)
+    assert backoff_delay(1, pol, 0.999999) == pytest.approx(5.0, rel=1e-5)
     capped = [backoff_delay(20, pol, rand) for rand in (0.0, 0.5, 0.999999)]
     assert capped == pytest.approx([22.5, 30.0, 37.5], rel=1e-5)
     assert max(capped) <= 30.0 * 1.25
@@ -287,18 +286,18 @@ def test_jitter_above_one_is_clamped_at_zero() -> None:
 
 def test_stable_run_resets_the_backoff() -> None:
     """A run that lasted stable_sec starts the back-off over from delay_min."""
-    pol = policy(delay_min=1.0, delay_max=60.0, stable_sec=10.0)
-    flapping = RestartState(failures=4, last_start=100.0)
+    pol = policy(delay_min=1.0, delay_max=60.0, stable_sec=10.0, limit_burst=10)
+    flapping = RestartState(crashes=4, last_start=100.0)
     stable = exit_at(flapping, pol, now=110.0)
-    assert (stable.delay, stable.state.failures) == (1.0, 1)
+    assert (stable.delay, stable.state.crashes) == (1.0, 0)
     unstable = exit_at(flapping, pol, now=109.9)
-    assert (unstable.delay, unstable.state.failures) == (16.0, 5)
+    assert (unstable.delay, unstable.state.crashes) == (16.0, 5)
 
 
 def test_unknown_run_length_is_not_stable() -> None:
     pol = policy(delay_min=1.0, delay_max=60.0)
-    decision = exit_at(RestartState(failures=3, last_start=None), pol, now=1e9)
-    assert (decision.delay, decision.state.failures) == (8.0, 4)
+    decision = exit_at(RestartState(crashes=3, last_start=None), pol, now=1e9)
+    assert (decision.delay, decision.state.crashes) == (8.0, 4)
 
 
 def test_start_limit_refuses_the_sixth_automatic_start_and_a_manual_start_resets() -> None:
@@ -315,7 +314,7 @@ def test_start_limit_refuses_the_sixth_automatic_start_and_a_manual_start_resets
     assert after.starts == state.starts and after.last_start == 4.0
     allowed, manual = note_start(after, 5.0, automatic=False, policy=pol)
     assert allowed
-    assert manual == RestartState(starts=(), failures=0, last_start=5.0)
+    assert manual == RestartState(starts=(), crashes=0, last_start=5.0)
     for now in (5.0, 5.5, 6.0, 6.5, 7.0):
         allowed, manual = note_start(manual, now, automatic=True, policy=pol)
         assert allowed
@@ -333,9 +332,9 @@ def test_starts_leave_the_window_after_limit_interval() -> None:
     assert state.starts == (1.0, 10.0)
 
 
-def test_manual_start_resets_failures() -> None:
-    _, state = note_start(RestartState(failures=7, starts=(1.0,)), 2.0, False, policy())
-    assert state.failures == 0
+def test_manual_start_resets_the_crash_streak() -> None:
+    _, state = note_start(RestartState(crashes=7, starts=(1.0,)), 2.0, False, policy())
+    assert state.crashes == 0
 
 
 def test_limit_verdict_when_the_restart_would_exceed_the_start_limit() -> None:
@@ -363,16 +362,92 @@ def test_burst_zero_refuses_every_automatic_start() -> None:
     assert note_start(RestartState(), 0.0, False, pol)[0]
 
 
-policy_st = st.builds(
-    RestartPolicy,
-    mode=st.sampled_from(list(RestartMode)),
-    delay_min=st.floats(0.0, 5.0),
-    delay_max=st.floats(0.0, 60.0),
-    jitter=st.floats(0.0, 1.0),
-    stable_sec=st.floats(0.0, 20.0),
-    limit_burst=st.integers(0, 8),
-    limit_interval=st.floats(0.0, 30.0),
+def policies(min_stable_sec: float = 0.0) -> st.SearchStrategy[RestartPolicy]:
+    """Any restart policy whose stable_sec is at least *min_stable_sec*."""
+    return st.builds(
+        RestartPolicy,
+        mode=st.sampled_from(list(RestartMode)),
+        delay_min=st.floats(0.0, 5.0),
+        delay_max=st.floats(0.0, 60.0),
+        jitter=st.floats(0.0, 1.0),
+        stable_sec=st.floats(min_stable_sec, 20.0),
+        limit_burst=st.integers(0, 8),
+        limit_interval=st.floats(0.0, 30.0),
+    )
+
+
+def test_a_slow_crash_loop_ends_after_burst_restarts() -> None:
+    """Runs of 5 s with a growing back-off never put 6 starts in 10 s, yet the loop ends:
+    after more than limit_burst quick crashes in a row the task gives up (pm2's
+    max_restarts with min_uptime), naming the streak."""
+    pol = policy(delay_min=1.0, delay_max=30.0, limit_burst=5, limit_interval=10.0)
+    _, state = note_start(RestartState(), 0.0, automatic=False, policy=pol)
+    now, restarts = 0.0, 0
+    while True:
+        now += 5.0
+        decision = exit_at(state, pol, now=now)
+        if decision.verdict is Verdict.LIMIT:
+            break
+        now += decision.delay
+        allowed, state = note_start(decision.state, now, True, pol)
+        assert allowed
+        restarts += 1
+    assert restarts == 5
+    assert decision.state.crashes == 6
+    assert decision.limit == "6 runs in a row failed within restart_stable_sec (10 s)"
+
+
+def test_the_rate_limit_names_itself() -> None:
+    pol = policy(limit_burst=2, limit_interval=10.0)
+    state = RestartState(starts=(0.0, 1.0), last_start=1.0)
+    assert limit_reached(state, 2.0, pol) == "more than 2 automatic starts in 10 s"
+    assert limit_reached(state, 10.5, pol) == ""
+
+
+def test_a_clean_exit_or_a_stable_run_ends_the_streak_and_a_requested_stop_keeps_it() -> None:
+    pol = policy(stable_sec=10.0)
+    crashing = RestartState(crashes=3, last_start=100.0)
+    assert exit_at(crashing, pol, Result.SUCCESS).state.crashes == 0
+    assert exit_at(crashing, pol, Result.SIGNAL, now=111.0).state.crashes == 0
+    assert exit_at(crashing, pol, Result.SUCCESS, stop_requested=True).state.crashes == 3
+    assert exit_at(crashing, pol, Result.SIGNAL, stop_requested=True).state.crashes == 3
+    assert exit_at(crashing, policy(mode=RestartMode.NO), Result.SIGNAL).state.crashes == 4
+
+
+@FAST
+@given(
+    pol=policies(min_stable_sec=0.1),  # runs shorter than it are quick crashes
+    runs=st.lists(
+        st.tuples(st.floats(0.0, 0.999), st.booleans(), st.floats(0.0, 1.0, exclude_max=True)),
+        max_size=40,
+    ),
 )
+def test_a_task_that_always_crashes_quickly_gets_at_most_burst_automatic_starts(
+    pol: RestartPolicy, runs: list[tuple[float, bool, float]]
+) -> None:
+    """Whoever restarts it (its policy, or a trigger such as on_fail of another task in a
+    ping-pong), at whatever pace, a task whose every run fails before stable_sec is
+    started automatically at most limit_burst times after a start by hand."""
+    _, state = note_start(RestartState(), 0.0, automatic=False, policy=pol)
+    now, automatic_starts = 0.0, 0
+    for fraction, by_trigger, rand in runs:
+        now += fraction * pol.stable_sec  # the run fails before lasting stable_sec
+        decision = on_exit(state, pol, Result.EXIT_CODE, stop_requested=False, now=now, rand=rand)
+        state = decision.state
+        if by_trigger:
+            allowed, state = note_start(state, now, automatic=True, policy=pol)
+        elif decision.verdict is Verdict.RESTART:
+            now += decision.delay
+            allowed, state = note_start(state, now, automatic=True, policy=pol)
+        else:
+            allowed = False
+        if not allowed:
+            break
+        automatic_starts += 1
+    assert automatic_starts <= pol.limit_burst
+
+
+policy_st = policies()
 step_st = st.tuples(
     st.floats(0.0, 15.0),  # how long the run lasted, or how long until a trigger
     st.sampled_from([Result.SUCCESS, Result.EXIT_CODE, Result.SIGNAL]),
@@ -407,7 +482,7 @@ def test_automatic_starts_never_exceed_the_burst_and_delays_stay_bounded(
             assert up, "on_exit promised a restart that the start limit refuses"
             allowed_at.append(now)
         elif decision.verdict is Verdict.LIMIT:
-            at = now + backoff_delay(state.failures, pol, rand)
+            at = now + backoff_delay(state.crashes, pol, rand)
             assert not note_start(state, at, automatic=True, policy=pol)[0]
     for i, t in enumerate(allowed_at):
         in_window = [s for s in allowed_at[: i + 1] if t - s < pol.limit_interval]

@@ -17,8 +17,9 @@ It replaces the original's trigger table and restart path, whose defects
 * on_start and on_exit never fired: here ``started`` fires on_start, and
   ``stopped`` and ``exited`` both fire on_exit;
 * an on_fail→restart loop had no bound and restart had no back-off: here
-  every automatic start counts against a start limit, and restarts wait an
-  exponentially growing, jittered delay.
+  every automatic start counts against a start limit (a rate, and a streak
+  of quick failures), and restarts wait an exponentially growing, jittered
+  delay.
 """
 
 from __future__ import annotations
@@ -106,8 +107,13 @@ class RestartState:
 
     starts: tuple[float, ...] = ()
     """Times of the automatic starts still inside the start-limit window."""
-    failures: int = 0
-    """Consecutive unstable runs: the exponent of the back-off."""
+    crashes: int = 0
+    """Consecutive runs that failed before lasting ``stable_sec``.
+
+    It is the back-off's exponent and the crash limit's count. A run that
+    lasted ``stable_sec``, a clean exit or a start by hand sets it back to 0;
+    a stop that someone asked for leaves it as it is.
+    """
     last_start: float | None = None
     """When the current (or last) run started; None when unknown."""
 
@@ -125,11 +131,15 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class RestartDecision:
-    """The verdict on an exit, the delay before a restart, and the policy's new state."""
+    """The verdict on an exit, the delay before a restart, and the policy's new state.
+
+    ``limit`` says which limit refused the restart (for ``Verdict.LIMIT``).
+    """
 
     verdict: Verdict
     state: RestartState
     delay: float = 0.0
+    limit: str = ""
 
 
 def _recent_starts(starts: Iterable[float], now: float, interval: float) -> tuple[float, ...]:
@@ -137,14 +147,34 @@ def _recent_starts(starts: Iterable[float], now: float, interval: float) -> tupl
 
     The window is half-open, ``(now - interval, now]``, so that a start
     exactly *interval* seconds old has left it, and an interval of 0
-    disables the limit (systemd's ``StartLimitIntervalSec=0``).
+    disables the rate limit (systemd's ``StartLimitIntervalSec=0``).
     """
     return tuple(t for t in starts if now - t < interval)
 
 
-def _within_limit(starts: Iterable[float], now: float, policy: RestartPolicy) -> bool:
-    """True when one more automatic start at *now* stays within the start limit."""
-    return len(_recent_starts(starts, now, policy.limit_interval)) < policy.limit_burst
+def limit_reached(state: RestartState, now: float, policy: RestartPolicy) -> str:
+    """Why one more automatic start at *now* is refused, or ``""`` when it is allowed.
+
+    Two limits, both counted against ``start_limit_burst``:
+
+    * the rate (systemd's ``StartLimitBurst=`` in ``StartLimitIntervalSec=``):
+      at most *burst* automatic starts in any *interval* seconds, which stops
+      a loop of quick runs, failing or clean;
+    * the crash streak (pm2's ``max_restarts`` with ``min_uptime``,
+      supervisord's ``startretries`` with ``startsecs``): no automatic start
+      after more than *burst* runs in a row failed before lasting
+      ``stable_sec``. Without it a loop whose runs or back-off are longer
+      than *interval* / *burst* would never reach the rate limit and would
+      go on for ever, however hopeless.
+    """
+    if len(_recent_starts(state.starts, now, policy.limit_interval)) >= policy.limit_burst:
+        return f"more than {policy.limit_burst} automatic starts in {policy.limit_interval:g} s"
+    if state.crashes > policy.limit_burst:
+        return (
+            f"{state.crashes} runs in a row failed"
+            f" within restart_stable_sec ({policy.stable_sec:g} s)"
+        )
+    return ""
 
 
 def note_start(
@@ -153,18 +183,18 @@ def note_start(
     """Whether a start at *now* may happen, and the state that records it.
 
     An automatic start (a restart by policy, or a trigger) is what the
-    original let loop forever, so it is counted and refused beyond
-    ``limit_burst`` within ``limit_interval`` seconds. A start by hand is
-    always allowed and clears the count and the back-off, like
-    ``systemctl reset-failed`` followed by ``systemctl start``: the user
-    has looked at the task and asks for a fresh go.
+    original let loop forever, so it is refused beyond the limits of
+    :func:`limit_reached`. A start by hand is always allowed and clears the
+    count and the streak, like ``systemctl reset-failed`` followed by
+    ``systemctl start``: the user has looked at the task and asks for a
+    fresh go.
     """
     if not automatic:
-        return True, RestartState(starts=(), failures=0, last_start=now)
-    recent = _recent_starts(state.starts, now, policy.limit_interval)
-    if len(recent) >= policy.limit_burst:
-        return False, replace(state, starts=recent)
-    return True, replace(state, starts=(*recent, now), last_start=now)
+        return True, RestartState(starts=(), crashes=0, last_start=now)
+    recent = replace(state, starts=_recent_starts(state.starts, now, policy.limit_interval))
+    if limit_reached(recent, now, policy):
+        return False, recent
+    return True, replace(recent, starts=(*recent.starts, now), last_start=now)
 
 
 def _wants_restart(mode: RestartMode, result: Result) -> bool:
@@ -177,7 +207,7 @@ def _wants_restart(mode: RestartMode, result: Result) -> bool:
 
 
 def _was_stable(state: RestartState, now: float, policy: RestartPolicy) -> bool:
-    """True when the run that just ended lasted ``stable_sec``: the back-off starts over.
+    """True when the run that just ended lasted ``stable_sec``: the streak starts over.
 
     A run of unknown length (no recorded start) is not taken as stable, so
     that a crash loop cannot escape the back-off by losing its start time.
@@ -185,21 +215,36 @@ def _was_stable(state: RestartState, now: float, policy: RestartPolicy) -> bool:
     return state.last_start is not None and now - state.last_start >= policy.stable_sec
 
 
+def _streak_after(
+    state: RestartState, policy: RestartPolicy, result: Result, stop_requested: bool, now: float
+) -> RestartState:
+    """The crash streak once a run ended at *now* (see :attr:`RestartState.crashes`)."""
+    if _was_stable(state, now, policy):
+        return replace(state, crashes=0)
+    if stop_requested:
+        return state
+    if result is Result.SUCCESS:
+        return replace(state, crashes=0)
+    return replace(state, crashes=state.crashes + 1)
+
+
 _MAX_EXPONENT = 1000
 """2.0**1000 is still a finite float: beyond it the cap applies anyway."""
 
 
-def backoff_delay(failures: int, policy: RestartPolicy, rand: float) -> float:
-    """The delay before restart number *failures* + 1 of an unstable streak.
+def backoff_delay(crashes: int, policy: RestartPolicy, rand: float) -> float:
+    """The delay before restarting a task whose last *crashes* runs failed quickly.
 
-    It doubles from ``delay_min`` per failure up to ``delay_max`` (like
-    Kubernetes' CrashLoopBackOff) and is spread by ``jitter`` both ways,
-    with *rand* in [0, 1), so that tasks failing together do not restart
-    in lockstep. The result always lies in ``[0, delay_max * (1 + jitter)]``.
+    ``delay_min`` after a clean exit or the first crash, then doubling per
+    crash of the streak up to ``delay_max`` (like Kubernetes'
+    CrashLoopBackOff), spread by ``jitter`` both ways, with *rand* in
+    [0, 1), so that tasks failing together do not restart in lockstep. The
+    result always lies in ``[0, delay_max * (1 + jitter)]``.
     """
     if policy.delay_min <= 0:
         return 0.0
-    base = min(policy.delay_max, policy.delay_min * 2.0 ** min(failures, _MAX_EXPONENT))
+    exponent = min(max(crashes - 1, 0), _MAX_EXPONENT)
+    base = min(policy.delay_max, policy.delay_min * 2.0**exponent)
     spread = base * (1.0 + policy.jitter * (2.0 * rand - 1.0))
     return min(max(spread, 0.0), policy.delay_max * (1.0 + policy.jitter))
 
@@ -214,21 +259,23 @@ def on_exit(
 ) -> RestartDecision:
     """What the restart policy decides when a task's run ended at *now*.
 
-    A stop that someone asked for is never undone. Otherwise the policy's
-    mode decides whether to restart, the back-off gives the delay, and the
-    start limit (counted at the moment the restart would happen) can turn
-    the restart into ``LIMIT`` so that a crash loop ends instead of
-    spinning. The returned state does not record the restart itself:
-    :func:`note_start` does, when the delayed start really happens.
+    Called for every end of a run, whoever started it, so that the crash
+    streak also counts runs started by triggers. A stop that someone asked
+    for is never undone. Otherwise the policy's mode decides whether to
+    restart, the back-off gives the delay, and the limits (the rate counted
+    at the moment the restart would happen) can turn the restart into
+    ``LIMIT`` so that a crash loop ends instead of spinning. The returned
+    state does not record the restart itself: :func:`note_start` does, when
+    the delayed start really happens.
     """
-    if _was_stable(state, now, policy):
-        state = replace(state, failures=0)
+    state = _streak_after(state, policy, result, stop_requested, now)
     if stop_requested or not _wants_restart(policy.mode, result):
         return RestartDecision(Verdict.NONE, state)
-    delay = backoff_delay(state.failures, policy, rand)
-    if not _within_limit(state.starts, now + delay, policy):
-        return RestartDecision(Verdict.LIMIT, state)
-    return RestartDecision(Verdict.RESTART, replace(state, failures=state.failures + 1), delay)
+    delay = backoff_delay(state.crashes, policy, rand)
+    limit = limit_reached(state, now + delay, policy)
+    if limit:
+        return RestartDecision(Verdict.LIMIT, state, limit=limit)
+    return RestartDecision(Verdict.RESTART, state, delay)
 
 
 # --------------------------------------------------------------------------- ordering

@@ -885,9 +885,18 @@ class Manager:
             task.ready.set_result(info)
         log.info("%s/%s %s", task.transaction, task.id, info.describe())
         self._report(task, action, info, pid)
+        decision = engine.on_exit(
+            task.restart_state,
+            task.spec.restart,
+            info.result,
+            stop_requested=task.stop_requested,
+            now=self._clock(),
+            rand=random.random(),
+        )
+        task.restart_state = decision.state  # the crash streak counts every run's end
         self._fire(task, action)
         if not task.stop_requested:
-            self._apply_restart_policy(task, info)
+            self._apply_restart_policy(task, info, decision)
         if task.is_thread:
             # After the triggers: a trigger that starts another Thread task keeps the host.
             self._retire_host_when_idle(task.transaction)
@@ -924,11 +933,13 @@ class Manager:
             if record.stopping or (task.is_up and task.sub_state is not SubState.AUTO_RESTART):
                 return
             task.restart_timer = None
+            now = self._clock()
+            limit = engine.limit_reached(task.restart_state, now, task.spec.restart)
             allowed, task.restart_state = engine.note_start(
-                task.restart_state, self._clock(), automatic=True, policy=task.spec.restart
+                task.restart_state, now, automatic=True, policy=task.spec.restart
             )
             if not allowed:
-                self._start_limit_hit(task, cause)
+                self._start_limit_hit(task, cause, limit)
                 return
             try:
                 _preflight(task.spec)
@@ -937,21 +948,15 @@ class Manager:
                 return
             await self._launch(record, task)
 
-    def _apply_restart_policy(self, task: TaskRecord, info: ExitInfo) -> None:
+    def _apply_restart_policy(
+        self, task: TaskRecord, info: ExitInfo, decision: engine.RestartDecision
+    ) -> None:
+        """Carry out the policy's verdict on a run that ended on its own."""
         record = self.transactions.get(task.transaction)
         if record is None or record.stopping or task.is_up:
             return  # stopping, or a trigger already started it again
-        decision = engine.on_exit(
-            task.restart_state,
-            task.spec.restart,
-            info.result,
-            stop_requested=False,
-            now=self._clock(),
-            rand=random.random(),
-        )
-        task.restart_state = decision.state
         if decision.verdict is engine.Verdict.LIMIT:
-            self._start_limit_hit(task, f"restart={task.spec.restart.mode}")
+            self._start_limit_hit(task, f"restart={task.spec.restart.mode}", decision.limit)
         elif decision.verdict is engine.Verdict.RESTART:
             task.set_state(State.ACTIVATING, SubState.AUTO_RESTART)
             task.status_text = f"restarting in {decision.delay:.2f} s: {info.describe()}"
@@ -964,14 +969,11 @@ class Manager:
                 ),
             )
 
-    def _start_limit_hit(self, task: TaskRecord, cause: str) -> None:
-        policy = task.spec.restart
+    def _start_limit_hit(self, task: TaskRecord, cause: str, limit: str) -> None:
+        """End a task ``failed/start-limit-hit``: *limit* says which limit, *cause* who asked."""
         task.cancel_restart()
         task.set_state(State.FAILED, SubState.FAILED, Result.START_LIMIT_HIT)
-        task.status_text = (
-            f"start limit hit: more than {policy.limit_burst} automatic starts"
-            f" in {policy.limit_interval:g} s ({cause}); 'zsvc start' resets it"
-        )
+        task.status_text = f"start limit hit: {limit} ({cause}); 'zsvc start' resets it"
         task.last_action = LastAction.FAILED
         self._save(task)
         log.warning("%s/%s: %s", task.transaction, task.id, task.status_text)
