@@ -1,10 +1,14 @@
-"""The bus device's bind policy."""
+"""The bus device's bind policy and its count of subscriptions."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from zsvc.daemon.bus import BindError, loopback_bind
+import pytest
+import zmq
+import zmq.asyncio
+
+from zsvc.daemon.bus import BindError, BusDevice, loopback_bind
 
 
 def test_bus_binds_only_on_loopback() -> None:
@@ -18,3 +22,43 @@ def test_bus_binds_only_on_loopback() -> None:
     for public in ("tcp://10.0.0.1:5557", "tcp://example.org:5557", "tcp://[2001:db8::1]:1"):
         with pytest.raises(BindError, match="loopback"):
             loopback_bind(public)
+
+
+def test_subscriptions_are_counted_and_forgotten_when_nobody_wants_them(tmp_path) -> None:
+    """Every task host subscribes to a handshake topic of its own and drops it again:
+    the device must count live subscriptions only, not remember every topic ever seen."""
+
+    async def scenario() -> None:
+        context = zmq.asyncio.Context()
+        device = BusDevice(context, on_message=lambda message: None)
+        pub, sub = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/sub"
+        device.bind(pub, sub)
+        device.start()
+        subscriber = context.socket(zmq.SUB)
+        subscriber.setsockopt(zmq.LINGER, 0)
+        subscriber.connect(sub)
+
+        async def until(condition) -> None:
+            async with asyncio.timeout(5.0):
+                while not condition():
+                    await asyncio.sleep(0.005)  # polls a condition, bounded by the timeout
+
+        try:
+            subscriber.setsockopt(zmq.SUBSCRIBE, b"control")
+            await until(lambda: device.subscribers(b"control.x") == 1)
+            for i in range(50):
+                topic = f"probe-{i}".encode()
+                subscriber.setsockopt(zmq.SUBSCRIBE, topic)
+                subscriber.setsockopt(zmq.UNSUBSCRIBE, topic)
+            subscriber.setsockopt(zmq.SUBSCRIBE, b"last")
+            await until(lambda: device.subscribers(b"last") == 1)
+            assert set(device.subscriptions) == {b"control", b"last"}
+            subscriber.setsockopt(zmq.UNSUBSCRIBE, b"control")
+            await until(lambda: b"control" not in device.subscriptions)
+            assert device.subscribers(b"control") == 0
+        finally:
+            subscriber.close()
+            await device.close()
+            context.term()
+
+    asyncio.run(scenario())

@@ -152,8 +152,13 @@ class BusDevice:
             topic = frame[1:]
             if frame[0] == 1:
                 self.subscriptions[topic] += 1
-            elif frame[0] == 0 and self.subscriptions[topic] > 0:
+            elif frame[0] == 0 and topic in self.subscriptions:
+                # Forget a topic nobody wants any more: every task host's handshake
+                # subscribes to a topic of its own, so keeping zeros would grow
+                # without bound and slow down every subscribers() call.
                 self.subscriptions[topic] -= 1
+                if self.subscriptions[topic] <= 0:
+                    del self.subscriptions[topic]
 
     def subscribers(self, topic: bytes) -> int:
         """How many subscriptions would receive *topic* (prefix match, as ZMQ does)."""
