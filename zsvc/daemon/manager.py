@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 HOST_STOP_MARGIN = 5.0
 """A thread host's stop timeout beyond its longest task's: time to tear down and report."""
 
+CONTEXT_INFO_INTERVAL = 0.1
+"""Seconds between two ``context_info`` publications of one transaction, at least."""
+
 SUPERVISOR_ENV = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
 )
@@ -104,10 +107,14 @@ class Manager:
         self.state = state
         self.transactions: dict[str, TransactionRecord] = {}
         self._info_pending: set[str] = set()
+        self._info_sent: dict[str, float] = {}
+        """When each transaction's record was last published (loop time)."""
         self._views: dict[str, bytes] = {}
         """Encoded ``status`` views, dropped whenever the transaction's stored state changes."""
         self._jobs: set[asyncio.Task[Any]] = set()
         self._clock: Callable[[], float] = time.monotonic
+        self._inherited_env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
+        """The daemon's environment as every task inherits it (read once, not per launch)."""
 
     # --- persistence ------------------------------------------------------------
 
@@ -321,6 +328,7 @@ class Manager:
             self.table.delete_transaction(transaction)
             del self.transactions[transaction]
             self._views.pop(transaction, None)
+            self._info_sent.pop(transaction, None)
         return {"transaction": transaction, "forgotten": True}
 
     async def stop_all(self) -> None:
@@ -396,7 +404,7 @@ class Manager:
         spec = task.spec
         invocation = uuid.uuid4().hex
         task.runner_data = {"invocation": invocation}
-        env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
+        env = dict(self._inherited_env)
         env.update(
             ZSVC_TRANSACTION=record.id,
             ZSVC_TASK_ID=spec.id,
@@ -544,7 +552,7 @@ class Manager:
 
     def _host_launch_spec(self, record: TransactionRecord, host: ThreadHost) -> LaunchSpec:
         specs = [task.spec for task in record.tasks.values() if task.is_thread]
-        env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
+        env = dict(self._inherited_env)
         env.update(
             ZSVC_TRANSACTION=record.id,
             ZSVC_TASK_ID=THREAD_HOST_ID,
@@ -1027,14 +1035,22 @@ class Manager:
         self._context_info(self.transactions[task.transaction])
 
     def _context_info(self, record: TransactionRecord) -> None:
-        """Publish the transaction's record once per loop turn, however many changes it had."""
+        """Publish the transaction's record soon: at most every CONTEXT_INFO_INTERVAL seconds.
+
+        The record is the whole transaction, so a burst of changes (a crash loop
+        of a hundred tasks) would otherwise encode it at every loop turn; the
+        latest state still goes out, at most CONTEXT_INFO_INTERVAL late.
+        """
         if record.id in self._info_pending:
             return
         self._info_pending.add(record.id)
-        asyncio.get_running_loop().call_soon(self._publish_context_info, record.id)
+        loop = asyncio.get_running_loop()
+        due = self._info_sent.get(record.id, -CONTEXT_INFO_INTERVAL) + CONTEXT_INFO_INTERVAL
+        loop.call_later(max(0.0, due - loop.time()), self._publish_context_info, record.id)
 
     def _publish_context_info(self, transaction: str) -> None:
         self._info_pending.discard(transaction)
+        self._info_sent[transaction] = asyncio.get_running_loop().time()
         record = self.transactions.get(transaction)
         if record is None or not self.listened(protocol.Topic.CONTROL.encode()):
             return  # the whole record, encoded for nobody: skip it (a crash loop costs less)

@@ -173,7 +173,9 @@ class LocalTask(TaskHandle):
     def kill(self) -> None:
         self._remember_descendants()
         self._signal_group(signal.SIGKILL)
-        if self.cgroup is not None:
+        # cgroup.kill costs far more than a look at cgroup.events: after a crash the
+        # group is usually empty already, and a crash loop would pay it every run.
+        if self.cgroup is not None and self.cgroup.populated():
             self.cgroup.kill()
         for pid in self.descendants:
             with contextlib.suppress(ProcessLookupError, PermissionError):
