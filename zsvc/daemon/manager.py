@@ -916,9 +916,8 @@ class Manager:
         record = self.transactions.get(task.transaction)
         if record is None:
             return
-        table = {t.id: t.spec.triggers for t in record.tasks.values()}
         event = engine.TaskEvent(record.id, task.id, action)
-        for triggered in engine.fire(event, table, record.stopping):
+        for triggered in engine.fire(event, record.triggers, record.stopping):
             log.info("%s: %s", record.id, triggered.describe())
             self._spawn(self._carry_out(record, triggered), triggered.describe())
 

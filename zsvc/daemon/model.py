@@ -8,11 +8,13 @@ stable JSON of ``zsvc status --json`` (:meth:`TaskRecord.view`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zsvc.config.model import Context, TaskSpec
+from zsvc.config.model import Context, TaskSpec, Trigger
 from zsvc.daemon.engine import RestartState
 from zsvc.daemon.table import TaskRow, TransactionRow
 from zsvc.runners.base import ExitInfo, TaskHandle
@@ -24,6 +26,7 @@ from zsvc.states import (
     State,
     SubState,
     TransactionState,
+    TriggerEvent,
 )
 
 THREAD_HOST_ID = "@threads"
@@ -198,6 +201,11 @@ class TransactionRecord:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     thread_host: ThreadHost | None = None
     """The process of the Thread tasks, while it exists; not persisted."""
+
+    @functools.cached_property
+    def triggers(self) -> dict[str, Mapping[TriggerEvent, Trigger]]:
+        """The trigger table (task id → its triggers): fixed by the context, built once."""
+        return {spec.id: spec.triggers for spec in self.context.tasks}
 
     @property
     def threads_up(self) -> bool:

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import signal
@@ -204,8 +205,9 @@ class Cgroup:
     def __repr__(self) -> str:
         return f"Cgroup({str(self.path)!r})"
 
-    @property
+    @functools.cached_property
     def relative(self) -> str | None:
+        """The group as /proc/<pid>/cgroup spells it (computed once: looked up per event)."""
         return self.tree.relative(self.path) if self.tree is not None else None
 
     def procs(self) -> list[int]:

@@ -177,9 +177,7 @@ class LocalTask(TaskHandle):
         # group is usually empty already, and a crash loop would pay it every run.
         if self.cgroup is not None and self.cgroup.populated():
             self.cgroup.kill()
-        for pid in self.descendants:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        self._kill_descendants()
         if self.cgroup is None and self.runner is not None and self.invocation:
             self.runner._kill_orphans({self.invocation})
 
@@ -192,6 +190,12 @@ class LocalTask(TaskHandle):
         }
 
     # --- internals --------------------------------------------------------
+
+    def _kill_descendants(self) -> None:
+        """SIGKILL the descendants remembered so far (those that left the process group)."""
+        for pid in self.descendants:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -333,6 +337,13 @@ class LocalTask(TaskHandle):
         self._main_gone.set()
         self._cancel_timers()
         self._close_pidfd()
+        if self.cgroup is not None and not self.cgroup.populated():
+            # Nothing left in the group (the usual end): only the cheap part of kill(),
+            # for a process that left the group, and no second look at the group.
+            self._signal_group(signal.SIGKILL)
+            self._kill_descendants()
+            self._finish(info, group_empty=True)
+            return
         self.kill()
         if self.cgroup is not None and self.cgroup.populated():
             self._spawn(self._drain(info))
@@ -353,14 +364,14 @@ class LocalTask(TaskHandle):
         finally:
             self._finish(info)
 
-    def _finish(self, info: ExitInfo) -> None:
+    def _finish(self, info: ExitInfo, group_empty: bool = False) -> None:
         if self.exit_info is not None:
             return
         self.exit_info = info
         self._cancel_timers()
         self._close_pidfd()
         self._main_gone.set()
-        if self.cgroup is not None and not self.cgroup.populated():
+        if self.cgroup is not None and (group_empty or not self.cgroup.populated()):
             self.cgroup.remove()
         self._exited.set()
         if self.runner is not None:
@@ -492,6 +503,7 @@ class LocalRunner(Runner):
         self.zygote: Zygote | None = None
         self.cgroups: CgroupTree | None = None
         self.subreaper = False
+        self._reap_again_pending = False
         self._finished: dict[str, None] = {}
         """Invocation ids of runs that ended (bounded): whose orphans to kill (no cgroup)."""
         self._unclaimed: dict[int, tuple[float, list[Notification]]] = {}
@@ -534,6 +546,10 @@ class LocalRunner(Runner):
             self.zygote.close()
             self.zygote = None
 
+    def _reap_later(self) -> None:
+        self._reap_again_pending = False
+        self._reap_strays()
+
     def _reap_strays(self) -> None:
         """Reap children that are no task: orphans re-parented to us, a dead zygote.
 
@@ -543,8 +559,11 @@ class LocalRunner(Runner):
         """
         if self.zygote is not None and self.zygote.lock.locked():
             # A fork is in flight: its task may already be our child while we do not know
-            # its pid yet. Reaping it here would lose its exit status; come back shortly.
-            asyncio.get_running_loop().call_later(0.05, self._reap_strays)
+            # its pid yet. Reaping it here would lose its exit status; come back shortly,
+            # once however many SIGCHLDs arrive meanwhile (a crash loop sends plenty).
+            if not self._reap_again_pending:
+                self._reap_again_pending = True
+                asyncio.get_running_loop().call_later(0.05, self._reap_later)
             return
         zygote = self.zygote.proc.pid if self.zygote is not None else None
         for pid in children_of("self"):
