@@ -200,6 +200,28 @@ def status(
 
 
 @app.command()
+def monitor(
+    transaction: str = typer.Argument(None, help="Only this transaction."),
+    interval: float = typer.Option(
+        1.0, "--interval", "-i", min=0.5, help="Seconds between two updates of the view."
+    ),
+    once: bool = typer.Option(False, "--once", help="Print one sample and exit."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line and sample."),
+    count: int = typer.Option(None, "--count", min=1, help="Exit after this many samples."),
+) -> None:
+    """Live CPU, memory, threads, children and fds of every task, per transaction.
+
+    The daemon samples only while something watches (this command, or any
+    subscriber of the bus topic 'monitor'); see docs/monitor.md.
+    """
+    from zsvc.cli.monitor import run_monitor
+
+    raise typer.Exit(
+        run_monitor(_state["runtime_dir"], transaction, interval, once, as_json, count)
+    )
+
+
+@app.command()
 def forget(transaction: str = typer.Argument(..., help="Transaction id.")) -> None:
     """Remove a stopped transaction from the table."""
     _call("forget", transaction=transaction)

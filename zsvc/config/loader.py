@@ -45,6 +45,7 @@ from zsvc.config.model import (
     Trigger,
 )
 from zsvc.errors import ConfigError, ConfigIssue
+from zsvc.monitor.options import MONITOR_INSTANCE, MonitorConfigError, parse_settings
 from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
 
 __all__ = ["load_context", "load_context_text"]
@@ -693,6 +694,8 @@ def _task_spec(
         )
     service_name = _service_name(reader, parts.get("message"))
     config, device_action, location = _configuration(reader, parts.get("message"))
+    if instance == MONITOR_INSTANCE and command is None:
+        location = _monitor(reader, parts.get("message"), config, location)
     entry, triggers = _state(reader, parts.get("state"))
     return TaskSpec(
         id=task_id,
@@ -1136,6 +1139,32 @@ def _configuration(
     )
     location = (reader.base_dir / location_text).resolve() if location_text else default_location
     return config, device_action, location
+
+
+def _monitor(
+    reader: _TaskReader, message: _Element | None, config: dict[str, Any], location: Path
+) -> Path:
+    """The seed's ``instance="Monitor"``: zsvc's built-in Monitor, its configuration checked.
+
+    A ``Monitor`` package in the task location is the user's own and is left alone.
+    """
+    from zsvc.builtin import BUILTIN_LOCATION
+
+    if (location / MONITOR_INSTANCE / f"Service{MONITOR_INSTANCE}.py").is_file():
+        return location
+    try:
+        parse_settings(config)
+    except MonitorConfigError as exc:
+        configuration = _config_element(reader, message)
+        for key_path, why in exc.problems:
+            where = configuration if configuration is not None else reader.element
+            for tag in key_path.split(".") if configuration is not None else ():
+                found = [el for el in _elements(where) if el.tag == tag]
+                if not found:
+                    break
+                where = found[0]
+            reader.at(where, f"Monitor configuration.{key_path}: {why}")
+    return BUILTIN_LOCATION
 
 
 def _config_element(reader: _TaskReader, message: _Element | None) -> _Element | None:

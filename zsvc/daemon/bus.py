@@ -77,6 +77,8 @@ class BusDevice:
         self.pub_endpoints: set[str] = set()
         self.sub_endpoints: set[str] = set()
         self.subscriptions: collections.Counter[bytes] = collections.Counter()
+        self.on_subscription: Callable[[bytes], None] | None = None
+        """Called with the prefix after each (un)subscription (the monitor wakes on it)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     def bind(self, pub_endpoint: str, sub_endpoint: str) -> None:
@@ -159,6 +161,10 @@ class BusDevice:
                 self.subscriptions[topic] -= 1
                 if self.subscriptions[topic] <= 0:
                     del self.subscriptions[topic]
+            else:
+                continue
+            if self.on_subscription is not None:
+                self.on_subscription(topic)
 
     def subscribers(self, topic: bytes) -> int:
         """How many subscriptions would receive *topic* (prefix match, as ZMQ does)."""

@@ -30,10 +30,12 @@ from zsvc.config.model import Context
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.logs import cap_logs
 from zsvc.daemon.manager import Manager
+from zsvc.daemon.monitor import MonitorService
 from zsvc.daemon.table import Table
 from zsvc.errors import BadRequest, ErrorCode, OperationFailed, ZsvcError
 from zsvc.notify import sd_notify, watchdog_interval
 from zsvc.paths import RuntimeLayout, StateLayout
+from zsvc.runners.base import Runner
 from zsvc.runners.local import LocalRunner
 
 log = logging.getLogger("zsvc.daemon")
@@ -70,7 +72,8 @@ class Daemon:
         self.table: Table | None = None
         self.bus: BusDevice | None = None
         self.manager: Manager | None = None
-        self.runner = LocalRunner(self.runtime)
+        self.monitor: MonitorService | None = None
+        self.runner: Runner = LocalRunner(self.runtime)
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -125,6 +128,9 @@ class Daemon:
             loop.add_signal_handler(signum, self.stopped.set)
         self._spawn(self._serve_control(), "control")
         self._spawn(self._cap_logs(), "log-cap")
+        self.monitor = MonitorService(self.manager, self.bus.publish, self.bus.subscribers)
+        self.bus.on_subscription = self.monitor.subscriptions_changed
+        self._spawn(self.monitor.run(), "monitor")
         if (interval := watchdog_interval()) is not None:
             self._spawn(self._ping_watchdog(interval), "watchdog")
 
@@ -139,6 +145,8 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.runtime.control.unlink()
         await self.runner.close()
+        if self.monitor is not None:
+            await self.monitor.close()
         if self.bus is not None:
             await self.bus.close()
             for path in (self.runtime.bus_pub, self.runtime.bus_sub):
@@ -241,6 +249,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _on_bus_message(self, message: Any) -> None:
+        if self.monitor is not None and self.monitor.on_bus_message(message):
+            return
         if self.manager is not None:
             self.manager.on_bus_message(message)
 

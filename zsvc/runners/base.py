@@ -138,6 +138,16 @@ class TaskHandle(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What must be persisted to find this task again (see :meth:`Runner.adopt`)."""
 
+    def processes(self) -> list[int]:
+        """Every process of the task now, main one first (what the monitor samples).
+
+        This default walks the main process's descendants; a runner that knows
+        better (a cgroup) overrides it. Called outside the event loop: it only reads.
+        """
+        from zsvc.procs import descendants  # zsvc.procs imports this module
+
+        return [self.pid, *sorted(descendants(self.pid))]
+
 
 class Runner(abc.ABC):
     """Turns launch specs into supervised processes."""

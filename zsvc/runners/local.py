@@ -189,6 +189,13 @@ class LocalTask(TaskHandle):
             "cgroup": str(self.cgroup.path) if self.cgroup is not None else None,
         }
 
+    def processes(self) -> list[int]:
+        """The task's cgroup is its exact process set (a setsid grandchild included)."""
+        if self.cgroup is None:
+            return super().processes()
+        members = self.cgroup.procs()
+        return [self.pid, *sorted(pid for pid in members if pid != self.pid)]
+
     # --- internals --------------------------------------------------------
 
     def _kill_descendants(self) -> None:
