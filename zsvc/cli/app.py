@@ -345,6 +345,51 @@ def validate(files: list[Path] = typer.Argument(..., help="Context files to chec
         raise typer.Exit(ExitCode.BAD_INPUT)
 
 
+def _opt(help_text: str, *names: str) -> Any:
+    """A create-service option in zsvc's spelling and the seed's (``--task-id``, ``--task_id``)."""
+    spellings = [f"--{n}" for name in names for n in dict.fromkeys((name, name.replace("-", "_")))]
+    return typer.Option(None, *spellings, help=help_text, show_default=False)
+
+
+@app.command("create-service")
+def create_service(
+    service_path: Path = _opt("Root of Conf/ and Services/ (seed: service_path).", "service-path"),
+    task_service: str = _opt("Service name: Services/<it>/, class Service<it>.", "task-service"),
+    task_file: str = _opt("Module of the task class (default: the task service).", "task-file"),
+    task_class: str = _opt("Task class name (default: the task service).", "task-class"),
+    task_desc: str = _opt("Human-readable description.", "task-desc"),
+    context_name: str = _opt("Context: Conf/Context-<it>.xml, its log name.", "context-name"),
+    context_id: str = _opt("ContextID of a new context file (default context001).", "context-id"),
+    service_name: str = _opt("The task's service_name on the bus.", "service-name"),
+    server_ip: str = _opt("Bus address (default 127.0.0.1).", "server-ip"),
+    sub_port: int = _opt("Port subscribers connect to (default 5556).", "sub-port"),
+    pub_port: int = _opt("Port publishers connect to (default 5557).", "pub-port"),
+    task_id: str = _opt("Task id in the context, e.g. ts_100.", "task-id"),
+    device_action: str = _opt("The task's device_action.", "device-action"),
+    task_type: str = _opt("Looped (default) or Single.", "task-type"),
+    entry_action: str = _opt(
+        "on_start (default): starts with its transaction; on_update, on_fail, on_exit: waits.",
+        "entry-action",
+    ),
+    task_topic: str = _opt("Topic the task listens on (default process).", "task-topic"),
+    xml_file: Path = _opt("Generate the services of a MetaServiceConf file instead.", "xml-file"),
+    force: bool = typer.Option(False, "--force", help="Overwrite files that differ (your edits)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be written."),
+) -> None:
+    """Generate task services (Services/<name>/) and their context file (Conf/), ready to run."""
+    from zsvc.cli.create import create_service as run
+    from zsvc.scaffold.flags import Flags
+
+    flags = Flags(
+        service_path=service_path, task_service=task_service, task_file=task_file,
+        task_class=task_class, task_desc=task_desc, context_name=context_name,
+        context_id=context_id, service_name=service_name, server_ip=server_ip,
+        sub_port=sub_port, pub_port=pub_port, task_id=task_id, device_action=device_action,
+        task_type=task_type, entry_action=entry_action, task_topic=task_topic,
+    )  # fmt: skip
+    raise typer.Exit(run(flags, xml_file, force=force, dry_run=dry_run, echo=typer.echo))
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
