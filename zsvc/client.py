@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from zsvc import commands, protocol
-from zsvc.errors import DaemonUnreachable, ErrorCode, ZsvcError
+from zsvc.errors import DaemonForbidden, DaemonUnreachable, ErrorCode, ZsvcError
 from zsvc.paths import RuntimeLayout
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,16 @@ def socket_listening(path: Path) -> bool:
     ZMQ's ``connect`` never fails on a dead ``ipc://`` endpoint, it just
     retries; probing the path first lets the CLI say "no daemon" at once
     instead of after a timeout.
+
+    Raises :class:`DaemonForbidden` when the socket is there but this user
+    may not connect to it: "no daemon" would send them looking for the wrong
+    problem.
     """
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         probe.connect(os.fspath(path))
+    except PermissionError:
+        raise DaemonForbidden(f"permission denied: {path} (a zsvc daemon runs there)") from None
     except OSError:
         return False
     finally:

@@ -94,6 +94,18 @@ class StorageError(ZsvcError):
 class DaemonUnreachable(Exception):
     """The control socket did not answer; the CLI exits 3 with a hint."""
 
+    hint = "hint: start the daemon with 'zsvc daemon --detach'"
+
+
+class DaemonForbidden(DaemonUnreachable):
+    """The daemon's sockets exist but this user may not use them (exit 3).
+
+    Membership of group ``zsvc`` (or root) is the permission: the runtime
+    directory is ``0750 root:zsvc``, so anyone else gets EACCES on connect.
+    """
+
+    hint = "hint: members of group zsvc may control it (as root: adduser USER zsvc)"
+
 
 @dataclass(frozen=True)
 class ConfigIssue:

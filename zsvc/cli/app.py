@@ -62,9 +62,7 @@ def _client(timeout: float = 10.0) -> Any:
 
 def _fail(exc: Exception) -> NoReturn:
     if isinstance(exc, DaemonUnreachable):
-        from zsvc.cli.fast import UNREACHABLE_HINT
-
-        typer.echo(f"zsvc: {exc}\n{UNREACHABLE_HINT}", err=True)
+        typer.echo(f"zsvc: {exc}\n{exc.hint}", err=True)
         raise typer.Exit(ExitCode.UNREACHABLE)
     if isinstance(exc, ZsvcError):
         typer.echo(f"zsvc: {exc.message}", err=True)

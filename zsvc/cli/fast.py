@@ -10,8 +10,6 @@ from typing import Any
 
 from zsvc.errors import DaemonUnreachable, ExitCode, ZsvcError
 
-UNREACHABLE_HINT = "hint: start the daemon with 'zsvc daemon --detach'"
-
 
 def fast_path(argv: list[str]) -> int | None:
     """Run ``[--runtime-dir DIR] status [TRANSACTION] [--json]``; None for any other line."""
@@ -45,7 +43,7 @@ def show_status(runtime: str | Path | None, transaction: str | None, as_json: bo
         with ControlClient(runtime_dir(runtime)) as client:
             result: Any = client.call("status", transaction=transaction)
     except DaemonUnreachable as exc:
-        print(f"zsvc: {exc}\n{UNREACHABLE_HINT}", file=sys.stderr)
+        print(f"zsvc: {exc}\n{exc.hint}", file=sys.stderr)
         return ExitCode.UNREACHABLE
     except ZsvcError as exc:
         print(f"zsvc: {exc.message}", file=sys.stderr)

@@ -19,12 +19,11 @@ from typing import Any, TextIO
 from zsvc import protocol
 from zsvc.cli.monitor_view import STALE_AFTER, MonitorModel, render
 from zsvc.client import BusClient, socket_listening
-from zsvc.errors import ExitCode
+from zsvc.errors import DaemonForbidden, DaemonUnreachable, ExitCode
 from zsvc.paths import RuntimeLayout, runtime_dir
 
 HANDSHAKE_TIMEOUT = 5.0
 REPLY_TIMEOUT = 10.0
-UNREACHABLE_HINT = "hint: start the daemon with 'zsvc daemon --detach'"
 
 
 def _bus(layout: RuntimeLayout, topic: str) -> BusClient:
@@ -33,7 +32,7 @@ def _bus(layout: RuntimeLayout, topic: str) -> BusClient:
 
 def _unreachable(layout: RuntimeLayout) -> int:
     print(
-        f"zsvc: no zsvc daemon is listening on {layout.bus_sub}\n{UNREACHABLE_HINT}",
+        f"zsvc: no zsvc daemon is listening on {layout.bus_sub}\n{DaemonUnreachable.hint}",
         file=sys.stderr,
     )
     return ExitCode.UNREACHABLE
@@ -77,8 +76,12 @@ def run_monitor(
 ) -> int:
     """Run ``zsvc monitor``; returns the exit status."""
     layout = RuntimeLayout(runtime_dir(runtime))
-    if not socket_listening(layout.bus_sub):
-        return _unreachable(layout)
+    try:
+        if not socket_listening(layout.bus_sub):
+            return _unreachable(layout)
+    except DaemonForbidden as exc:
+        print(f"zsvc: {exc}\n{exc.hint}", file=sys.stderr)
+        return ExitCode.UNREACHABLE
     out = out or sys.stdout
     if once:
         return _once(layout, transaction, as_json, out)
