@@ -12,18 +12,37 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+SYSTEM_RUNTIME_DIR = Path("/run/zsvc")
+"""The system daemon's (zsvc.service, RuntimeDirectory=zsvc): mode 0750, group zsvc."""
+
 
 def runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The directory of the control, bus and notify sockets."""
+    """The directory of the control, bus and notify sockets of the daemon this user runs."""
     if explicit:
         return Path(explicit).absolute()
     if env := os.environ.get("ZSVC_RUNTIME_DIR"):
         return Path(env).absolute()
     if os.geteuid() == 0:
-        return Path("/run/zsvc")
+        return SYSTEM_RUNTIME_DIR
     if xdg := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(xdg) / "zsvc"
     return Path(f"/tmp/zsvc-{os.geteuid()}")
+
+
+def client_runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The daemon a command talks to: the user's own if one runs, else the system daemon.
+
+    Like docker's CLI and its system socket, a member of group zsvc reaches the
+    system daemon without options; someone with a daemon of their own (``zsvc
+    daemon`` as a user) reaches that one. With neither, the user's directory,
+    so that the error says where a daemon of theirs would listen.
+    """
+    own = runtime_dir(explicit)
+    if explicit or os.environ.get("ZSVC_RUNTIME_DIR") or own == SYSTEM_RUNTIME_DIR:
+        return own
+    if (own / "control").exists() or not SYSTEM_RUNTIME_DIR.is_dir():
+        return own
+    return SYSTEM_RUNTIME_DIR
 
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -55,9 +55,9 @@ def main_options(
 
 def _client(timeout: float = 10.0) -> Any:
     from zsvc.client import ControlClient
-    from zsvc.paths import runtime_dir
+    from zsvc.paths import client_runtime_dir
 
-    return ControlClient(runtime_dir(_state["runtime_dir"]), timeout=timeout)
+    return ControlClient(client_runtime_dir(_state["runtime_dir"]), timeout=timeout)
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -410,13 +410,13 @@ def shutdown(
     import time
 
     from zsvc.client import socket_listening
-    from zsvc.paths import RuntimeLayout, runtime_dir
+    from zsvc.paths import RuntimeLayout, client_runtime_dir
 
     _call("shutdown")
     if not wait:
         typer.echo("daemon stopping")
         return
-    control = RuntimeLayout(runtime_dir(_state["runtime_dir"])).control
+    control = RuntimeLayout(client_runtime_dir(_state["runtime_dir"])).control
     deadline = time.monotonic() + timeout
     while socket_listening(control):  # the daemon closes it last, after every task stopped
         if time.monotonic() > deadline:

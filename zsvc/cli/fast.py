@@ -37,10 +37,10 @@ def fast_path(argv: list[str]) -> int | None:
 def show_status(runtime: str | Path | None, transaction: str | None, as_json: bool) -> int:
     """``zsvc status``: print the table (or JSON); returns the exit status."""
     from zsvc.client import ControlClient
-    from zsvc.paths import runtime_dir
+    from zsvc.paths import client_runtime_dir
 
     try:
-        with ControlClient(runtime_dir(runtime)) as client:
+        with ControlClient(client_runtime_dir(runtime)) as client:
             result: Any = client.call("status", transaction=transaction)
     except DaemonUnreachable as exc:
         print(f"zsvc: {exc}\n{exc.hint}", file=sys.stderr)

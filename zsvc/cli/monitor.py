@@ -20,7 +20,7 @@ from zsvc import protocol
 from zsvc.cli.monitor_view import STALE_AFTER, MonitorModel, render
 from zsvc.client import BusClient, socket_listening
 from zsvc.errors import DaemonForbidden, DaemonUnreachable, ExitCode
-from zsvc.paths import RuntimeLayout, runtime_dir
+from zsvc.paths import RuntimeLayout, client_runtime_dir
 
 HANDSHAKE_TIMEOUT = 5.0
 REPLY_TIMEOUT = 10.0
@@ -75,7 +75,7 @@ def run_monitor(
     out: TextIO | None = None,
 ) -> int:
     """Run ``zsvc monitor``; returns the exit status."""
-    layout = RuntimeLayout(runtime_dir(runtime))
+    layout = RuntimeLayout(client_runtime_dir(runtime))
     try:
         if not socket_listening(layout.bus_sub):
             return _unreachable(layout)

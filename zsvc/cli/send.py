@@ -9,7 +9,7 @@ from typing import Any
 from zsvc import protocol
 from zsvc.client import BusClient, socket_listening
 from zsvc.errors import DaemonUnreachable
-from zsvc.paths import RuntimeLayout, runtime_dir
+from zsvc.paths import RuntimeLayout, client_runtime_dir
 
 
 def send_on_bus(
@@ -25,7 +25,7 @@ def send_on_bus(
     timeout: float,
 ) -> dict[str, Any] | None:
     """Publish one message; for a ``state`` request, wait for and return the reply."""
-    layout = RuntimeLayout(runtime_dir(runtime))
+    layout = RuntimeLayout(client_runtime_dir(runtime))
     if not socket_listening(layout.bus_sub):
         raise DaemonUnreachable(f"no zsvc bus on {layout.bus_sub}")
     content: dict[str, Any] = {}

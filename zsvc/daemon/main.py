@@ -15,8 +15,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from zsvc import __version__
+from zsvc.daemon.settings import LOG_LEVELS, RUNNERS, SYSTEM_SETTINGS
+from zsvc.daemon.settings import load as load_settings
+from zsvc.errors import ConfigError, ExitCode
 from zsvc.notify import NotifyServer
 from zsvc.paths import runtime_dir, state_dir
 
@@ -28,23 +32,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("contexts", nargs="*", type=Path, help="context files whose bus to bind")
     parser.add_argument("--runtime-dir", help="sockets (default /run/zsvc or $XDG_RUNTIME_DIR)")
     parser.add_argument("--state-dir", help="table and logs (default /var/lib/zsvc or XDG)")
-    parser.add_argument("--durable", action="store_true", help="fsync every change (FULL)")
-    parser.add_argument("--runner", choices=["auto", "local"], default="auto")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"settings file (default {SYSTEM_SETTINGS} for root, when it exists)",
+    )
+    parser.add_argument(
+        "--durable", action="store_true", default=None, help="fsync every change (FULL)"
+    )
+    parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        help="auto (default): systemd transient units when systemd runs here, else the"
+        " embedded runner",
+    )
     parser.add_argument("--detach", action="store_true", help="run in the background")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS)
     parser.add_argument("--version", action="version", version=f"zsvc {__version__}")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    try:
+        settings = load_settings(args.config, is_root=os.geteuid() == 0)
+    except ConfigError as exc:
+        print(f"zsvc daemon: invalid settings:\n{exc}", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
     runtime = runtime_dir(args.runtime_dir)
     state = state_dir(args.state_dir)
     if args.detach:
-        return detach(runtime, state, argv if argv is not None else sys.argv[1:])
+        return detach(runtime, state, argv)
     logging.basicConfig(
         stream=sys.stderr,
-        level=args.log_level.upper(),
+        level=args.log_level or settings.log_level or "INFO",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # The daemon never speaks TLS, but asyncio imports ssl (and OpenSSL, ~4 MB of
@@ -53,8 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     from zsvc.daemon.server import DaemonOptions, run_daemon
 
     contexts = [path.absolute() for path in args.contexts]
-    options = DaemonOptions(runtime, state, contexts=contexts, durable=args.durable)
-    return run_daemon(options)
+    options = DaemonOptions(
+        runtime,
+        state,
+        contexts=contexts,
+        durable=bool(args.durable if args.durable is not None else settings.durable),
+        runner=args.runner or settings.runner or "auto",
+    )
+
+    def reexec() -> NoReturn:
+        """A reload: this process becomes a new daemon with the same arguments (and code
+        from disk, so a package upgrade takes effect without stopping any task)."""
+        os.execv(sys.executable, [sys.executable, "-m", "zsvc.daemon", *argv])
+
+    return run_daemon(options, reexec)
 
 
 def detach(runtime: Path, state: Path, argv: list[str]) -> int:

@@ -16,10 +16,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 import zmq.asyncio
@@ -55,6 +55,8 @@ class DaemonOptions:
     contexts: Sequence[Path] = ()
     durable: bool = False
     log_cap_bytes: int = LOG_CAP_BYTES
+    runner: str = "auto"
+    """``auto``, ``local`` or ``systemd`` (:mod:`zsvc.runners.choose`)."""
 
 
 class Daemon:
@@ -66,6 +68,8 @@ class Daemon:
         self.state = StateLayout(options.state_dir)
         self.zmq = zmq.asyncio.Context()
         self.stopped = asyncio.Event()
+        self.reexec = False
+        """Set by SIGHUP: leave the tasks running and execute the daemon anew (a reload)."""
         self.started_at = time.time()
         self._lock_fd: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -83,9 +87,15 @@ class Daemon:
             notify("READY=1", f"STATUS={self._status_line()}")
             log.info("zsvc %s ready on %s", __version__, self.runtime.root)
             await self.stopped.wait()
-            notify("STOPPING=1", "STATUS=stopping every task")
             assert self.manager is not None
-            await self.manager.stop_all()
+            if self.reexec:
+                # A reload (SIGHUP; 'systemctl reload zsvc', a package upgrade): the tasks
+                # keep running, and the new daemon re-adopts them from the table.
+                notify("RELOADING=1", "STATUS=executing anew; every task keeps running")
+                log.info("reloading: the daemon executes anew, every task keeps running")
+            else:
+                notify("STOPPING=1", "STATUS=stopping every task")
+                await self.manager.stop_all()
         finally:
             await self._close()
 
@@ -126,6 +136,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._spawn(self._serve_control(), "control")
         self._spawn(self._cap_logs(), "log-cap")
         self.monitor = MonitorService(self.manager, self.bus.publish, self.bus.subscribers)
@@ -157,6 +168,11 @@ class Daemon:
         self.zmq.term()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+
+    def _reload(self) -> None:
+        if not self.stopped.is_set():
+            self.reexec = True
+            self.stopped.set()
 
     def _take_lock(self) -> None:
         root = self.runtime.root
@@ -366,11 +382,20 @@ def notify(*assignments: str) -> None:
         log.warning("sd_notify failed: %s", exc)
 
 
-def run_daemon(options: DaemonOptions) -> int:
-    """Run the daemon in this process until it is told to stop; returns the exit status."""
+def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = None) -> int:
+    """Run the daemon in this process until it is told to stop; returns the exit status.
+
+    After a reload (SIGHUP) everything is closed but the tasks, and *reexec*
+    replaces this process with a new daemon (same PID, so systemd and the
+    tasks' parent stay the same), which re-adopts them.
+    """
+    daemon = Daemon(options)
     try:
-        asyncio.run(Daemon(options).run())
+        asyncio.run(daemon.run())
     except DaemonError as exc:
         log.error("%s", exc)
         return 1
+    if daemon.reexec and reexec is not None:
+        logging.shutdown()
+        reexec()
     return 0

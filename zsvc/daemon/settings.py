@@ -1,0 +1,133 @@
+"""The daemon's settings file (``/etc/zsvc/zsvc.conf``), validated.
+
+An INI file with one section, ``[daemon]``, read with the standard
+library's :mod:`configparser`. Command-line options win over the file, the
+file over the built-in defaults, so a packaged daemon can be tuned without
+editing its unit. Every problem is reported with the file and line, all at
+once, and an invalid file stops the daemon before it touches anything: a
+typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from zsvc.errors import ConfigError, ConfigIssue
+
+SYSTEM_SETTINGS = Path("/etc/zsvc/zsvc.conf")
+"""Read by a daemon running as root when no ``--config`` is given (absent: defaults)."""
+
+SECTION = "daemon"
+RUNNERS = ("auto", "local", "systemd")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True}
+_BOOLEANS |= {"no": False, "false": False, "off": False, "0": False}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the file sets; None where it is silent (the command line or default decides)."""
+
+    runner: str | None = None
+    log_level: str | None = None
+    durable: bool | None = None
+
+
+def _line_of(text: str, key: str) -> int:
+    """The line where *key* is set (configparser keeps no positions)."""
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*[=:]", re.IGNORECASE)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return 1
+
+
+def _unrepr(line: str) -> str:
+    """configparser hands over the faulty lines as repr() strings; show the line itself."""
+    try:
+        value = ast.literal_eval(line)
+    except (ValueError, SyntaxError):
+        return line
+    return value if isinstance(value, str) else line
+
+
+def parse(text: str, source: str) -> Settings:
+    """The settings in *text* (the contents of *source*); ConfigError lists every problem."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="-none-")
+    try:
+        parser.read_string(text, source=source)
+    except configparser.MissingSectionHeaderError as exc:
+        issue = f"expected a [{SECTION}] section before any setting, found {exc.line.strip()!r}"
+        raise ConfigError([ConfigIssue(source, exc.lineno, 1, issue)]) from None
+    except configparser.DuplicateOptionError as exc:
+        issue = f"'{exc.option}' is set twice in [{exc.section}]"
+        raise ConfigError([ConfigIssue(source, exc.lineno or 1, 1, issue)]) from None
+    except configparser.DuplicateSectionError as exc:
+        issue = f"section [{exc.section}] appears twice"
+        raise ConfigError([ConfigIssue(source, exc.lineno or 1, 1, issue)]) from None
+    except configparser.ParsingError as exc:
+        issues = [
+            ConfigIssue(source, lineno, 1, f"not 'key = value': {_unrepr(line).strip()!r}")
+            for lineno, line in exc.errors
+        ]
+        raise ConfigError(issues) from None
+    issues: list[ConfigIssue] = []
+    for section in parser.sections():
+        if section != SECTION:
+            line = next(
+                (n for n, t in enumerate(text.splitlines(), 1) if t.strip() == f"[{section}]"), 1
+            )
+            issues.append(
+                ConfigIssue(source, line, 1, f"unknown section [{section}]; expected [{SECTION}]")
+            )
+    values = parser[SECTION] if parser.has_section(SECTION) else {}
+    found: dict[str, object] = {}
+    for key, raw in values.items():
+        value = raw.strip()
+        line = _line_of(text, key)
+        if key == "runner":
+            if value not in RUNNERS:
+                expected = ", ".join(RUNNERS)
+                issues.append(
+                    ConfigIssue(source, line, 1, f"runner: {value!r} is not one of {expected}")
+                )
+            found["runner"] = value
+        elif key == "log_level":
+            if value.upper() not in LOG_LEVELS:
+                expected = ", ".join(LOG_LEVELS)
+                issues.append(
+                    ConfigIssue(source, line, 1, f"log_level: {value!r} is not one of {expected}")
+                )
+            found["log_level"] = value.upper()
+        elif key == "durable":
+            if value.lower() not in _BOOLEANS:
+                issues.append(ConfigIssue(source, line, 1, f"durable: {value!r} is not yes or no"))
+            found["durable"] = _BOOLEANS.get(value.lower())
+        else:
+            known = "runner, log_level, durable"
+            issues.append(ConfigIssue(source, line, 1, f"unknown setting {key!r}; known: {known}"))
+    if issues:
+        raise ConfigError(issues)
+    return Settings(**found)  # type: ignore[arg-type]
+
+
+def load(path: Path | None, is_root: bool) -> Settings:
+    """The settings of *path*, or of the system file for root; defaults when there is none.
+
+    An explicit *path* must exist; the system file may be absent (a pip
+    install has none).
+    """
+    if path is None:
+        if not is_root or not SYSTEM_SETTINGS.exists():
+            return Settings()
+        path = SYSTEM_SETTINGS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError([ConfigIssue(str(path), 1, 1, f"cannot read: {reason}")]) from None
+    return parse(text, str(path))
