@@ -244,10 +244,12 @@ def logs(
     lines: int = typer.Option(20, "-n", "--lines", help="How many last lines per task."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
 ) -> None:
-    """Print the tasks' output (the local runner's log files)."""
-    from zsvc.cli.logview import show_logs
+    """Print the tasks' output (journald under the systemd runner, else the log files)."""
+    from zsvc.cli.logview import show_journal, show_logs
 
     result = _call("logs", transaction=transaction, services=list(service))
+    if "journal" in result:
+        raise typer.Exit(show_journal(result["journal"], lines, follow))
     show_logs(result["logs"], lines, follow)
 
 

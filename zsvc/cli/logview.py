@@ -1,4 +1,8 @@
-"""``zsvc logs``: the last lines of each task's log, then (with -f) new lines as they come."""
+"""``zsvc logs``: the last lines of each task's log, then (with -f) new lines as they come.
+
+The local runner's files are read here; under the systemd runner the output is in
+journald, and ``zsvc logs`` runs ``journalctl ZSVC_TRANSACTION=<id>`` instead.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,24 @@ def show_logs(entries: list[dict[str, Any]], count: int, follow: bool) -> None:
                     positions[entry["path"]] = handle.tell()
         sys.stdout.flush()
         time.sleep(FOLLOW_INTERVAL)  # a user-facing refresh rate, not synchronisation
+
+
+def show_journal(query: dict[str, Any], count: int, follow: bool) -> int:
+    """Under the systemd runner the output is in journald: become ``journalctl`` for it.
+
+    Returns only when journalctl cannot be run (exit status 1, with the reason).
+    """
+    from zsvc.journal import journal_argv
+
+    argv = journal_argv(
+        query["transaction"], query.get("tasks") or (), count, follow, bool(query.get("user"))
+    )
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        sys.stderr.write(f"zsvc: cannot run {argv[0]}: {exc.strerror}\n")
+    return 1
 
 
 def _size(path: Path) -> int:

@@ -35,7 +35,8 @@ from zsvc.daemon.table import Table
 from zsvc.errors import BadRequest, ErrorCode, OperationFailed, ZsvcError
 from zsvc.notify import sd_notify, watchdog_interval
 from zsvc.paths import RuntimeLayout, StateLayout
-from zsvc.runners.base import Runner
+from zsvc.runners.base import Runner, RunnerUnavailable
+from zsvc.runners.choose import choose_runner
 from zsvc.runners.local import LocalRunner
 
 log = logging.getLogger("zsvc.daemon")
@@ -77,7 +78,7 @@ class Daemon:
         self.bus: BusDevice | None = None
         self.manager: Manager | None = None
         self.monitor: MonitorService | None = None
-        self.runner: Runner = LocalRunner(self.runtime)
+        self.runner: Runner = LocalRunner(self.runtime)  # replaced in _open (--runner)
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -111,6 +112,10 @@ class Daemon:
         except BindError as exc:
             raise DaemonError(str(exc)) from exc
         self.bus.start()
+        try:
+            self.runner = await choose_runner(self.options.runner, self.runtime)
+        except RunnerUnavailable as exc:
+            raise DaemonError(str(exc)) from exc
         self.manager = Manager(
             self.runner,
             self.table,
@@ -342,7 +347,16 @@ class Daemon:
 
     async def cmd_logs(self, transaction: str, services: list[str]) -> Any:
         assert self.manager is not None
-        return {"logs": self.manager.log_paths(transaction, services)}
+        entries = self.manager.log_paths(transaction, services)
+        if self.runner.name != "systemd":
+            return {"logs": entries}
+        # journald has the tasks' output (LogExtraFields): 'zsvc logs' runs journalctl.
+        tasks = [entry["task"] for entry in entries] if services else []
+        user = bool(getattr(self.runner, "user", False))
+        return {
+            "logs": entries,
+            "journal": {"transaction": transaction, "tasks": tasks, "user": user},
+        }
 
     async def cmd_forget(self, transaction: str) -> Any:
         assert self.manager is not None

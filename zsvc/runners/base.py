@@ -171,6 +171,10 @@ class Runner(abc.ABC):
         """Release the runner's resources (tasks are stopped by the daemon before)."""
 
 
+class RunnerUnavailable(Exception):
+    """A runner cannot work here (no systemd, no bus): ``--runner auto`` picks another."""
+
+
 class LaunchError(Exception):
     """A task could not be started at all (exec failed, log not writable, …)."""
 

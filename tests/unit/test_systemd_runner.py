@@ -1,0 +1,280 @@
+"""The systemd runner's signal handling, fed a recorded D-Bus conversation (systemd 252).
+
+The messages are real dbus-fast ``Message`` objects in the order systemd sent
+them in the research runs (shared/research/systemd-dbus.md §3, §5): what the
+runner makes of them is checked here without a bus; the system tier runs the
+same code against a real systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+
+from zsvc import journal
+from zsvc.naming import unit_name
+from zsvc.runners.base import ExitInfo, LaunchSpec, RunnerUnavailable, TaskKey
+from zsvc.runners.choose import choose_runner, systemd_booted
+from zsvc.runners.systemd import SystemdRunner, SystemdTask
+from zsvc.runners.transient import unit_path
+from zsvc.states import Result
+
+PROPS = "org.freedesktop.DBus.Properties"
+SVC, UNIT = "org.freedesktop.systemd1.Service", "org.freedesktop.systemd1.Unit"
+MANAGER = "org.freedesktop.systemd1.Manager"
+TX, TASK = "a-b", "t1"
+NAME = unit_name(TX, TASK)
+PATH = unit_path(NAME)
+
+
+class Recorder:
+    """RunnerEvents that remember what they were told, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    def on_ready(self, key: TaskKey) -> None:
+        self.seen.append(("ready", key))
+
+    def on_status(self, key: TaskKey, text: str) -> None:
+        self.seen.append(("status", text))
+
+    def on_stopping(self, key: TaskKey) -> None:
+        self.seen.append(("stopping", key))
+
+    def on_main_pid(self, key: TaskKey, pid: int, description: dict[str, Any]) -> None:
+        self.seen.append(("main_pid", pid))
+
+    def on_exit(self, key: TaskKey, info: ExitInfo) -> None:
+        self.seen.append(("exit", info))
+
+
+def changed(interface: str, values: dict[str, tuple[str, Any]], path: str = PATH) -> Message:
+    body = [interface, {k: Variant(sig, v) for k, (sig, v) in values.items()}, []]
+    return Message(
+        message_type=MessageType.SIGNAL,
+        path=path,
+        interface=PROPS,
+        member="PropertiesChanged",
+        signature="sa{sv}as",
+        body=body,
+    )
+
+
+def manager_signal(member: str, signature: str, body: list[Any]) -> Message:
+    return Message(
+        message_type=MessageType.SIGNAL,
+        path="/org/freedesktop/systemd1",
+        interface=MANAGER,
+        member=member,
+        signature=signature,
+        body=body,
+    )
+
+
+def svc(pid: int, result: str = "success", code: int = 0, status: int = 0, text: str = ""):
+    return changed(
+        SVC,
+        {
+            "MainPID": ("u", pid),
+            "Result": ("s", result),
+            "ExecMainCode": ("i", code),
+            "ExecMainStatus": ("i", status),
+            "StatusText": ("s", text),
+        },
+    )
+
+
+def unit(active: str, sub: str, job: int = 0) -> Message:
+    return changed(
+        UNIT,
+        {
+            "ActiveState": ("s", active),
+            "SubState": ("s", sub),
+            "Job": ("(uo)", [job, f"/org/freedesktop/systemd1/job/{job}" if job else "/"]),
+            "InvocationID": ("ay", b"\xab\xcd"),
+        },
+    )
+
+
+def launch_spec() -> LaunchSpec:
+    return LaunchSpec(
+        transaction=TX,
+        task_id=TASK,
+        unit=NAME,
+        argv=("/bin/true",),
+        env={},
+        cwd="/",
+        notify=True,
+        start_timeout=5.0,
+        stop_timeout=5.0,
+        log_path=Path("/dev/null"),
+    )
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> tuple[SystemdRunner, Recorder, SystemdTask]:
+    monkeypatch.setattr(journal, "send", lambda *args, **fields: True)  # no journal here
+    events = Recorder()
+    runner = SystemdRunner(user=False)
+    runner.events = events
+    # As start() returns it: with the MainPID it waited for, events released.
+    task = SystemdTask(spec=launch_spec(), pid=42, runner=runner, unit=NAME, path=PATH)
+    task._returned = True  # as start() does: the daemon has read the pid
+    task._release()
+    runner.by_path[PATH] = task
+    return runner, events, task
+
+
+def feed(runner: SystemdRunner, *messages: Message) -> None:
+    for message in messages:
+        runner._on_message(message)
+
+
+def test_a_notify_task_that_becomes_ready_reports_status_then_fails(runner) -> None:
+    runner, events, task = runner
+    feed(
+        runner,
+        svc(42),
+        unit("inactive", "dead", job=9),
+        unit("activating", "start", job=9),
+        svc(42, text="phase-a"),
+        unit("active", "running", job=9),
+        manager_signal("JobRemoved", "uoss", [9, "/org/freedesktop/systemd1/job/9", NAME, "done"]),
+        svc(42, text="phase-a"),  # the re-sent pair changes nothing
+        unit("active", "running"),
+        svc(0, "exit-code", 1, 3, "phase-a"),
+        unit("failed", "failed"),
+        manager_signal("UnitRemoved", "so", [NAME, PATH]),
+    )
+    assert task.pid == 42
+    assert events.seen == [
+        ("status", "phase-a"),
+        ("ready", (TX, TASK)),
+        ("exit", ExitInfo(Result.EXIT_CODE, exit_code=3)),
+    ]
+    assert task.describe() == {"pid": 42, "unit": NAME, "invocation_id": "abcd"}
+    assert task.removed.is_set()
+    assert PATH not in runner.by_path  # forgotten once removed: the name is free
+
+
+def test_no_ready_within_the_start_timeout_is_a_timeout(runner) -> None:
+    runner, events, _task = runner
+    feed(
+        runner,
+        svc(42),
+        unit("activating", "start", job=9),
+        unit("deactivating", "stop-sigterm", job=9),
+        svc(0, "timeout", 2, 15),
+        manager_signal("JobRemoved", "uoss", [9, "/job/9", NAME, "failed"]),
+        unit("failed", "failed"),
+    )
+    assert events.seen == [("exit", ExitInfo(Result.TIMEOUT, signal=15))]
+
+
+def test_a_start_job_that_fails_before_the_unit_ever_ran_ends_the_run(runner) -> None:
+    runner, events, _task = runner
+    feed(
+        runner,
+        unit("inactive", "dead", job=9),
+        manager_signal("JobRemoved", "uoss", [9, "/job/9", NAME, "dependency"]),
+    )
+    assert events.seen == [
+        ("exit", ExitInfo(Result.RESOURCES, detail="systemd's start job ended: dependency"))
+    ]
+
+
+def test_the_previous_runs_late_removal_does_not_end_a_new_run(runner) -> None:
+    runner, events, task = runner
+    feed(runner, manager_signal("UnitRemoved", "so", [NAME, PATH]), unit("activating", "start"))
+    assert events.seen == [] and not task.removed.is_set()
+
+
+def test_stopping_and_a_new_main_pid_are_reported(runner) -> None:
+    runner, events, _task = runner
+    feed(
+        runner,
+        svc(42),
+        unit("active", "running"),
+        svc(43),  # MAINPID= from the task
+        unit("deactivating", "stop-sigterm"),  # STOPPING=1, nobody asked
+        svc(0, "success", 1, 0),
+        unit("inactive", "dead"),
+    )
+    assert events.seen == [
+        ("ready", (TX, TASK)),
+        ("main_pid", 43),
+        ("stopping", (TX, TASK)),
+        ("exit", ExitInfo(Result.SUCCESS, exit_code=0)),
+    ]
+
+
+def test_events_wait_until_the_daemon_has_the_handle(monkeypatch) -> None:
+    monkeypatch.setattr(journal, "send", lambda *args, **fields: True)
+    events = Recorder()
+    runner = SystemdRunner(user=False)
+    runner.events = events
+    task = SystemdTask(spec=launch_spec(), pid=0, runner=runner, unit=NAME, path=PATH)
+    runner.by_path[PATH] = task
+    feed(
+        runner,
+        svc(42),
+        unit("active", "running"),
+        svc(0, "exit-code", 1, 1),
+        unit("failed", "failed"),
+    )
+    assert events.seen == [] and task.exit_info is not None  # wait() already works
+    task._release()
+    assert [kind for kind, _ in events.seen] == ["ready", "exit"]
+
+
+def test_signals_of_other_units_are_ignored(runner) -> None:
+    runner, events, _task = runner
+    other = changed(UNIT, {"ActiveState": ("s", "failed")}, path=unit_path("sshd.service"))
+    feed(runner, other, manager_signal("UnitRemoved", "so", ["sshd.service", "/x"]))
+    assert events.seen == []
+
+
+def test_choose_runner_local_and_auto_without_systemd() -> None:
+    from zsvc.paths import RuntimeLayout
+
+    layout = RuntimeLayout(Path("/nonexistent"))
+    assert asyncio.run(choose_runner("local", layout)).name == "local"
+    if not systemd_booted():
+        assert asyncio.run(choose_runner("auto", layout)).name == "local"
+        with pytest.raises(RunnerUnavailable, match="not the service manager"):
+            asyncio.run(choose_runner("systemd", layout))
+    with pytest.raises(RunnerUnavailable, match="unknown runner"):
+        asyncio.run(choose_runner("docker", layout))
+
+
+def test_a_command_that_ran_and_ended_at_once_was_ready_first(runner) -> None:
+    """Type=exec, exit 4 within one systemd loop turn: "active" is never signalled."""
+    runner, events, task = runner
+    task.spec = LaunchSpec(**{**launch_spec().__dict__, "notify": False})
+    feed(runner, unit("activating", "start", job=9), svc(0, "exit-code", 1, 4))
+    feed(runner, unit("failed", "failed"))
+    assert events.seen == [("ready", (TX, TASK)), ("exit", ExitInfo(Result.EXIT_CODE, exit_code=4))]
+
+
+def test_a_program_that_could_not_be_executed_was_never_ready(runner) -> None:
+    runner, events, task = runner
+    task.spec = LaunchSpec(**{**launch_spec().__dict__, "notify": False})
+    feed(runner, unit("activating", "start", job=9), svc(0, "exit-code", 1, 203))
+    feed(runner, unit("failed", "failed"))
+    assert events.seen == [("exit", ExitInfo(Result.EXIT_CODE, exit_code=203))]
+
+
+def test_the_start_job_done_means_ready_even_unsignalled(runner) -> None:
+    runner, events, _task = runner
+    feed(
+        runner,
+        unit("activating", "start", job=9),
+        manager_signal("JobRemoved", "uoss", [9, "/job/9", NAME, "done"]),
+        manager_signal("JobRemoved", "uoss", [10, "/job/10", NAME, "done"]),  # a later job
+    )
+    assert events.seen == [("ready", (TX, TASK))]

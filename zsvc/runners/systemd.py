@@ -1,0 +1,594 @@
+"""The systemd runner: every task a transient unit, supervised by systemd itself.
+
+A task becomes ``zsvc-<transaction>-<task>.service`` in slice
+``zsvc-<transaction>.slice`` (escaped ids, :mod:`zsvc.naming`), started with
+``StartTransientUnit``; systemd's cgroups, readiness (``Type=notify``),
+watchdog, kill logic and journald do the supervision. What to send and what
+the answers mean is in :mod:`zsvc.runners.transient` (pure, unit-tested);
+this module is the D-Bus I/O around it.
+
+**State comes from signals, never from polling.** One match rule per unit
+(its ``PropertiesChanged``) plus one for the manager's ``JobRemoved`` and
+``UnitRemoved``, after ``Subscribe()``. With ``CollectMode=inactive-or-failed``
+a failed unit is gone the moment it fails, so the exit status is taken from
+the Service ``PropertiesChanged`` that precedes the Unit's ``failed``: a
+``Get`` afterwards would answer a stub's ``success``.
+
+**Names are reused safely.** A handle stays registered under its unit's
+object path until systemd says ``UnitRemoved``; a new run of the same task
+waits (bounded) for that, so no late signal of the old run is taken for the
+new one. A unit left ``failed`` is reset (``ResetFailedUnit``) before its
+name is used again.
+
+**Events are held until start()/adopt() returned**, so the daemon has the
+handle before it hears that the task is ready or gone (the local runner
+has the same order).
+
+**Re-adoption.** ``describe()`` stores the unit name, its MainPID and
+systemd's InvocationID; after a daemon crash :meth:`SystemdRunner.adopt`
+finds the unit in ``ListUnitsByPatterns(["zsvc-*"])``, checks it is the
+same run, and follows it again. The daemon's own events for a task go to
+the journal with the task's fields (:mod:`zsvc.journal`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbus_fast import Message, MessageType
+
+from zsvc import journal
+from zsvc.naming import slice_name
+from zsvc.runners import transient
+from zsvc.runners.base import (
+    ExitInfo,
+    LaunchError,
+    LaunchSpec,
+    Runner,
+    RunnerEvents,
+    RunnerUnavailable,
+    TaskHandle,
+)
+from zsvc.runners.sdbus import (
+    MANAGER,
+    MANAGER_MATCH,
+    NO_SUCH_UNIT,
+    PROPERTIES,
+    SERVICE,
+    UNIT,
+    UNIT_EXISTS,
+    SystemdBus,
+    SystemdError,
+    marshals_unicode,
+    unit_match,
+    variant,
+)
+from zsvc.states import Result, State
+
+log = logging.getLogger(__name__)
+
+KILL_WAIT = 5.0
+"""How long after SIGKILL (or the stop timeout) systemd may take to report the end."""
+PID_WAIT = 10.0
+"""How long start() waits for systemd to fork the task (it takes milliseconds)."""
+REMOVAL_WAIT = 2.0
+"""How long a new run waits for the previous run's unit to be unloaded."""
+EXIT_CHDIR = 200
+SLICE_GRACE = 1.0
+"""How long a transaction's slice stays after its last task ended (a restart reuses it)."""
+DESTRUCTIVE = "org.freedesktop.systemd1.TransactionIsDestructive"
+RECONNECT_WAIT = 5.0
+"""How long to try to reach the bus again after losing it, before giving the tasks up."""
+
+
+@dataclass(eq=False)
+class SystemdTask(TaskHandle):
+    """A task running as a transient unit."""
+
+    runner: SystemdRunner | None = None
+    unit: str = ""
+    path: str = ""
+    service_name: str = ""
+    view: transient.UnitView = field(default_factory=transient.UnitView)
+    ready: bool = False
+    stop_requested: bool = False
+    removed: asyncio.Event = field(default_factory=asyncio.Event)
+    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _pid_known: asyncio.Event = field(default_factory=asyncio.Event)
+    _start_job_seen: bool = False
+    _returned: bool = False
+    """The daemon has read ``pid``: a later MainPID is news for it (``on_main_pid``)."""
+    _held: list[Callable[[], None]] | None = field(default_factory=list)
+    """Events waiting until the daemon has this handle (None once released)."""
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self.exit_info is not None
+        return self.exit_info
+
+    def send_signal(self, signum: int) -> None:
+        if self.exit_info is None and self.runner is not None:
+            self.runner.bus_send("KillUnit", "ssi", [self.unit, "main", int(signum)])
+
+    def kill(self) -> None:
+        if self.exit_info is None and self.runner is not None:
+            self.runner.bus_send("KillUnit", "ssi", [self.unit, "all", int(signal.SIGKILL)])
+
+    async def stop(self, timeout: float | None = None) -> ExitInfo:
+        """StopUnit: systemd sends SIGTERM, waits TimeoutStopUSec, then SIGKILLs the cgroup."""
+        if self.exit_info is not None:
+            return self.exit_info
+        assert self.runner is not None
+        self.stop_requested = True
+        limit = self.spec.stop_timeout if timeout is None else timeout
+        try:
+            if timeout is not None and timeout != self.spec.stop_timeout:
+                prop = [["TimeoutStopUSec", variant("t", transient.usec(timeout))]]
+                await self.runner.call("SetUnitProperties", "sba(sv)", [self.unit, True, prop])
+            await self.runner.call("StopUnit", "ss", [self.unit, "replace"])
+        except SystemdError as exc:
+            if exc.name != NO_SUCH_UNIT:
+                log.warning("%s/%s: StopUnit: %s", *self.key, exc)
+            elif self.exit_info is None:  # gone, and its end not (yet) seen
+                self._finish(self.view.exit() if self.view.ended else _vanished())
+        if await self._wait_exit(limit + KILL_WAIT):
+            return self.exit_info  # type: ignore[return-value]
+        log.warning("%s/%s: systemd reported no end after %g s: SIGKILL", *self.key, limit)
+        self.kill()
+        if not await self._wait_exit(KILL_WAIT):
+            self._finish(ExitInfo(Result.TIMEOUT, detail="systemd reported no end of the unit"))
+        return self.exit_info  # type: ignore[return-value]
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "unit": self.unit, "invocation_id": self.view.invocation}
+
+    # --- internals ------------------------------------------------------------------
+
+    async def _wait_exit(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), seconds)
+        return self.exit_info is not None
+
+    def _emit(self, action: Callable[[], None]) -> None:
+        if self._held is not None:
+            self._held.append(action)
+        else:
+            action()
+
+    def _release(self) -> None:
+        """The daemon has the handle now: tell it what happened meanwhile, in order."""
+        held, self._held = self._held or [], None
+        for action in held:
+            action()
+
+    def on_properties(self, interface: str, properties: Mapping[str, Any]) -> None:
+        """One PropertiesChanged (or GetAll) of the unit."""
+        if self.exit_info is not None:
+            return
+        changed = self.view.update(interface, properties)
+        if "main_pid" in changed and self.view.main_pid:
+            news = self._returned and self.view.main_pid != self.pid  # or MAINPID= from the task
+            self.pid = self.view.main_pid
+            self._pid_known.set()
+            if news:
+                self._emit(
+                    self._report(lambda e: e.on_main_pid(self.key, self.pid, self.describe()))
+                )
+        if "status_text" in changed and not self.view.ended:
+            text = self.view.status_text
+            self._emit(self._report(lambda e: e.on_status(self.key, text)))
+        if "active_state" in changed:
+            state = self.view.active_state
+            if state == State.ACTIVE and not self.ready:
+                self._became_ready()
+            elif state == State.DEACTIVATING and self.ready and not self.stop_requested:
+                self._emit(self._report(lambda e: e.on_stopping(self.key)))
+        if self.view.ended:
+            if not self.ready and not self.spec.notify and self.view.exec_succeeded:
+                # Type=exec: it ran, and ended within one systemd loop turn, so "active"
+                # was never signalled. The local runner calls such a task ready at exec.
+                self._became_ready()
+            self._finish(self.view.exit())
+
+    def _became_ready(self) -> None:
+        self.ready = True
+        self._emit(self._report(lambda e: e.on_ready(self.key)))
+        self._journal("ready", journal.INFO)
+
+    def on_job_removed(self, result: str) -> None:
+        """A job of the unit ended. The first one is the start job: ``done`` means ready
+        (READY=1, or exec), even when the unit's "active" was not signalled on its own."""
+        first, self._start_job_seen = not self._start_job_seen, True
+        if not first or self.exit_info is not None:
+            return
+        if result == "done" and not self.ready:
+            self._became_ready()
+        elif result != "done" and not self.view.seen_running:
+            self._finish(ExitInfo(Result.RESOURCES, detail=f"systemd's start job ended: {result}"))
+
+    def on_removed(self) -> None:
+        """systemd unloaded the unit (UnitRemoved).
+
+        Ignored before this run was seen running: it is then the previous run's
+        unit, whose removal was still on its way when this run registered.
+        """
+        if not self.view.seen_running:
+            return
+        if self.exit_info is None and not self.view.ended and self.runner is not None:
+            # A daemon-reload sends UnitRemoved (then UnitNew) for live units too:
+            # ask systemd before believing it.
+            self.runner.spawn(self.runner.resync(self))
+            return
+        if self.exit_info is None:
+            self._finish(self.view.exit())
+        self.removed.set()
+
+    def _report(self, call: Callable[[RunnerEvents], None]) -> Callable[[], None]:
+        def action() -> None:
+            if self.runner is not None and self.runner.events is not None:
+                call(self.runner.events)
+
+        return action
+
+    def _finish(self, info: ExitInfo) -> None:
+        if self.exit_info is not None:
+            return
+        self.exit_info = info
+        self._pid_known.set()
+        self._exited.set()
+        self._journal(info.describe(), journal.INFO if info.clean else journal.WARNING)
+        self._emit(self._report(lambda e: e.on_exit(self.key, info)))
+        if self.runner is not None:
+            self.runner.slice_maybe_idle(self.spec.transaction)
+
+    def _journal(self, what: str, priority: int) -> None:
+        fields = transient.log_fields(self.spec, self.service_name)
+        journal.send(f"{self.spec.task_id} ({self.unit}): {what}", priority, **fields)
+
+
+def _vanished() -> ExitInfo:
+    return ExitInfo(Result.LOST, detail="the unit vanished before its end was seen")
+
+
+class SystemdRunner(Runner):
+    """Runs tasks as transient units of systemd's manager (system for root, user otherwise)."""
+
+    name = "systemd"
+
+    def __init__(self, user: bool | None = None):
+        self.user = os.geteuid() != 0 if user is None else user
+        self.bus: SystemdBus | None = None
+        self.events: RunnerEvents | None = None
+        self.by_path: dict[str, SystemdTask] = {}
+        self.unicode_ok = marshals_unicode()
+        self.version = ""
+        self._watcher: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[Any]] = set()
+        self._transactions: set[str] = set()
+        """Transactions whose units this runner started or adopted (their slices)."""
+        self._starting: dict[str, int] = {}
+        """Starts in progress per transaction: its slice must not be stopped meanwhile."""
+        self.listed: dict[str, tuple[str, str]] | None = None
+        """``zsvc-*`` units found at open: name → (ActiveState, SubState), for adoption."""
+
+    # --- connection -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Reach systemd's manager; :class:`RunnerUnavailable` when it is not there."""
+        if not os.path.isdir("/run/systemd/system"):
+            raise RunnerUnavailable("systemd is not the service manager here")
+        try:
+            self.bus = await asyncio.wait_for(SystemdBus.connect(self.user), 10.0)
+            version = await self.bus.call("Get", "ss", [MANAGER, "Version"], interface=PROPERTIES)
+            self.version = str(getattr(version[0], "value", version[0]))
+        except SystemdError as exc:
+            raise RunnerUnavailable(f"systemd does not answer: {exc}") from exc
+        except (OSError, TimeoutError, EOFError, ValueError) as exc:
+            raise RunnerUnavailable(f"cannot reach systemd's bus: {exc!r}") from exc
+
+    async def open(self, events: RunnerEvents) -> None:
+        if self.bus is None:
+            await self.connect()
+        self.events = events
+        await self._listen()
+        units = await self.call("ListUnitsByPatterns", "asas", [[], ["zsvc-*"]])
+        self.listed = {str(u[0]): (str(u[3]), str(u[4])) for u in units[0]}
+        manager = "user" if self.user else "system"
+        log.info(
+            "systemd runner on the %s manager (systemd %s): %d zsvc units loaded",
+            manager,
+            self.version,
+            len(self.listed),
+        )
+        if not self.unicode_ok:
+            log.info("this dbus-fast cannot send non-ASCII text: descriptions are escaped")
+
+    async def _listen(self) -> None:
+        """Signals on: the handler, the manager's match, each unit's, Subscribe()."""
+        assert self.bus is not None
+        bus = self.bus
+        bus.on_message(self._on_message)
+        await bus.add_match(MANAGER_MATCH)
+        for path in self.by_path:
+            bus.add_match_nowait(unit_match(path))
+        await self.call("Subscribe")  # without it systemd may send no signal at all
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_connection(bus))
+
+    async def _watch_connection(self, bus: SystemdBus) -> None:
+        """The bus went away (dbus restarted, shutdown): reconnect, or give the tasks up."""
+        try:
+            await bus.bus.wait_for_disconnect()
+        except Exception as exc:  # noqa: BLE001 - whatever the reason, the bus is gone
+            log.debug("bus disconnected: %r", exc)
+        if self.bus is not bus:
+            return  # closed on purpose
+        log.error("lost the connection to systemd's bus: reconnecting")
+        self.bus = None
+        deadline = asyncio.get_running_loop().time() + RECONNECT_WAIT
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                await self.connect()
+                await self._listen()
+            except (RunnerUnavailable, SystemdError) as exc:
+                log.warning("reconnect: %s", exc)
+                self.bus = None
+                await asyncio.sleep(0.5)  # a bounded retry pace, not synchronisation
+                continue
+            await self._resync()
+            log.info("reconnected to systemd's bus")
+            return
+        for task in list(self.by_path.values()):
+            if task.exit_info is None:
+                task._finish(ExitInfo(Result.LOST, detail="lost the connection to systemd"))
+            self._forget(task)
+
+    async def _resync(self) -> None:
+        """After a reconnection or a daemon-reload: catch up on what each unit did."""
+        for task in list(self.by_path.values()):
+            await self.resync(task)
+
+    async def resync(self, task: SystemdTask) -> None:
+        """Read a unit's state anew; a unit systemd no longer has has vanished.
+
+        GetUnit first: a Get on a collected unit's path would load a stub that
+        answers "inactive, success" (research §3), a false verdict.
+        """
+        if task.exit_info is not None or self.bus is None:
+            return
+        try:
+            await self.call("GetUnit", "s", [task.unit])
+            service = await self.bus.get_all(task.path, SERVICE)
+            unit = await self.bus.get_all(task.path, UNIT)
+        except SystemdError as exc:
+            if exc.name == NO_SUCH_UNIT and task.exit_info is None:
+                task._finish(_vanished())  # gone while we did not listen: its status is lost
+                task.removed.set()
+                self._forget(task)
+            return
+        task.on_properties(SERVICE, service)
+        task.on_properties(UNIT, unit)
+
+    # --- the transaction's slice ---------------------------------------------------------
+
+    def _busy(self, transaction: str) -> bool:
+        live = any(
+            task.exit_info is None and task.spec.transaction == transaction
+            for task in self.by_path.values()
+        )
+        return live or self._starting.get(transaction, 0) > 0
+
+    def slice_maybe_idle(self, transaction: str) -> None:
+        """The transaction's last task ended: stop its slice a moment later, if still idle.
+
+        An empty slice stays loaded and active forever otherwise. Mode ``fail``: a
+        start that needs the slice meanwhile wins; one that comes just after is
+        retried by :meth:`start`.
+        """
+        if self.bus is None or self._busy(transaction):
+            return
+
+        def stop_if_idle() -> None:
+            if self.bus is not None and not self._busy(transaction):
+                self.bus.send("StopUnit", "ss", [slice_name(transaction), "fail"])
+
+        asyncio.get_running_loop().call_later(SLICE_GRACE, stop_if_idle)
+
+    def spawn(self, coroutine: Any) -> None:
+        job = asyncio.get_running_loop().create_task(coroutine)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def close(self) -> None:
+        if self.bus is not None:  # leave no idle slice behind (tasks that run keep theirs)
+            for transaction in sorted(self._transactions):
+                if not self._busy(transaction):
+                    with contextlib.suppress(SystemdError):
+                        await self.call("StopUnit", "ss", [slice_name(transaction), "fail"])
+        bus, self.bus = self.bus, None
+        if bus is not None:
+            with contextlib.suppress(SystemdError):
+                await bus.call("Unsubscribe")
+            bus.disconnect()
+
+    async def call(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
+        if self.bus is None:
+            raise SystemdError("org.freedesktop.DBus.Error.Disconnected", "not connected")
+        return await self.bus.call(member, signature, body)
+
+    def bus_send(self, member: str, signature: str, body: list[Any]) -> None:
+        if self.bus is not None:
+            self.bus.send(member, signature, body)
+
+    # --- starting ---------------------------------------------------------------------
+
+    async def start(self, spec: LaunchSpec) -> SystemdTask:
+        program = transient.resolve_program(spec.argv[0] if spec.argv else "", spec.env, spec.cwd)
+        if program is None:
+            what = spec.argv[0] if spec.argv else "(no command)"
+            raise LaunchError(
+                f"cannot execute {what}: not found or not executable",
+                ExitInfo(Result.EXIT_CODE, exit_code=transient.EXIT_EXEC, detail=what),
+            )
+        if not os.path.isdir(spec.cwd):
+            raise LaunchError(
+                f"cannot change to {spec.cwd}: no such directory",
+                ExitInfo(Result.EXIT_CODE, exit_code=EXIT_CHDIR, detail=spec.cwd),
+            )
+        service_name = spec.env.get("ZSVC_SERVICE_NAME", spec.task_id)
+        props = transient.transient_properties(
+            spec, program, slice_name(spec.transaction), service_name
+        )
+        if not self.unicode_ok:
+            props = transient.ascii_safe(props)
+            if (bad := transient.wire_problem(props)) is not None:
+                raise LaunchError(
+                    f"{bad} holds non-ASCII text, which this dbus-fast (1.84) cannot send to"
+                    " systemd; install dbus-fast >= 2 or use the local runner",
+                    ExitInfo(Result.RESOURCES, detail=f"non-ASCII {bad}"),
+                )
+        self._starting[spec.transaction] = self._starting.get(spec.transaction, 0) + 1
+        try:
+            return await self._start(spec, service_name, props)
+        finally:
+            self._starting[spec.transaction] -= 1
+            if not self._starting[spec.transaction]:
+                del self._starting[spec.transaction]
+
+    async def _start(self, spec: LaunchSpec, service_name: str, props: list[Any]) -> SystemdTask:
+        task = await self._register(spec, service_name)
+        body = [spec.unit, "fail", [[p.name, variant(p.signature, p.value)] for p in props], []]
+        try:
+            try:
+                await self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", body)
+            except SystemdError as exc:
+                if exc.name == DESTRUCTIVE:  # the idle slice's stop job is still queued
+                    await asyncio.sleep(0.2)  # a bounded retry, once
+                elif exc.name != UNIT_EXISTS or not await self._free_name(spec.unit):
+                    raise
+                await self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", body)
+        except SystemdError as exc:
+            self._forget(task)
+            raise LaunchError(
+                f"systemd refused to start {spec.unit}: {exc.text}",
+                ExitInfo(Result.RESOURCES, detail=exc.name),
+            ) from exc
+        # Its MainPID comes within milliseconds (systemd forks it right away); with it the
+        # table can find the unit again after a crash.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(task._pid_known.wait(), PID_WAIT)
+        task._returned = True
+        asyncio.get_running_loop().call_soon(task._release)
+        return task
+
+    async def _register(self, spec: LaunchSpec, service_name: str) -> SystemdTask:
+        """A handle under the unit's path, listening, once the previous run's unit is gone."""
+        path = transient.unit_path(spec.unit)
+        old = self.by_path.get(path)
+        if old is not None:
+            if old.exit_info is None:
+                raise LaunchError(
+                    f"{spec.unit} is still running",
+                    ExitInfo(Result.RESOURCES, detail="the unit is still running"),
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(old.removed.wait(), REMOVAL_WAIT)
+            if not old.removed.is_set():
+                await self._free_name(spec.unit)
+            self._forget(old)
+        task = SystemdTask(
+            spec=spec, pid=0, runner=self, unit=spec.unit, path=path, service_name=service_name
+        )
+        self._transactions.add(spec.transaction)
+        self.by_path[path] = task
+        assert self.bus is not None
+        self.bus.add_match_nowait(unit_match(path))  # in place before the start request
+        return task
+
+    async def _free_name(self, unit: str) -> bool:
+        """Unload a failed or inactive unit of that name (ResetFailedUnit); False if it runs."""
+        try:
+            path = (await self.call("GetUnit", "s", [unit]))[0]
+            assert self.bus is not None
+            state = transient.unwrap(await self.bus.get_all(path, UNIT)).get("ActiveState")
+        except SystemdError as exc:
+            return exc.name == NO_SUCH_UNIT
+        if state in transient.ACTIVE_STATES:
+            return False
+        with contextlib.suppress(SystemdError):
+            await self.call("ResetFailedUnit", "s", [unit])
+        return True
+
+    def _forget(self, task: SystemdTask) -> None:
+        if self.by_path.get(task.path) is task:
+            del self.by_path[task.path]
+            if self.bus is not None:
+                self.bus.remove_match_nowait(unit_match(task.path))
+
+    # --- adoption --------------------------------------------------------------------
+
+    async def adopt(self, spec: LaunchSpec, description: Mapping[str, Any]) -> SystemdTask | None:
+        unit = str(description.get("unit") or spec.unit)
+        if self.listed is not None and unit not in self.listed:
+            return None
+        if self.listed is not None and self.listed[unit][0] not in transient.ACTIVE_STATES:
+            await self._free_name(unit)  # failed and kept: free the name for the next run
+            return None
+        spec = dataclasses.replace(spec, unit=unit)
+        task = await self._register(spec, spec.env.get("ZSVC_SERVICE_NAME", spec.task_id))
+        assert self.bus is not None
+        try:
+            service = await self.bus.get_all(task.path, SERVICE)
+            unit_props = await self.bus.get_all(task.path, UNIT)
+        except SystemdError as exc:
+            log.warning("%s: cannot read its state: %s", unit, exc)
+            self._forget(task)
+            return None
+        # Ready already unless still activating: its READY=1 is not news to report.
+        task.ready = transient.unwrap(unit_props).get("ActiveState") != State.ACTIVATING
+        task.on_properties(SERVICE, service)
+        task.on_properties(UNIT, unit_props)
+        view = task.view
+        wanted = description.get("invocation_id")
+        same = (wanted == view.invocation) if wanted else description.get("pid") == view.main_pid
+        if task.exit_info is not None or not view.main_pid or not same:
+            if not same and task.exit_info is None:
+                log.warning("%s runs, but not the run the table knows: not adopted", unit)
+            self._forget(task)
+            return None
+        task._returned = True
+        asyncio.get_running_loop().call_soon(task._release)
+        return task
+
+    # --- signals -----------------------------------------------------------------------
+
+    def _on_message(self, message: Message) -> None:
+        if message.message_type != MessageType.SIGNAL:
+            return
+        try:
+            if message.member == "PropertiesChanged":
+                task = self.by_path.get(message.path or "")
+                if task is not None:
+                    task.on_properties(str(message.body[0]), message.body[1])
+            elif message.member == "JobRemoved":
+                _, _, unit, result = message.body
+                task = self.by_path.get(transient.unit_path(str(unit)))
+                if task is not None:
+                    task.on_job_removed(str(result))
+            elif message.member == "Reloading" and not message.body[0]:
+                self.spawn(self._resync())  # a daemon-reload ended: units may have changed
+            elif message.member == "UnitRemoved":
+                task = self.by_path.get(str(message.body[1]))
+                if task is not None and task.unit == message.body[0]:
+                    task.on_removed()
+                    if task.exit_info is not None:
+                        self._forget(task)
+        except Exception:  # a bad signal must not take the connection's reader down
+            log.exception("while handling %s %s", message.member, message.path)

@@ -1,0 +1,336 @@
+"""The pure half of the systemd runner: what to send to systemd, and what its answers mean.
+
+No D-Bus, no clock, no process here: :mod:`zsvc.runners.systemd` does the
+I/O and calls these functions, which the unit tests check against the facts
+in ``shared/research/systemd-dbus.md`` (systemd 252):
+
+* property names over D-Bus are the ``…USec`` ones, in µs (``t``);
+  ``LogExtraFields`` is ``aay``; structs travel as lists (dbus-fast 1.84
+  refuses tuples);
+* with ``CollectMode=inactive-or-failed`` a failed unit is gone the moment
+  it fails, so the exit status exists only in the ``PropertiesChanged``
+  signal of its Service interface: :class:`UnitView` folds those signals;
+* dbus-fast 1.84 (Debian 12) marshals a non-ASCII string with a wrong
+  length and the bus drops the connection: :func:`wire_problem` finds what
+  must not be sent with such a library.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zsvc.runners.base import ExitInfo, LaunchSpec
+from zsvc.states import DOWN, HAS_PROCESS, Result, State
+
+UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
+EXIT_EXEC = 203
+"""systemd's exit status for "the program could not be executed" (as the local runner)."""
+
+LOG_FIELDS = ("ZSVC_TRANSACTION", "ZSVC_TASK", "ZSVC_SERVICE")
+"""Journal fields on every line of a task (``journalctl ZSVC_TRANSACTION=<id>``)."""
+
+MANAGER_ENV = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+        "SYSTEMD_EXEC_PID",
+        "MANAGERPID",
+        "MAINPID",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CACHE_DIRECTORY",
+        "LOGS_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+        "CREDENTIALS_DIRECTORY",
+    }
+)
+"""What systemd set for the daemon's own unit. ``Environment=`` overrides what systemd sets
+for the task, so passing the daemon's values on would lie to the task (a wrong
+``NOTIFY_SOCKET``, ``INVOCATION_ID`` or ``JOURNAL_STREAM``)."""
+
+RELOADING = "reloading"
+"""systemd's one ``ActiveState`` zsvc has no word for (a unit reloading its configuration)."""
+ACTIVE_STATES = frozenset({*HAS_PROCESS, RELOADING})
+"""``ActiveState`` values of a unit whose process may still run (zsvc's states are
+systemd's words: :mod:`zsvc.states`)."""
+
+SETUP_FAILURES = (200, 243)
+"""systemd's exit statuses for a child that failed before exec (systemd.exec(5))."""
+
+# siginfo codes in ExecMainCode (waitid(2)).
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+
+_RESULTS = {result.value: result for result in Result}
+_RESULT_ALIASES = {
+    "oom-kill": Result.SIGNAL,
+    "exec-condition": Result.EXIT_CODE,
+    "core-dump": Result.CORE_DUMP,
+}
+
+
+@dataclass(frozen=True)
+class Prop:
+    """One ``(sv)`` entry of StartTransientUnit: a name, a D-Bus signature, a value."""
+
+    name: str
+    signature: str
+    value: Any
+
+
+def usec(seconds: float) -> int:
+    """Seconds as systemd's µs (``t``); at least 1 µs, since 0 means "no limit"."""
+    return max(1, round(seconds * 1_000_000))
+
+
+def unit_path(name: str) -> str:
+    """The unit's object path, computed as sd_bus_path_encode does (no GetUnit round trip)."""
+    encoded = "".join(
+        chr(byte) if chr(byte).isascii() and chr(byte).isalnum() else f"_{byte:02x}"
+        for byte in name.encode()
+    )
+    return UNIT_PATH_PREFIX + (encoded or "_")
+
+
+def task_environment(env: Mapping[str, str]) -> list[str]:
+    """``Environment=`` for a task: the daemon's view minus what systemd sets per unit."""
+    return [f"{key}={value}" for key, value in sorted(env.items()) if key not in MANAGER_ENV]
+
+
+def resolve_program(program: str, env: Mapping[str, str], cwd: str) -> str | None:
+    """*program* as an absolute path, looked up as the local runner's exec does, or None.
+
+    systemd would search its own fixed path for a bare name; resolving it here
+    with the task's ``PATH`` (and the working directory for a relative path)
+    makes both runners run the same file, and refuses a missing program
+    before anything is started (exit status 203, as the local runner).
+    """
+    if not program:
+        return None
+    if "/" in program:
+        path = os.path.normpath(os.path.join(cwd, program))
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    for folder in os.get_exec_path(dict(env)):
+        path = os.path.normpath(os.path.join(cwd, folder, program))
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def syslog_identifier(spec: LaunchSpec) -> str:
+    """What ``journalctl`` shows before each line: ``<transaction>/<task>``."""
+    return f"{spec.transaction}/{spec.task_id}"
+
+
+def log_fields(spec: LaunchSpec, service_name: str) -> dict[str, str]:
+    """The journal fields of a task's lines, shared by its unit and the daemon's own events."""
+    return dict(zip(LOG_FIELDS, (spec.transaction, spec.task_id, service_name), strict=True))
+
+
+def transient_properties(
+    spec: LaunchSpec, program: str, slice_unit: str, service_name: str
+) -> list[Prop]:
+    """Every property of a task's transient unit (systemd 252 names and signatures).
+
+    ``Restart=no``: zsvc's engine owns the restart policy and the triggers,
+    which must see every end. ``KillMode=control-group``: whatever the task
+    forked dies with it, as with the local runner.
+    """
+    fields = log_fields(spec, service_name)
+    props = [
+        Prop(
+            "Description", "s", spec.description or f"zsvc task {spec.transaction}/{spec.task_id}"
+        ),
+        Prop("Slice", "s", slice_unit),
+        Prop("Type", "s", "notify" if spec.notify else "exec"),
+        Prop("NotifyAccess", "s", "main"),
+        Prop("ExecStart", "a(sasb)", [[program, list(spec.argv), False]]),
+        Prop("WorkingDirectory", "s", spec.cwd),
+        Prop("Environment", "as", task_environment(spec.env)),
+        Prop("TimeoutStartUSec", "t", usec(spec.start_timeout)),
+        Prop("TimeoutStopUSec", "t", usec(spec.stop_timeout)),
+        Prop("KillMode", "s", "control-group"),
+        Prop("Restart", "s", "no"),
+        Prop("RemainAfterExit", "b", False),
+        Prop("CollectMode", "s", "inactive-or-failed"),
+        Prop("SyslogIdentifier", "s", syslog_identifier(spec)),
+        Prop("LogExtraFields", "aay", [f"{k}={v}".encode() for k, v in fields.items()]),
+    ]
+    if spec.watchdog_sec is not None and spec.watchdog_sec > 0:
+        props.append(Prop("WatchdogUSec", "t", usec(spec.watchdog_sec)))
+    return props
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def wire_problem(props: Iterable[Prop]) -> str | None:
+    """The first property with a non-ASCII string (for a library that cannot send one)."""
+    for prop in props:
+        if any(not text.isascii() for text in _strings(prop.value)):
+            return prop.name
+    return None
+
+
+def ascii_safe(props: list[Prop]) -> list[Prop]:
+    """*props* with the free text (Description) escaped to ASCII; the rest unchanged."""
+    return [
+        Prop(p.name, p.signature, p.value.encode("ascii", "backslashreplace").decode())
+        if p.name == "Description" and isinstance(p.value, str)
+        else p
+        for p in props
+    ]
+
+
+def exit_info(result: str, code: int, status: int) -> ExitInfo:
+    """zsvc's :class:`ExitInfo` for a service's ``Result``/``ExecMainCode``/``ExecMainStatus``.
+
+    The same words the local runner uses: a clean stop by SIGTERM is
+    ``success`` with the signal, an exit is an exit status, a kill a signal.
+    """
+    verdict = _RESULTS.get(result) or _RESULT_ALIASES.get(result)
+    detail = "" if verdict is not None else f"systemd result {result}"
+    if verdict is None or verdict is Result.LOST:  # LOST is zsvc's word, never systemd's
+        verdict = Result.RESOURCES
+    if result == "oom-kill":
+        detail = "killed by the out-of-memory killer"
+    if code == CLD_EXITED:
+        if verdict is Result.PROTOCOL:
+            detail = detail or "exited before READY=1"
+        return ExitInfo(verdict, exit_code=status, detail=detail)
+    if code in (CLD_KILLED, CLD_DUMPED):
+        if code == CLD_DUMPED and verdict is Result.SIGNAL:
+            verdict = Result.CORE_DUMP
+        return ExitInfo(verdict, signal=status, detail=detail)
+    return ExitInfo(verdict, detail=detail or "the main process never ran")
+
+
+def unwrap(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """``a{sv}`` as plain values (dbus-fast gives Variants; 1.84 lists, 5.x tuples)."""
+    return {name: getattr(value, "value", value) for name, value in properties.items()}
+
+
+@dataclass
+class UnitView:
+    """What zsvc knows of one unit, folded from its PropertiesChanged signals.
+
+    systemd sends every property of an interface in each signal, often
+    twice in a row: :meth:`update` returns only what changed. The Service
+    values (MainPID, Result, ExecMainCode, ExecMainStatus, StatusText) come
+    *before* the Unit's ActiveState in each pair, so when the unit turns
+    inactive or failed the exit status is already here.
+    """
+
+    active_state: str = ""
+    sub_state: str = ""
+    job: bool = False
+    main_pid: int = 0
+    result: str = "success"
+    exec_code: int = 0
+    exec_status: int = 0
+    status_text: str = ""
+    invocation: str = ""
+    seen_running: bool = False
+    """Seen activating/active/deactivating: a later inactive means the run ended."""
+    changed: set[str] = field(default_factory=set)
+
+    def update(self, interface: str, properties: Mapping[str, Any]) -> set[str]:
+        """Fold one signal (or a GetAll) in; the names of the fields that changed."""
+        values = unwrap(properties)
+        changed: set[str] = set()
+
+        def take(attribute: str, key: str, convert: Any) -> None:
+            if key in values:
+                new = convert(values[key])
+                if new != getattr(self, attribute):
+                    setattr(self, attribute, new)
+                    changed.add(attribute)
+
+        if interface.endswith(".Service"):
+            take("main_pid", "MainPID", int)
+            take("result", "Result", str)
+            take("exec_code", "ExecMainCode", int)
+            take("exec_status", "ExecMainStatus", int)
+            take("status_text", "StatusText", str)
+        elif interface.endswith(".Unit"):
+            take("active_state", "ActiveState", str)
+            take("sub_state", "SubState", str)
+            take("job", "Job", _has_job)
+            take("invocation", "InvocationID", _hex_id)
+            if self.active_state in ACTIVE_STATES:
+                self.seen_running = True
+        return changed
+
+    @property
+    def ended(self) -> bool:
+        """The run is over: inactive or failed after running, or with no start job pending."""
+        if self.active_state not in DOWN:
+            return False
+        return self.seen_running or (self.active_state == State.FAILED and not self.job)
+
+    def exit(self) -> ExitInfo:
+        return exit_info(self.result, self.exec_code, self.exec_status)
+
+    @property
+    def exec_succeeded(self) -> bool:
+        """The main process ran the program: it ended, but not with one of systemd's own
+        set-up failures (exit statuses 200-243: chdir, exec, user, cgroup, …)."""
+        if self.exec_code == CLD_EXITED:
+            return not SETUP_FAILURES[0] <= self.exec_status <= SETUP_FAILURES[1]
+        return self.exec_code in (CLD_KILLED, CLD_DUMPED)
+
+
+def _has_job(value: Any) -> bool:
+    """``Job`` is ``(uo)``: (0, "/") when no job is pending."""
+    try:
+        return int(value[0]) != 0
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def _hex_id(value: Any) -> str:
+    return bytes(value).hex() if isinstance(value, bytes | bytearray | list) else str(value)
+
+
+def parse_unit_name(name: str) -> tuple[str, str] | None:
+    """(transaction, task) of a ``zsvc-<tx>-<task>.service`` name with escaped ids, or None."""
+    if not (name.startswith("zsvc-") and name.endswith(".service")):
+        return None
+    parts = name[len("zsvc-") : -len(".service")].split("-")
+    if len(parts) != 2:
+        return None
+    try:
+        return unescape(parts[0]), unescape(parts[1])
+    except ValueError:
+        return None
+
+
+def unescape(value: str) -> str:
+    """The inverse of :func:`zsvc.naming.systemd_escape` (``systemd-escape --unescape``)."""
+    out = bytearray()
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if char == "\\" and value[index + 1 : index + 2] == "x":
+            out.append(int(value[index + 2 : index + 4], 16))
+            index += 4
+        elif char == "-":
+            out.append(ord("/"))
+            index += 1
+        else:
+            out.extend(char.encode())
+            index += 1
+    return out.decode()
