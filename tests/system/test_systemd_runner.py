@@ -279,23 +279,12 @@ def _settled(box, env) -> dict | str:
 
 
 def _comparable(view: dict) -> dict:
-    """The view without what differs from run to run (pids, times), and without the
-    last_action of the Python tasks: a Sleeper publishes 'updated' right after READY=1,
-    and under systemd READY=1 reaches the daemon through systemd and D-Bus, so the
-    daemon may see that update first (then 'started' replaces it) -- a known ordering
-    difference of the runners, not of the status output."""
+    """The view without what differs from run to run (pids, times). last_action is
+    compared too: a Sleeper publishes 'updated' right after READY=1, and under systemd
+    READY=1 reaches the daemon through systemd and D-Bus, often after that update; the
+    manager holds such early updates until the run is ready, so both runners agree."""
     view = {k: v for k, v in view.items() if k not in VOLATILE}
-    view["tasks"] = [
-        {
-            k: v
-            for k, v in t.items()
-            if k not in VOLATILE
-            and not (
-                k == "last_action" and t["instance"] == "Sleeper" and t["id"] in ("py", "waits")
-            )
-        }
-        for t in view["tasks"]
-    ]
+    view["tasks"] = [{k: v for k, v in t.items() if k not in VOLATILE} for t in view["tasks"]]
     return view
 
 

@@ -461,6 +461,7 @@ class Manager:
             return
         launch = self._launch_spec(record, task)
         task.stop_requested = False
+        task.early_updates = 0
         task.ready = asyncio.get_running_loop().create_future()
         task.status_text = ""
         task.pid = None
@@ -525,6 +526,7 @@ class Manager:
         if task.spec.watchdog_sec is not None:
             log.warning("%s/%s: watchdog_sec is ignored for a Thread task", record.id, task.id)
         task.stop_requested = False
+        task.early_updates = 0
         task.ready = loop.create_future()
         task.status_text = ""
         task.pid = None
@@ -831,6 +833,9 @@ class Manager:
             task.ready.set_result(None)
         self._report(task, LastAction.STARTED)
         self._fire(task, LastAction.STARTED)
+        early, task.early_updates = task.early_updates, 0
+        for _ in range(early):
+            self._updated(task)
 
     def on_status(self, key: TaskKey, text: str) -> None:
         if key[1] == THREAD_HOST_ID:
@@ -1078,10 +1083,10 @@ class Manager:
             task = self._task((message.transaction, message.service_id))
             if task is None or not task.is_up:
                 return
-            if task.last_action is not LastAction.UPDATED:
-                task.last_action = LastAction.UPDATED
-                self._save(task)
-            self._fire(task, LastAction.UPDATED)
+            if task.state is State.ACTIVATING:
+                task.early_updates += 1  # handled once the run is ready (on_ready)
+                return
+            self._updated(task)
         elif message.topic == protocol.Topic.STATE and message.action == "request":
             self._reply_context(message)
         elif message.topic == protocol.Topic.CONTEXT:
@@ -1090,6 +1095,13 @@ class Manager:
                 " control socket (zsvc send --service_name context …)",
                 message.action,
             )
+
+    def _updated(self, task: TaskRecord) -> None:
+        """The task published an update while up: record it, and fire its on_update."""
+        if task.last_action is not LastAction.UPDATED:
+            task.last_action = LastAction.UPDATED
+            self._save(task)
+        self._fire(task, LastAction.UPDATED)
 
     def _reply_context(self, request: protocol.Message) -> None:
         record = self.transactions.get(request.transaction)

@@ -108,6 +108,13 @@ class TaskRecord:
     """The restart policy's memory (starts in the limit window, backoff); not persisted."""
     restart_timer: asyncio.TimerHandle | None = None
     """The pending automatic restart, while the task is ``activating/auto-restart``."""
+    early_updates: int = 0
+    """``updated`` messages of the current run seen before it was ready; not persisted.
+
+    Under systemd a task's READY=1 reaches the daemon through systemd and D-Bus,
+    often after the task's first bus message: these wait, so that on_start
+    always fires before on_update, whichever runner is used.
+    """
     thread: ThreadRun | None = None
     """A Thread task's current run, from its launch to its end; not persisted."""
 
