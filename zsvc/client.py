@@ -60,11 +60,15 @@ class ControlClient:
         self.timeout = timeout
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
+        self._daemon: tuple[int, int, int] | None = None
+        """The control socket file connected to (device, inode, change time in ns): a new
+        file is a new daemon (the inode number alone is often reused at once)."""
 
     def _connect(self) -> zmq.Socket:
         if self._socket is None:
             if not socket_listening(self.layout.control):
                 raise DaemonUnreachable(f"no zsvc daemon is listening on {self.layout.control}")
+            self._daemon = self._socket_file()
             self._context = zmq.Context()
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -96,7 +100,11 @@ class ControlClient:
             if not sock.poll(int(min(remaining, LIVENESS_CHECK) * 1000) + 1):
                 # A long command (start waits for readiness) is fine; a daemon that
                 # went away is not worth waiting for until the deadline.
-                if not socket_listening(self.layout.control):
+                # A daemon that re-executed or restarted meanwhile binds a new socket
+                # file: the request went to the old one and will never be answered.
+                if not socket_listening(self.layout.control) or (
+                    self._socket_file() != self._daemon
+                ):
                     raise DaemonUnreachable(
                         f"the zsvc daemon on {self.layout.control} went away"
                         f" before answering '{command}'"
@@ -115,6 +123,13 @@ class ControlClient:
             raise ZsvcError(
                 str(error.get("message", "unknown error")), code=code, details=error.get("details")
             )
+
+    def _socket_file(self) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(self.layout.control)
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino, info.st_ctime_ns)
 
     def close(self) -> None:
         if self._socket is not None:

@@ -249,15 +249,24 @@ def wait_message(
     pytest.fail(f"no matching message within {timeout} s; saw {seen[-20:]}")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Poll a condition with a deadline (for facts no event announces, e.g. a pid vanishing)."""
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "",
+    log: Callable[[], str] | None = None,
+) -> Any:
+    """Poll a condition with a deadline (for facts no event announces, e.g. a pid vanishing).
+
+    *log* (a daemon's ``log``) is shown when the condition is not met.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.02)
-    pytest.fail(f"condition not met within {timeout} s: {what or predicate}")
+    shown = f"\n--- daemon log ---\n{log()[-4000:]}" if log is not None else ""
+    pytest.fail(f"condition not met within {timeout} s: {what or predicate}{shown}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ def test_sighup_reexecutes_the_daemon_and_keeps_every_task(daemon, make_context)
             return None
         return answer if answer["since"] != ping["since"] else None
 
-    after = wait_until(reloaded, what="the daemon answers again, executed anew")
+    after = wait_until(reloaded, what="the daemon answers again, executed anew", log=daemon.log)
     assert after["pid"] == ping["pid"] == daemon.pid(), "a reload keeps the daemon's pid"
     tasks = daemon.call("status", transaction="RELOAD")["tasks"]
     assert {t["id"]: t["pid"] for t in tasks} == before
