@@ -195,6 +195,24 @@ def test_a_double_forking_task_leaves_nothing_in_its_cgroup(zsvc_service: Zsvc) 
     assert gone.returncode != 0
 
 
+def test_the_monitor_samples_the_units_cgroup(zsvc_service: Zsvc) -> None:
+    """A grandchild that left the task's process tree (setsid, its parent gone) is still in
+    the unit's cgroup, and so in the task's sample: the cgroup is the process set."""
+    tx = "sys-monitor"
+    pidfile = f"{WORK}/monitored.pid"
+    context = zsvc_service.context(
+        [TaskDef("orphaner", instance="Orphaner", config={"pidfile": pidfile, "execs": True})]
+    )
+    zsvc_service.ok("start", "--context", context, tx)
+    grandchild = int(zsvc_service.read(pidfile))
+    sample = json.loads(zsvc_service.ok("monitor", tx, "--once", "--json"))
+    (task,) = sample["tasks"]
+    pids = {task["usage"]["pid"], *(child["pid"] for child in task["usage"]["children"])}
+    assert grandchild in pids, sample
+    assert task["usage"]["processes"] >= 2
+    zsvc_service.ok("stop", tx)
+
+
 def test_sigkill_of_the_daemon_readopts_every_task(zsvc_service: Zsvc) -> None:
     tx = "sys-crash"
     victim = TaskDef("victim", triggers={"on_fail": ("start", "rescue")})

@@ -114,6 +114,21 @@ def cgroup_of(pid: int | str) -> str | None:
     return None
 
 
+def members_of(relative: str, candidates: Iterable[Path] = CANDIDATES) -> list[int]:
+    """The processes of the cgroup2 group *relative* (as :func:`cgroup_of` spells it).
+
+    Readable by anyone, writable or not: the monitor uses it for units that
+    systemd made, whose group is exactly the task's processes.
+    """
+    for root in candidates:
+        try:
+            with open(root / relative.lstrip("/") / "cgroup.procs") as handle:
+                return [int(pid) for pid in handle.read().split()]
+        except OSError:
+            continue
+    return []
+
+
 def join(path: str | os.PathLike[str], pid: int = 0) -> None:
     """Move *pid* (0: the caller) into the cgroup at *path*; OSError when refused."""
     with open(os.path.join(path, "cgroup.procs"), "w") as handle:

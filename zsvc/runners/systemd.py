@@ -57,6 +57,7 @@ from zsvc.runners.base import (
     RunnerUnavailable,
     TaskHandle,
 )
+from zsvc.runners.cgroup import cgroup_of, members_of
 from zsvc.runners.sdbus import (
     MANAGER,
     MANAGER_MATCH,
@@ -149,6 +150,15 @@ class SystemdTask(TaskHandle):
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.pid, "unit": self.unit, "invocation_id": self.view.invocation}
+
+    def processes(self) -> list[int]:
+        """The unit's cgroup is its exact process set (what systemd would kill), so the
+        monitor samples a daemonised grandchild too; the main pid's tree without it."""
+        group = cgroup_of(self.pid) if self.pid else None
+        members = members_of(group) if group else []
+        if not members:
+            return super().processes()
+        return [self.pid, *sorted(pid for pid in members if pid != self.pid)]
 
     # --- internals ------------------------------------------------------------------
 
