@@ -243,3 +243,15 @@ def test_the_restart_policy_restarts_a_thread_in_the_same_host(daemon, make_cont
     # Only the crash loop was a Thread task left: once it is down for good, the host goes.
     assert daemon.cli("stop", "THRLOOP", "-s", "keep").code == 0
     wait_until(lambda: not pid_alive(keep["pid"]), what="the idle thread host stops")
+
+
+def test_the_thread_hosts_log_is_capped_like_a_tasks(daemon, make_context) -> None:
+    """The shared host's ``@threads.log`` is rotated at the cap (8 MiB), as every task log."""
+    big = TaskDef("big", instance="BigLog", config={"megabytes": 10})
+    context = threaded(make_context, [big], "big")
+    assert daemon.cli("start", "--context", str(context), "THRLOG").code == 0
+    log = daemon.state / "logs" / "THRLOG" / "@threads.log"
+    backup = log.with_name("@threads.log.1")
+    wait_until(lambda: backup.exists(), what="@threads.log rotated")
+    assert backup.stat().st_size >= 8 << 20
+    assert log.stat().st_size < 8 << 20

@@ -30,6 +30,7 @@ from zsvc.config.model import Context
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.logs import cap_logs
 from zsvc.daemon.manager import Manager
+from zsvc.daemon.model import THREAD_HOST_ID
 from zsvc.daemon.monitor import MonitorService
 from zsvc.daemon.table import Table
 from zsvc.errors import BadRequest, ErrorCode, OperationFailed, ZsvcError
@@ -260,7 +261,12 @@ class Daemon:
                 self.state.task_log(record.id, task.id)
                 for record in self.manager.transactions.values()
                 for task in record.tasks.values()
-                if task.is_up
+                if task.is_up and not task.is_thread
+            ]
+            paths += [  # the Thread tasks' shared host writes one log per transaction
+                self.state.task_log(record.id, THREAD_HOST_ID)
+                for record in self.manager.transactions.values()
+                if record.thread_host is not None
             ]
             cap_logs(paths, self.options.log_cap_bytes)
 

@@ -1,0 +1,1 @@
+"""A task service used by the integration tests."""
