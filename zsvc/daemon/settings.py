@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import configparser
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,32 +88,42 @@ def parse(text: str, source: str) -> Settings:
     values = parser[SECTION] if parser.has_section(SECTION) else {}
     found: dict[str, object] = {}
     for key, raw in values.items():
-        value = raw.strip()
-        line = _line_of(text, key)
-        if key == "runner":
-            if value not in RUNNERS:
-                expected = ", ".join(RUNNERS)
-                issues.append(
-                    ConfigIssue(source, line, 1, f"runner: {value!r} is not one of {expected}")
-                )
-            found["runner"] = value
-        elif key == "log_level":
-            if value.upper() not in LOG_LEVELS:
-                expected = ", ".join(LOG_LEVELS)
-                issues.append(
-                    ConfigIssue(source, line, 1, f"log_level: {value!r} is not one of {expected}")
-                )
-            found["log_level"] = value.upper()
-        elif key == "durable":
-            if value.lower() not in _BOOLEANS:
-                issues.append(ConfigIssue(source, line, 1, f"durable: {value!r} is not yes or no"))
-            found["durable"] = _BOOLEANS.get(value.lower())
+        convert = CONVERTERS.get(key)
+        if convert is None:
+            why = f"unknown setting {key!r}; known: {', '.join(CONVERTERS)}"
         else:
-            known = "runner, log_level, durable"
-            issues.append(ConfigIssue(source, line, 1, f"unknown setting {key!r}; known: {known}"))
+            try:
+                found[key] = convert(raw.strip())
+                continue
+            except ValueError as exc:
+                why = f"{key}: {exc}"
+        issues.append(ConfigIssue(source, _line_of(text, key), 1, why))
     if issues:
         raise ConfigError(issues)
     return Settings(**found)  # type: ignore[arg-type]
+
+
+def _one_of(choices: tuple[str, ...], normalise: Callable[[str], str]) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        if normalise(value) not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return normalise(value)
+
+    return convert
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in _BOOLEANS:
+        raise ValueError(f"{value!r} is not yes or no")
+    return _BOOLEANS[value.lower()]
+
+
+CONVERTERS: dict[str, Callable[[str], object]] = {
+    "runner": _one_of(RUNNERS, str),
+    "log_level": _one_of(LOG_LEVELS, str.upper),
+    "durable": _boolean,
+}
+"""Each setting, in the order the docs give them, and how its text becomes its value."""
 
 
 def load(path: Path | None, is_root: bool) -> Settings:
