@@ -252,6 +252,12 @@ def test_the_thread_hosts_log_is_capped_like_a_tasks(daemon, make_context) -> No
     assert daemon.cli("start", "--context", str(context), "THRLOG").code == 0
     log = daemon.state / "logs" / "THRLOG" / "@threads.log"
     backup = log.with_name("@threads.log.1")
-    wait_until(lambda: backup.exists(), what="@threads.log rotated")
-    assert backup.stat().st_size >= 8 << 20
-    assert log.stat().st_size < 8 << 20
+    # 10 MiB written: one rotation keeps the last (at most) 8 MiB, from a whole line, in .1
+    # (it runs in a worker thread: wait until the copy is complete and the log truncated).
+    wait_until(
+        lambda: backup.exists() and log.stat().st_size < 8 << 20 and backup.stat().st_size > 0,
+        what="@threads.log rotated",
+    )
+    wait_until(lambda: backup.stat().st_size >= 1 << 20, what="the rotated copy is written")
+    assert backup.stat().st_size <= 8 << 20
+    assert backup.read_bytes()[-1:] == b"\n"

@@ -332,16 +332,23 @@ class Manager:
         return {"transaction": transaction, "forgotten": True}
 
     async def stop_all(self) -> None:
-        """Stop every task of every transaction (daemon shutdown)."""
-        await asyncio.gather(
-            *(
-                self.stop(record.id, [], None)
-                for record in list(self.transactions.values())
-                if any(task.is_up for task in record.tasks.values())
-                or record.thread_host is not None
-            ),
-            return_exceptions=True,
+        """Stop every task of every transaction (daemon shutdown).
+
+        A transaction whose stop fails (its state cannot be written: a full or
+        read-only state dir) keeps running and is logged, naming why: the
+        daemon still exits, and its successor re-adopts what the table says runs.
+        """
+        records = [
+            record
+            for record in list(self.transactions.values())
+            if any(task.is_up for task in record.tasks.values()) or record.thread_host is not None
+        ]
+        results = await asyncio.gather(
+            *(self.stop(record.id, [], None) for record in records), return_exceptions=True
         )
+        for record, result in zip(records, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("shutdown: transaction %s was not stopped: %s", record.id, result)
 
     # --- command helpers ----------------------------------------------------------
 

@@ -44,6 +44,9 @@ log = logging.getLogger("zsvc.daemon")
 
 LOG_CAP_BYTES = 8 << 20
 LOG_CHECK_INTERVAL = 2.0
+LOG_BUSY_INTERVAL = 0.05
+"""How soon logs are checked again after a rotation: a task that filled its log in one
+interval is flooding, and only frequent checks bound its log (a stat() per log each)."""
 
 
 class DaemonError(Exception):
@@ -254,8 +257,9 @@ class Daemon:
             await self.control.send_multipart([identity, reply])
 
     async def _cap_logs(self) -> None:
+        rotated = False
         while True:
-            await asyncio.sleep(LOG_CHECK_INTERVAL)
+            await asyncio.sleep(LOG_BUSY_INTERVAL if rotated else LOG_CHECK_INTERVAL)
             assert self.manager is not None
             paths = [
                 self.state.task_log(record.id, task.id)
@@ -268,7 +272,8 @@ class Daemon:
                 for record in self.manager.transactions.values()
                 if record.thread_host is not None
             ]
-            cap_logs(paths, self.options.log_cap_bytes)
+            # In a thread: a rotation copies up to the cap; the loop keeps answering.
+            rotated = bool(await asyncio.to_thread(cap_logs, paths, self.options.log_cap_bytes))
 
     async def _ping_watchdog(self, interval: float) -> None:
         while True:

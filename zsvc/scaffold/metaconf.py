@@ -27,6 +27,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from zsvc.config.loader import _doctype_position as doctype_position
+from zsvc.config.loader import _has_doctype as has_doctype
 from zsvc.scaffold.model import (
     TASK_TYPE_WORDS,
     ContextSpec,
@@ -89,6 +91,14 @@ def _at(file: str, line: int | None, column: int = 1) -> str:
 
 
 def _parse(data: bytes, file: str) -> _Element:
+    # Refused before libxml2 reads the internal subset, as in context files: otherwise an
+    # entity bomb is parsed first, and refused with whatever libxml2's version says
+    # ("entity reference loop", "amplification factor exceeded"), not as a DOCTYPE.
+    if has_doctype(data):
+        line, column = doctype_position(data)
+        raise ScaffoldError(
+            [Problem(_at(file, line, column), "DOCTYPE is not allowed (no DTDs or entities)")]
+        )
     parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
