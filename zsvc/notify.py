@@ -107,9 +107,14 @@ def sd_notify(
     A fresh ``SOCK_CLOEXEC`` socket per call: a task may fork between two calls,
     and a cached socket would be shared with (or leaked into) the child.
 
-    The receiver's queue is short (``net.unix.max_dgram_qlen``): a send blocks
-    while it is full. *timeout* bounds that wait (``TimeoutError``, an OSError),
-    so a task never hangs on a manager that is stopped or being restarted.
+    The receiver's queue is short (``net.unix.max_dgram_qlen``, often 10): a send
+    blocks while it is full. *timeout* bounds that wait (``TimeoutError``, an
+    OSError), so a task never hangs on a manager that is stopped or being restarted.
+    The socket is connected first: only then does poll() wait for room in the
+    receiver's queue. Unconnected, poll() reports it writable at once and every
+    sendto() fails with EAGAIN, so with a timeout the wait was a busy loop; 500
+    tasks told to stop at once spun both cores while the manager, starved,
+    drained their STOPPING=1 (a 500-task stop took 12 to 16 s instead of 1.8 s).
     """
     env = os.environ if environ is None else environ
     address = env.get(NOTIFY_SOCKET_ENV, "")
@@ -118,7 +123,8 @@ def sd_notify(
     payload = _encode_assignments(assignments)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(timeout)
-        sock.sendto(payload, socket.MSG_NOSIGNAL, _socket_address(address))
+        sock.connect(_socket_address(address))
+        sock.send(payload, socket.MSG_NOSIGNAL)
     return True
 
 

@@ -20,7 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import zmq
 import zmq.asyncio
@@ -100,6 +100,28 @@ class BusDevice:
                 raise BindError(f"cannot bind the bus endpoint {endpoint}: {exc}") from exc
             bound.add(endpoint)
             log.info("bus bound %s", endpoint)
+
+    def release(self, keep: Iterable[tuple[str, str]]) -> None:
+        """Unbind every endpoint but the (publishers', subscribers') pairs in *keep*.
+
+        A context's TCP pair is bound when a transaction of it starts; without
+        this, each context ever started would hold two listening sockets (two
+        daemon fds, and its ports) until the daemon exits, long after its last
+        transaction was forgotten, and a restarted daemon would not bind them.
+        """
+        pubs = {loopback_bind(pub) for pub, _ in keep}
+        subs = {loopback_bind(sub) for _, sub in keep}
+        for sock, bound, wanted in (
+            (self.xsub, self.pub_endpoints, pubs),
+            (self.xpub, self.sub_endpoints, subs),
+        ):
+            for endpoint in sorted(bound - wanted):
+                try:
+                    sock.unbind(endpoint)
+                except zmq.ZMQError as exc:  # not bound as spelled: nothing to release
+                    log.warning("cannot unbind the bus endpoint %s: %s", endpoint, exc)
+                bound.discard(endpoint)
+                log.info("bus released %s", endpoint)
 
     def start(self) -> None:
         # Publishers filter on their side by the subscriptions XSUB sends them:

@@ -14,6 +14,7 @@ import fcntl
 import grp
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,8 @@ class Daemon:
         self.manager: Manager | None = None
         self.monitor: MonitorService | None = None
         self.runner: Runner = LocalRunner(self.runtime)  # replaced in _open (--runner)
+        self._fixed_endpoints: list[tuple[str, str]] = []
+        """The bus pairs bound for the daemon's life: its own ipc:// pair and its contexts'."""
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -107,6 +110,8 @@ class Daemon:
     async def _open(self) -> None:
         self._take_lock()
         contexts = [self._load_file(path) for path in self.options.contexts]
+        self._fixed_endpoints = [(self.runtime.bus_pub_endpoint, self.runtime.bus_sub_endpoint)]
+        self._fixed_endpoints += [(c.endpoints.pub_bind, c.endpoints.sub_bind) for c in contexts]
         self.table = Table(self.state.database, durable=self.options.durable)
         self.bus = BusDevice(self.zmq, self._on_bus_message)
         try:
@@ -336,9 +341,14 @@ class Daemon:
                 raise OperationFailed(str(exc)) from exc
         elif context_path is not None:
             raise BadRequest("start: 'context_path' needs 'context_text'")
-        return await self.manager.start(
-            transaction, context, context_text, services, block, timeout, keep_going
-        )
+        try:
+            return await self.manager.start(
+                transaction, context, context_text, services, block, timeout, keep_going
+            )
+        except ZsvcError:
+            if context is not None:  # refused before a transaction of it existed
+                self._release_endpoints()
+            raise
 
     async def cmd_stop(self, transaction: str, services: list[str], timeout: float | None) -> Any:
         assert self.manager is not None
@@ -371,7 +381,22 @@ class Daemon:
 
     async def cmd_forget(self, transaction: str) -> Any:
         assert self.manager is not None
-        return await self.manager.forget(transaction)
+        result = await self.manager.forget(transaction)
+        self._release_endpoints()
+        return result
+
+    def _release_endpoints(self) -> None:
+        """Unbind the bus pairs of contexts no transaction uses any more (no fd, no port kept).
+
+        Synchronous, so no start can slip in between: a start binds its
+        context's pair and creates its transaction without yielding.
+        """
+        assert self.manager is not None and self.bus is not None
+        in_use = [
+            (record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
+            for record in self.manager.transactions.values()
+        ]
+        self.bus.release([*self._fixed_endpoints, *in_use])
 
     async def cmd_shutdown(self) -> dict[str, Any]:
         self.stopped.set()  # from now on nothing is started; run() stops every task
@@ -407,6 +432,29 @@ def notify(*assignments: str) -> None:
         log.warning("sd_notify failed: %s", exc)
 
 
+FD_LIMIT_FALLBACK = 1 << 20
+"""The soft open-files limit asked for when the hard one is unlimited (Linux's nr_open)."""
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as a daemon of many tasks must.
+
+    Every running task holds daemon fds (its pidfd; a Python task also its
+    two bus connections): with Debian's default soft limit of 1024, for a
+    shell and a systemd service alike, about 330 Python tasks exhausted it,
+    and libzmq aborts the whole daemon on EMFILE. The daemon waits with epoll
+    and poll only (never select(), which cannot go past 1024), so a high
+    limit is safe here; the tasks inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_LIMIT_FALLBACK if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+
+
 def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = None) -> int:
     """Run the daemon in this process until it is told to stop; returns the exit status.
 
@@ -414,6 +462,7 @@ def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = N
     replaces this process with a new daemon (same PID, so systemd and the
     tasks' parent stay the same), which re-adopts them.
     """
+    raise_fd_limit()
     daemon = Daemon(options)
     try:
         asyncio.run(daemon.run())
