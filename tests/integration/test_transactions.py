@@ -309,3 +309,20 @@ def test_context_info_is_published_to_control_subscribers(daemon, make_context) 
     info = wait_message(bus, lambda m: m.status.get("device_action") == "context_info")
     assert info.action == "update" and info.transaction == "INFO"
     assert info.status["data"]["tasks"][0]["id"] == "t1"
+
+
+def test_restart_of_a_transaction_brings_a_failed_entry_task_back(daemon, make_context) -> None:
+    """`zsvc restart TX` is `stop` then `start` of the transaction: a task that failed
+    (here SIGKILLed, restart policy 'no') runs again, beside the ones that were up."""
+    context = make_context([TaskDef("up"), TaskDef("dies")])
+    assert daemon.cli("start", "--context", str(context), "RESTARTTX").code == 0
+    tasks = {t["id"]: t for t in daemon.call("status", transaction="RESTARTTX")["tasks"]}
+    bus = daemon.bus("control")
+    os.kill(tasks["dies"]["pid"], signal.SIGKILL)
+    wait_message(bus, lambda m: m.action == "failed" and m.service_id == "dies")
+    bus.close()
+    assert daemon.cli("restart", "RESTARTTX").code == 0
+    after = {t["id"]: t for t in daemon.call("status", transaction="RESTARTTX")["tasks"]}
+    assert {t["state"] for t in after.values()} == {"active"}, after
+    assert after["up"]["pid"] != tasks["up"]["pid"]
+    assert after["dies"]["pid"] not in (None, tasks["dies"]["pid"])

@@ -284,9 +284,10 @@ class Manager:
         if services:
             chosen_ids = [task.id for task in self._choose(record, services, default=[])]
         else:
-            chosen_ids = [t.id for t in record.tasks.values() if t.is_up] or [
-                t.id for t in self._entry_tasks(record)
-            ]
+            # The whole transaction, as 'stop' then 'start' would: what runs now, and its
+            # entry tasks, a failed one included (systemctl restart starts a failed unit).
+            entry = {t.id for t in self._entry_tasks(record)}
+            chosen_ids = [t.id for t in record.tasks.values() if t.is_up or t.id in entry]
         await self.stop(transaction, chosen_ids, timeout)
         return await self.start(transaction, None, None, chosen_ids, True, timeout)
 
