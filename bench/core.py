@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -183,15 +185,30 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def context_xml(context_id: str, instance: str, ids: list[str], config: dict[str, Any]) -> str:
-    """A context of one TaskService per id, all of one task class, on free TCP ports."""
+def context_xml(
+    context_id: str,
+    instance: str,
+    ids: list[str],
+    config: dict[str, Any],
+    attributes: dict[str, str] | None = None,
+    command: str | None = None,
+) -> str:
+    """A context of one TaskService per id, all of one task class, on free TCP ports.
+
+    *attributes* are added to (or replace) each TaskService's attributes
+    (restart policy, timeouts); *command* makes every task a command task that
+    does not notify. The one builder of every benchmark's contexts.
+    """
     sub_port, pub_port = free_ports(2)
+    attrs = {"start_timeout": "30", "stop_timeout": "10", **(attributes or {})}
+    extra = "".join(f' {key}="{value}"' for key, value in attrs.items())
     settings = "".join(f"<{key}>{value}</{key}>" for key, value in config.items())
+    body = f'<command notify="false">{command}</command>' if command else ""
     services = "\n".join(
         f"""  <TaskService id="{task_id}" instance="{instance}" serviceType="Process"
-               topic="process" start_timeout="30" stop_timeout="10">
+               topic="process"{extra}>
     <Task>
-      <description>bench task {task_id}</description>
+      <description>bench task {task_id}</description>{body}
       <message>
         <header><action>start</action><service_name>n{task_id}</service_name></header>
         <content><configuration>{settings}</configuration></content>
@@ -249,6 +266,57 @@ def wait_gone(proc: psutil.Process, timeout: float) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def daemon_from_lock(layout: RuntimeLayout) -> psutil.Process | None:
+    """A daemon that --detach started but never reported (its pid is in the lock file)."""
+    try:
+        pid = int(layout.lock.read_text().strip())
+        proc = psutil.Process(pid)
+        if "zsvc.daemon" in " ".join(proc.cmdline()) and proc.pid != os.getpid():
+            return proc
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def stop_daemon(
+    daemon: psutil.Process, shutdown: Callable[[], object], tasks_seen: dict[int, psutil.Process]
+) -> bool:
+    """``zsvc shutdown``, then SIGTERM, then SIGKILL, each bounded; True if it exited in 30 s.
+
+    The daemon's descendants are remembered in *tasks_seen* first, so that
+    :func:`kill_leftovers` can find what outlives it.
+    """
+    with contextlib.suppress(psutil.Error):
+        for child in daemon.children(recursive=True):
+            tasks_seen.setdefault(child.pid, child)
+    with contextlib.suppress(BenchError):
+        shutdown()
+    if wait_gone(daemon, 30):
+        return True
+    print(f"daemon {daemon.pid} still running after 30 s: SIGTERM", file=sys.stderr)
+    with contextlib.suppress(psutil.Error):
+        daemon.terminate()
+    if not wait_gone(daemon, 10):
+        with contextlib.suppress(psutil.Error):
+            daemon.kill()
+        wait_gone(daemon, 5)
+    return False
+
+
+def kill_leftovers(tasks_seen: dict[int, psutil.Process]) -> list[int]:
+    """SIGKILL every remembered task process still alive (2 s grace); their pids.
+
+    psutil checks each process's start time, so a reused pid is never hit.
+    """
+    leftovers = []
+    for proc in tasks_seen.values():
+        if not wait_gone(proc, 2):
+            leftovers.append(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    return leftovers
 
 
 class Bench:
@@ -784,42 +852,16 @@ class Bench:
         if self.client is not None:
             self.client.close()
             self.client = None
-        daemon = self.daemon or self._daemon_from_lock()
+        daemon = self.daemon or daemon_from_lock(self.layout)
         if daemon is not None and not is_gone(daemon):
             start = time.perf_counter()
-            with contextlib.suppress(BenchError):
-                self.run([*self.zsvc, "shutdown"], 30, check=False)
-            if wait_gone(daemon, 30):
-                if self.daemon is not None:
-                    took = time.perf_counter() - start
-                    self.add("daemon", "zsvc shutdown until the daemon exited", took, "s")
-            else:
-                print(f"daemon {daemon.pid} still running after 30 s: SIGTERM", file=sys.stderr)
-                with contextlib.suppress(psutil.Error):
-                    daemon.terminate()
-                if not wait_gone(daemon, 10):
-                    with contextlib.suppress(psutil.Error):
-                        daemon.kill()
-                    wait_gone(daemon, 5)
-        leftovers = []
-        for proc in self.tasks_seen.values():
-            if not is_gone(proc):  # psutil checks the start time: never a reused pid
-                leftovers.append(proc.pid)
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
+            shutdown = functools.partial(self.run, [*self.zsvc, "shutdown"], 30, check=False)
+            if stop_daemon(daemon, shutdown, self.tasks_seen) and self.daemon is not None:
+                took = time.perf_counter() - start
+                self.add("daemon", "zsvc shutdown until the daemon exited", took, "s")
+        leftovers = kill_leftovers(self.tasks_seen)
         if leftovers:
             print(f"killed task processes left behind: {leftovers}", file=sys.stderr)
-
-    def _daemon_from_lock(self) -> psutil.Process | None:
-        """A daemon that --detach started but never reported (its pid is in the lock file)."""
-        try:
-            pid = int(self.layout.lock.read_text().strip())
-            proc = psutil.Process(pid)
-            if "zsvc.daemon" in " ".join(proc.cmdline()) and proc.pid != os.getpid():
-                return proc
-        except (OSError, ValueError, psutil.Error):
-            pass
-        return None
 
     # --- the whole run -----------------------------------------------------------------------
 
@@ -947,19 +989,30 @@ def run_and_report(
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_metadata(args: argparse.Namespace) -> tuple[datetime, dict[str, Any]]:
+    """When the run started and what it ran on; warns when the machine is already busy.
+
+    Every benchmark records the same facts, so that its JSON says how far
+    its numbers can be trusted.
+    """
     started = datetime.now()
     meta = machine_info()
     load, busy = busy_processes()
     meta["cpu_busy_before_percent"] = load
     meta["busy_processes_before"] = busy
-    meta["pyc_cache"] = not args.no_pyc_cache
+    if hasattr(args, "no_pyc_cache"):
+        meta["pyc_cache"] = not args.no_pyc_cache
     meta["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if load > 15 or busy:
         print(f"warning: the machine is {load:.0f}% busy before the run:", file=sys.stderr)
         for line in busy:
             print(f"  {line}", file=sys.stderr)
+    return started, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started, meta = run_metadata(args)
     bench = Bench(args)
     print(f"zsvc {zsvc_version} bench in {bench.work} ({meta['cpus']} CPUs)", file=sys.stderr)
     return run_and_report(

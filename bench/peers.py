@@ -40,7 +40,6 @@ import threading
 import time
 import uuid
 import xmlrpc.client
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +54,12 @@ from core import (
     SLEEP_TASK,
     BenchError,
     Metric,
-    busy_processes,
     fmt,
     is_gone,
-    machine_info,
     median,
     percentile,
     run_and_report,
+    run_metadata,
     wait_gone,
 )
 from policy import context_xml
@@ -1109,17 +1107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     peer_python = ensure_peers_venv(args.peers_venv, args.peers_python)
-    started = datetime.now()
-    meta = machine_info()
+    started, meta = run_metadata(args)
     meta["peers"] = package_versions(peer_python)
-    load, busy = busy_processes()
-    meta["cpu_busy_before_percent"] = load
-    meta["busy_processes_before"] = busy
-    meta["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    if load > 15 or busy:
-        print(f"warning: the machine is {load:.0f}% busy before the run:", file=sys.stderr)
-        for line in busy:
-            print(f"  {line}", file=sys.stderr)
     bench = Bench(args, peer_python)
     print(f"zsvc {zsvc_version} vs {meta['peers']} in {bench.work}", file=sys.stderr)
     code = run_and_report(bench, args, meta, started, "peers", "manager logs in it")

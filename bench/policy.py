@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -51,7 +52,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +62,16 @@ from core import (
     IPC_PATH_LIMIT,
     BenchError,
     Metric,
-    busy_processes,
-    free_ports,
+    daemon_from_lock,
     is_gone,
-    machine_info,
+    kill_leftovers,
     median,
     percentile,
     run_and_report,
-    wait_gone,
+    run_metadata,
+    stop_daemon,
 )
+from core import context_xml as bench_context_xml
 
 from zsvc import __version__ as zsvc_version
 from zsvc.client import BusClient, ControlClient
@@ -122,34 +123,7 @@ def context_xml(
     config: dict[str, Any],
 ) -> str:
     """A context of one TaskService per id, with the given restart attributes."""
-    sub_port, pub_port = free_ports(2)
-    extra = "".join(f' {key}="{value}"' for key, value in attributes.items())
-    settings = "".join(f"<{key}>{value}</{key}>" for key, value in config.items())
-    services = "\n".join(
-        f"""  <TaskService id="{task_id}" instance="{instance}" serviceType="Process"
-               topic="process" start_timeout="30" stop_timeout="10"{extra}>
-    <Task>
-      <description>policy bench task {task_id}</description>
-      <message>
-        <header><action>start</action><service_name>n{task_id}</service_name></header>
-        <content><configuration>{settings}</configuration></content>
-      </message>
-      <state type="on_start"/>
-    </Task>
-  </TaskService>"""
-        for task_id in ids
-    )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<Context>
-  <FrontEndEndpoint>tcp://127.0.0.1:{sub_port}</FrontEndEndpoint>
-  <BackendEndpoint>tcp://127.0.0.1:{pub_port}</BackendEndpoint>
-  <FrontBind>tcp://127.0.0.1:{pub_port}</FrontBind>
-  <BackendBind>tcp://127.0.0.1:{sub_port}</BackendBind>
-  <ContextID>{context_id}</ContextID>
-  <TaskLogName>{context_id}</TaskLogName>
-{services}
-</Context>
-"""
+    return bench_context_xml(context_id, instance, ids, config, attributes=attributes)
 
 
 def cpu_of(proc: psutil.Process | None) -> float:
@@ -297,39 +271,13 @@ class Daemon:
         if self.client is not None:
             self.client.close()
             self.client = None
-        daemon = self.proc or self._from_lock()
+        daemon = self.proc or daemon_from_lock(self.layout)
         if daemon is not None and not is_gone(daemon):
-            with contextlib.suppress(psutil.Error):  # whatever it runs now, for the check below
-                for child in daemon.children(recursive=True):
-                    self.tasks_seen.setdefault(child.pid, child)
-            with contextlib.suppress(BenchError):
-                self.cli("shutdown", timeout=30, check=False)
-            if not wait_gone(daemon, 30):
-                print(f"daemon {daemon.pid} still running after 30 s: SIGTERM", file=sys.stderr)
-                with contextlib.suppress(psutil.Error):
-                    daemon.terminate()
-                if not wait_gone(daemon, 10):
-                    with contextlib.suppress(psutil.Error):
-                        daemon.kill()
-                    wait_gone(daemon, 5)
-        leftovers = []
-        for proc in self.tasks_seen.values():
-            if not wait_gone(proc, 2):  # psutil checks the start time: never a reused pid
-                leftovers.append(proc.pid)
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
+            shutdown = functools.partial(self.cli, "shutdown", timeout=30, check=False)
+            stop_daemon(daemon, shutdown, self.tasks_seen)
+        leftovers = kill_leftovers(self.tasks_seen)
         if leftovers:
             print(f"killed processes left behind by {self.name}: {leftovers}", file=sys.stderr)
-
-    def _from_lock(self) -> psutil.Process | None:
-        try:
-            pid = int(self.layout.lock.read_text().strip())
-            proc = psutil.Process(pid)
-            if "zsvc.daemon" in " ".join(proc.cmdline()) and proc.pid != os.getpid():
-                return proc
-        except (OSError, ValueError, psutil.Error):
-            pass
-        return None
 
     # --- 1. SIGKILL to the replacement READY --------------------------------------------
 
@@ -666,17 +614,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.now()
-    meta = machine_info()
-    load, busy = busy_processes()
-    meta["cpu_busy_before_percent"] = load
-    meta["busy_processes_before"] = busy
-    meta["pyc_cache"] = not args.no_pyc_cache
-    meta["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    if load > 15 or busy:
-        print(f"warning: the machine is {load:.0f}% busy before the run:", file=sys.stderr)
-        for line in busy:
-            print(f"  {line}", file=sys.stderr)
+    started, meta = run_metadata(args)
     bench = Bench(args)
     cpus = meta["cpus"]
     print(f"zsvc {zsvc_version} policy bench in {bench.work} ({cpus} CPUs)", file=sys.stderr)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -47,7 +48,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +58,16 @@ from core import (
     IPC_PATH_LIMIT,
     BenchError,
     Metric,
-    busy_processes,
-    free_ports,
+    daemon_from_lock,
     is_gone,
-    machine_info,
+    kill_leftovers,
     median,
     percentile,
     run_and_report,
-    wait_gone,
+    run_metadata,
+    stop_daemon,
 )
+from core import context_xml as bench_context_xml
 
 from zsvc import __version__ as zsvc_version
 from zsvc.client import BusClient, ControlClient
@@ -93,33 +94,8 @@ class ServiceScaleIdle(Task):
 
 def context_xml(context_id: str, ids: list[str], command: str | None) -> str:
     """One TaskService per id: a Python task of IDLE_INSTANCE, or *command* (no notify)."""
-    sub_port, pub_port = free_ports(2)
-    body = f'<command notify="false">{command}</command>' if command else ""
-    services = "\n".join(
-        f"""  <TaskService id="{task_id}" instance="{IDLE_INSTANCE}" serviceType="Process"
-               topic="process" start_timeout="300" stop_timeout="30">
-    <Task>
-      <description>scale bench task {task_id}</description>{body}
-      <message>
-        <header><action>start</action><service_name>n{task_id}</service_name></header>
-        <content><configuration></configuration></content>
-      </message>
-      <state type="on_start"/>
-    </Task>
-  </TaskService>"""
-        for task_id in ids
-    )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<Context>
-  <FrontEndEndpoint>tcp://127.0.0.1:{sub_port}</FrontEndEndpoint>
-  <BackendEndpoint>tcp://127.0.0.1:{pub_port}</BackendEndpoint>
-  <FrontBind>tcp://127.0.0.1:{pub_port}</FrontBind>
-  <BackendBind>tcp://127.0.0.1:{sub_port}</BackendBind>
-  <ContextID>{context_id}</ContextID>
-  <TaskLogName>{context_id}</TaskLogName>
-{services}
-</Context>
-"""
+    timeouts = {"start_timeout": "300", "stop_timeout": "30"}
+    return bench_context_xml(context_id, IDLE_INSTANCE, ids, {}, timeouts, command)
 
 
 def still_running(procs: list[psutil.Process]) -> list[int]:
@@ -567,27 +543,11 @@ class ScaleBench:
         if self.client is not None:
             self.client.close()
             self.client = None
-        daemon = self.daemon or self._daemon_from_lock()
+        daemon = self.daemon or daemon_from_lock(self.layout)
         if daemon is not None and not is_gone(daemon):
-            with contextlib.suppress(psutil.Error):
-                for child in daemon.children(recursive=True):
-                    self.tasks_seen.setdefault(child.pid, child)
-            with contextlib.suppress(BenchError):
-                self.cli("shutdown", timeout=30, check=False)
-            if not wait_gone(daemon, 30):
-                print(f"daemon {daemon.pid} still running after 30 s: SIGTERM", file=sys.stderr)
-                with contextlib.suppress(psutil.Error):
-                    daemon.terminate()
-                if not wait_gone(daemon, 10):
-                    with contextlib.suppress(psutil.Error):
-                        daemon.kill()
-                    wait_gone(daemon, 5)
-        leftovers = []
-        for proc in self.tasks_seen.values():
-            if not wait_gone(proc, 2):
-                leftovers.append(proc.pid)
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
+            shutdown = functools.partial(self.cli, "shutdown", timeout=30, check=False)
+            stop_daemon(daemon, shutdown, self.tasks_seen)
+        leftovers = kill_leftovers(self.tasks_seen)
         # A daemon that died (libzmq aborts on EMFILE) leaves its tasks running, by
         # design; tasks it forked but never reported are found by their cgroups.
         for pids in task_groups([self.prefix], prefix=True).values():
@@ -597,16 +557,6 @@ class ScaleBench:
                     leftovers.append(pid)
         if leftovers:
             print(f"killed task processes left behind: {leftovers}", file=sys.stderr)
-
-    def _daemon_from_lock(self) -> psutil.Process | None:
-        """A daemon that --detach started but never reported (its pid is in the lock file)."""
-        try:
-            proc = psutil.Process(int(self.layout.lock.read_text().strip()))
-            if "zsvc.daemon" in " ".join(proc.cmdline()) and proc.pid != os.getpid():
-                return proc
-        except (OSError, ValueError, psutil.Error):
-            pass
-        return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -637,18 +587,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.now()
-    meta = machine_info()
-    load, busy = busy_processes()
-    meta["cpu_busy_before_percent"] = load
-    meta["busy_processes_before"] = busy
-    meta["pyc_cache"] = not args.no_pyc_cache
-    meta["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    started, meta = run_metadata(args)
     meta["memory_total_mib"] = round(psutil.virtual_memory().total / MIB)
-    if load > 15 or busy:
-        print(f"warning: the machine is {load:.0f}% busy before the run:", file=sys.stderr)
-        for line in busy:
-            print(f"  {line}", file=sys.stderr)
     bench = ScaleBench(args)
     print(f"zsvc {zsvc_version} scale bench in {bench.work} ({meta['cpus']} CPUs)", file=sys.stderr)
     return run_and_report(
