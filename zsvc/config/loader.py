@@ -47,6 +47,7 @@ from zsvc.config.model import (
 from zsvc.errors import ConfigError, ConfigIssue
 from zsvc.monitor.options import MONITOR_INSTANCE, MonitorConfigError, parse_settings
 from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
+from zsvc.xmlsafe import doctype_at, safe_parser
 
 __all__ = ["load_context", "load_context_text"]
 
@@ -162,46 +163,6 @@ def _one_line(message: str) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-class _DoctypeSeen(Exception):
-    """Raised by the pre-scan target when the parser meets a DOCTYPE."""
-
-
-class _RootSeen(Exception):
-    """Raised by the pre-scan target at the root element: the prolog is over."""
-
-
-class _PrologTarget:
-    """Parser target that stops at the DOCTYPE (before its internal subset) or the root."""
-
-    def doctype(self, name: str | None, pubid: str | None, system: str | None) -> None:
-        raise _DoctypeSeen(name)
-
-    def start(self, tag: str, attrib: Mapping[str, str]) -> None:
-        raise _RootSeen(tag)
-
-    def end(self, tag: str) -> None:
-        """Unused: the scan stops at the first start tag."""
-
-    def data(self, text: str) -> None:
-        """Unused: text before the root is not data."""
-
-    def close(self) -> None:
-        return None
-
-
-def _safe_parser(**extra: Any) -> etree.XMLParser:
-    """A parser that never resolves entities, loads a DTD or touches the network."""
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-        **extra,
-    )
-
-
 def _to_bytes(data: bytes | str, issues: _Issues) -> bytes | None:
     """Encode text input for libxml2, keeping any encoding declaration truthful."""
     if isinstance(data, bytes | bytearray | memoryview):
@@ -216,41 +177,15 @@ def _to_bytes(data: bytes | str, issues: _Issues) -> bytes | None:
         return None
 
 
-def _has_doctype(raw: bytes) -> bool:
-    """Scan the prolog only; the DOCTYPE is refused before libxml2 reads its subset."""
-    try:
-        etree.fromstring(raw, _safe_parser(target=_PrologTarget()))
-    except _DoctypeSeen:
-        return True
-    except (_RootSeen, etree.XMLSyntaxError):
-        return False
-    return False
-
-
-def _doctype_position(raw: bytes) -> tuple[int, int]:
-    """Best-effort line and column of ``<!DOCTYPE`` for the message."""
-    for encoding in ("utf-8", "utf-16", "utf-32"):
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        index = text.find("<!DOCTYPE")
-        if index >= 0:
-            line = text.count("\n", 0, index) + 1
-            return line, index - (text.rfind("\n", 0, index) + 1) + 1
-    return 1, 1
-
-
 def _parse(data: bytes | str, issues: _Issues) -> _Element | None:
     """Parse *data* safely; on failure record the issues and return None."""
     raw = _to_bytes(data, issues)
     if raw is None:
         return None
-    if _has_doctype(raw):
-        line, column = _doctype_position(raw)
-        issues.add(line, column, "DOCTYPE is not allowed (no DTDs or entities in context files)")
+    if (where := doctype_at(raw)) is not None:
+        issues.add(*where, "DOCTYPE is not allowed (no DTDs or entities in context files)")
         return None
-    parser = _safe_parser()
+    parser = safe_parser()
     try:
         root = etree.fromstring(raw, parser)
     except etree.XMLSyntaxError as exc:
@@ -294,7 +229,7 @@ class _Schema:
 def _schema() -> _Schema:
     """Load ``context.xsd`` once, on first use (no I/O at import time)."""
     source = resources.files("zsvc.config").joinpath("context.xsd").read_bytes()
-    document = etree.fromstring(source, _safe_parser())
+    document = etree.fromstring(source, safe_parser())
     children, attributes = _schema_tables(document)
     return _Schema(etree.XMLSchema(document), children, attributes)
 

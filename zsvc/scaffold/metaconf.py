@@ -27,8 +27,6 @@ from pathlib import Path
 
 from lxml import etree
 
-from zsvc.config.loader import _doctype_position as doctype_position
-from zsvc.config.loader import _has_doctype as has_doctype
 from zsvc.scaffold.model import (
     TASK_TYPE_WORDS,
     ContextSpec,
@@ -40,6 +38,7 @@ from zsvc.scaffold.model import (
     TriggerSpec,
 )
 from zsvc.states import TaskAction, TriggerEvent
+from zsvc.xmlsafe import doctype_at, safe_parser
 
 _Element = etree._Element
 
@@ -94,19 +93,11 @@ def _parse(data: bytes, file: str) -> _Element:
     # Refused before libxml2 reads the internal subset, as in context files: otherwise an
     # entity bomb is parsed first, and refused with whatever libxml2's version says
     # ("entity reference loop", "amplification factor exceeded"), not as a DOCTYPE.
-    if has_doctype(data):
-        line, column = doctype_position(data)
+    if (where := doctype_at(data)) is not None:
         raise ScaffoldError(
-            [Problem(_at(file, line, column), "DOCTYPE is not allowed (no DTDs or entities)")]
+            [Problem(_at(file, *where), "DOCTYPE is not allowed (no DTDs or entities)")]
         )
-    parser = etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+    parser = safe_parser()
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
