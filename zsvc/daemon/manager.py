@@ -468,15 +468,7 @@ class Manager:
             await self._launch_thread(record, task)
             return
         launch = self._launch_spec(record, task)
-        task.stop_requested = False
-        task.early_updates = 0
-        task.ready = asyncio.get_running_loop().create_future()
-        task.status_text = ""
-        task.pid = None
-        if task.starts:
-            task.restarts += 1
-        task.starts += 1
-        before = task.to_row()
+        before = task.begin_run(asyncio.get_running_loop())
         task.set_state(State.ACTIVATING, SubState.START, Result.SUCCESS)
         try:
             self._save(task)  # with the invocation id, before the process exists
@@ -533,15 +525,7 @@ class Manager:
             host = ThreadHost(record.id, uuid.uuid4().hex, loop.create_future())
         if task.spec.watchdog_sec is not None:
             log.warning("%s/%s: watchdog_sec is ignored for a Thread task", record.id, task.id)
-        task.stop_requested = False
-        task.early_updates = 0
-        task.ready = loop.create_future()
-        task.status_text = ""
-        task.pid = None
-        if task.starts:
-            task.restarts += 1
-        task.starts += 1
-        before = task.to_row()
+        before = task.begin_run(loop)
         run = uuid.uuid4().hex
         task.runner_data = {"thread_run": run, "host": host.describe()}
         task.set_state(State.ACTIVATING, SubState.START, Result.SUCCESS)

@@ -139,6 +139,18 @@ class TaskRecord:
         """A ``serviceType="Thread"`` task: it runs in its transaction's thread host."""
         return self.spec.service_type is ServiceType.THREAD
 
+    def begin_run(self, loop: asyncio.AbstractEventLoop) -> TaskRow:
+        """Reset what belongs to one run and count it; the row to restore if it cannot start."""
+        self.stop_requested = False
+        self.early_updates = 0
+        self.ready = loop.create_future()
+        self.status_text = ""
+        self.pid = None
+        if self.starts:
+            self.restarts += 1
+        self.starts += 1
+        return self.to_row()
+
     def set_state(self, state: State, sub_state: SubState, result: Result | None = None) -> None:
         if (state, sub_state) != (self.state, self.sub_state):
             self.since = time.time()
