@@ -177,10 +177,12 @@ def test_json_stream_survives_a_daemon_restart(
         first.kill9()  # tasks outlive it; the successor re-adopts them
         daemons(root=workdir)
         ready_at = time.time()
+        deadline = time.monotonic() + 30
         while True:  # skip what the first daemon sent; the successor's samples come after
-            sample = json.loads(lines.get(timeout=30))
+            sample = json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic())))
             if sample["timestamp"] > ready_at:
                 break
+            assert time.monotonic() < deadline, "no sample from the restarted daemon"
         assert sample["transaction"] == "MON5"
         assert sample["tasks"][0]["usage"]["pid"] == sample["tasks"][0]["pid"]  # re-adopted
     finally:
