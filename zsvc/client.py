@@ -14,13 +14,16 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from zsvc import commands, protocol
 from zsvc.errors import DaemonForbidden, DaemonUnreachable, ErrorCode, ZsvcError
 from zsvc.paths import RuntimeLayout
+
+if TYPE_CHECKING:  # task hosts import this module: keep zmq.auth out of their start-up
+    from zsvc.curve import ClientKeys
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +164,21 @@ class BusClient:
         sub_endpoint: str,
         topics: Iterable[str] = (),
         context: zmq.Context | None = None,
+        curve: ClientKeys | None = None,
     ):
+        """*curve*: this client's keys, for a daemon whose TCP bus requires them
+        (:func:`zsvc.curve.load_client`)."""
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.pub = self.context.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
-        self.pub.connect(pub_endpoint)
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.pub)
+            curve.apply(self.sub)
+        self.pub.connect(pub_endpoint)
         self.sub.connect(sub_endpoint)
         for topic in topics:
             self.subscribe(topic)

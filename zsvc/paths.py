@@ -58,6 +58,21 @@ def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".local" / "state" / "zsvc"
 
 
+SYSTEM_KEYS_DIR = Path("/etc/zsvc/keys")
+"""Where ``zsvc keys`` writes the system daemon's CURVE keys ([bus] curve_keys)."""
+
+
+def keys_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of the bus's CURVE keys: /etc/zsvc/keys for root, else XDG config."""
+    if explicit:
+        return Path(explicit).absolute()
+    if os.geteuid() == 0:
+        return SYSTEM_KEYS_DIR
+    if xdg := os.environ.get("XDG_CONFIG_HOME"):
+        return Path(xdg) / "zsvc" / "keys"
+    return Path.home() / ".config" / "zsvc" / "keys"
+
+
 @dataclass(frozen=True)
 class RuntimeLayout:
     """The files inside a runtime directory."""

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,13 +141,14 @@ class Daemon:
 
     # --- life cycle ------------------------------------------------------------
 
-    def start(self, *contexts: Path, expect_ready: bool = True) -> Daemon:
+    def start(self, *contexts: Path, expect_ready: bool = True, args: Sequence[str] = ()) -> Daemon:
+        """Start ``zsvc daemon CONTEXT… ARGS…`` and (by default) wait for its READY=1."""
         with NotifyServer(self.root / "supervisor.sock") as server:
             env = dict(os.environ, NOTIFY_SOCKET=server.path, ZSVC_RUNTIME_DIR=str(self.runtime))
             env["ZSVC_STATE_DIR"] = str(self.state)
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "zsvc.daemon", *map(str, contexts)],
+                    [sys.executable, "-m", "zsvc.daemon", *map(str, contexts), *args],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -290,10 +291,15 @@ def daemons(workdir: Path) -> Iterator[Callable[..., Daemon]]:
     """A factory of daemons in *workdir*; all are stopped (tasks included) at teardown."""
     started: list[Daemon] = []
 
-    def make(*contexts: Path, root: Path | None = None, expect_ready: bool = True) -> Daemon:
+    def make(
+        *contexts: Path,
+        root: Path | None = None,
+        expect_ready: bool = True,
+        args: Sequence[str] = (),
+    ) -> Daemon:
         daemon = Daemon(root or workdir)
         started.append(daemon)
-        return daemon.start(*contexts, expect_ready=expect_ready)
+        return daemon.start(*contexts, expect_ready=expect_ready, args=args)
 
     yield make
     for daemon in started:

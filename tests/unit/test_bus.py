@@ -8,20 +8,38 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from zsvc.daemon.bus import BindError, BusDevice, loopback_bind
+from zsvc.daemon.bus import BindError, BindPlan, BusDevice, plan_bind
 
 
-def test_bus_binds_only_on_loopback() -> None:
+def loopback(endpoint: str) -> str:
+    return plan_bind(endpoint, curve=False).endpoint
+
+
+def test_without_keys_the_bus_binds_only_on_loopback() -> None:
     """Wildcards bind 127.0.0.1; loopback stays; any other TCP address is refused."""
-    assert loopback_bind("tcp://*:5557") == "tcp://127.0.0.1:5557"
-    assert loopback_bind("tcp://0.0.0.0:5557") == "tcp://127.0.0.1:5557"
-    assert loopback_bind("tcp://[::]:5557") == "tcp://127.0.0.1:5557"
-    assert loopback_bind("tcp://127.0.0.1:5557") == "tcp://127.0.0.1:5557"
-    assert loopback_bind("tcp://localhost:5557") == "tcp://localhost:5557"
-    assert loopback_bind("ipc:///run/zsvc/bus-pub") == "ipc:///run/zsvc/bus-pub"
+    assert loopback("tcp://*:5557") == "tcp://127.0.0.1:5557"
+    assert loopback("tcp://0.0.0.0:5557") == "tcp://127.0.0.1:5557"
+    assert loopback("tcp://[::]:5557") == "tcp://127.0.0.1:5557"
+    assert loopback("tcp://127.0.0.1:5557") == "tcp://127.0.0.1:5557"
+    assert loopback("tcp://localhost:5557") == "tcp://localhost:5557"
+    assert loopback("ipc:///run/zsvc/bus-pub") == "ipc:///run/zsvc/bus-pub"
     for public in ("tcp://10.0.0.1:5557", "tcp://example.org:5557", "tcp://[2001:db8::1]:1"):
-        with pytest.raises(BindError, match="loopback"):
-            loopback_bind(public)
+        with pytest.raises(BindError, match=r"loopback \(127.0.0.1\) only; create keys"):
+            loopback(public)
+
+
+def test_with_keys_every_tcp_endpoint_is_bound_as_written_under_curve() -> None:
+    for endpoint in ("tcp://*:5557", "tcp://10.0.0.1:5557", "tcp://127.0.0.1:5557"):
+        assert plan_bind(endpoint, curve=True) == BindPlan(endpoint, curve=True)
+    ipc = "ipc:///run/zsvc/bus-pub"
+    assert plan_bind(ipc, curve=True, open_commands=True) == BindPlan(ipc, curve=False)
+
+
+def test_a_bus_that_carries_commands_binds_no_tcp_without_keys() -> None:
+    """Every local user reaches loopback: commands on it need authenticated clients."""
+    with pytest.raises(BindError, match="context_commands is on"):
+        plan_bind("tcp://127.0.0.1:5557", curve=False, open_commands=True)
+    assert plan_bind("tcp://127.0.0.1:5557", curve=True, open_commands=True).curve
 
 
 def test_subscriptions_are_counted_and_forgotten_when_nobody_wants_them(tmp_path) -> None:

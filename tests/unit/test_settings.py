@@ -24,6 +24,23 @@ def test_values_are_read_and_normalised() -> None:
     assert parse(text, "z.conf") == Settings(runner="systemd", log_level="DEBUG", durable=True)
 
 
+def test_the_bus_section_sets_keys_and_commands() -> None:
+    text = "[daemon]\nrunner = local\n[bus]\ncurve_keys = /etc/zsvc/keys\ncontext_commands = on\n"
+    assert parse(text, "z.conf") == Settings(
+        runner="local", curve_keys=Path("/etc/zsvc/keys"), context_commands=True
+    )
+
+
+def test_bus_settings_are_checked_in_their_section() -> None:
+    text = "[bus]\ncurve_keys = keys\nrunner = local\n"
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "z.conf")
+    assert [str(issue) for issue in caught.value.issues] == [
+        "z.conf:2:1: curve_keys: 'keys' is not an absolute path",
+        "z.conf:3:1: unknown setting 'runner' in [bus]; known: curve_keys, context_commands",
+    ]
+
+
 def test_every_problem_is_reported_with_its_line() -> None:
     text = "[daemon]\n# comment\nrunner = docker\nlog_level = loud\ndurable = maybe\ncolour = red\n"
     with pytest.raises(ConfigError) as caught:
@@ -33,14 +50,15 @@ def test_every_problem_is_reported_with_its_line() -> None:
         "/etc/zsvc/zsvc.conf:4:1: log_level: 'loud' is not one of DEBUG, INFO, WARNING,"
         " ERROR, CRITICAL",
         "/etc/zsvc/zsvc.conf:5:1: durable: 'maybe' is not yes or no",
-        "/etc/zsvc/zsvc.conf:6:1: unknown setting 'colour'; known: runner, log_level, durable",
+        "/etc/zsvc/zsvc.conf:6:1: unknown setting 'colour' in [daemon]; known: runner,"
+        " log_level, durable",
     ]
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("runner = local\n", "z.conf:1:1: expected a [daemon] section before any setting"),
+        ("runner = local\n", "z.conf:1:1: expected a [daemon] or [bus] section before any setting"),
         ("[daemon]\nrunner = local\nrunner = auto\n", "z.conf:3:1: 'runner' is set twice"),
         ("[daemon]\n[daemon]\n", "z.conf:2:1: section [daemon] appears twice"),
         ("[daemon]\nrunner local\n", "z.conf:2:1: not 'key = value': 'runner local'"),

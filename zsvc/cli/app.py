@@ -134,6 +134,9 @@ def start(
     elif transaction is None:
         typer.echo("zsvc: give a TRANSACTION to start again, or --context FILE", err=True)
         raise typer.Exit(ExitCode.BAD_INPUT)
+    elif transaction.endswith(".xml") and Path(transaction).is_file():
+        typer.echo(f"zsvc: {transaction} is a file; start its context with --context", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT)
     args["block"] = not no_block
     args["timeout"] = timeout
     args["keep_going"] = keep_going
@@ -426,6 +429,41 @@ def shutdown(
             raise typer.Exit(ExitCode.FAILED)
         time.sleep(0.05)
     typer.echo("daemon stopped")
+
+
+@app.command()
+def keys(
+    directory: Path = typer.Argument(
+        None, help="Keys directory (default /etc/zsvc/keys as root, else ~/.config/zsvc/keys)."
+    ),
+    client: list[str] = typer.Option(
+        [], "--client", help="Create keys for this client and admit it (repeatable)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace keys that exist."),
+) -> None:
+    """Create CURVE keys, so the bus may be bound beyond loopback for admitted clients."""
+    from zsvc import curve
+    from zsvc.paths import keys_dir
+
+    where = keys_dir(directory)
+    names = list(client) or ([] if curve.admitted(where) else ["client"])
+    try:
+        created = curve.create(where, names, force)
+    except curve.KeysError as exc:
+        typer.echo(f"zsvc: {exc}", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    server = "created" if created.server else "kept"
+    typer.echo(f"{where}/server.key: the daemon's public key ({server}); clients need it")
+    for name in created.clients:
+        typer.echo(
+            f"{where}/clients/{name}.key_secret: client {name!r}, admitted; copy it and"
+            " server.key to its machine"
+        )
+    typer.echo(f"admitted clients: {', '.join(curve.admitted(where)) or 'none'}")
+    typer.echo(
+        f"the daemon uses them with, in its settings:\n  [bus]\n  curve_keys = {where}\n"
+        "then 'systemctl reload zsvc' (or restart 'zsvc daemon')"
+    )
 
 
 @app.command()

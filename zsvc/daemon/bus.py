@@ -12,6 +12,13 @@ which the tasks and the CLI use, and every TCP pair a loaded context names.
 They are views of one bus; messages are scoped by their transaction.
 Binds failing (a port in use) raise, so the error reaches the user instead
 of being lost as in the original's fire-and-forget forwarder.
+
+Who may use the bus (:func:`plan_bind`): the ``ipc://`` pair is guarded by
+the runtime directory's permissions. Without CURVE keys, TCP is bound on
+loopback only; with them (``[bus] curve_keys``, :mod:`zsvc.curve`), every
+TCP endpoint is bound as written and admits only the clients whose public
+keys are in the keys directory, checked by a ZAP handler in the daemon's
+loop.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
 
 from zsvc import protocol
+from zsvc.curve import ServerKeys
 
 log = logging.getLogger(__name__)
 
@@ -44,30 +53,58 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]")
 
 
-def loopback_bind(endpoint: str) -> str:
-    """The endpoint to bind for *endpoint*: TCP only ever on loopback.
+@dataclass(frozen=True)
+class BindPlan:
+    """How one endpoint is bound: where, and whether CURVE guards it."""
 
-    The bus has no authentication yet, so a wildcard (the seed's
-    ``tcp://*:5557``) binds 127.0.0.1 and any other address is refused.
+    endpoint: str
+    curve: bool
+
+
+def plan_bind(endpoint: str, *, curve: bool, open_commands: bool = False) -> BindPlan:
+    """Where and how to bind the bus endpoint *endpoint* (pure: the policy in one place).
+
+    * ``ipc://`` and ``inproc://``: as written; the file system guards them.
+    * TCP with CURVE keys (*curve*): as written, wildcard included, CURVE.
+    * TCP without keys: loopback only (the seed's ``tcp://*:5557`` binds
+      127.0.0.1), and not at all when the bus carries commands
+      (*open_commands*, ``[bus] context_commands``): every local user can
+      reach loopback.
     """
     if not endpoint.startswith("tcp://"):
-        return endpoint
+        return BindPlan(endpoint, curve=False)
+    if curve:
+        return BindPlan(endpoint, curve=True)
+    hint = "create keys with 'zsvc keys' and set curve_keys in [bus] of /etc/zsvc/zsvc.conf"
+    if open_commands:
+        raise BindError(
+            f"refusing to bind the bus on {endpoint} without CURVE keys: context_commands"
+            f" is on, so anyone reaching the port could command zsvc; {hint}"
+        )
     host, _, port = endpoint[len("tcp://") :].rpartition(":")
     if host in WILDCARD_HOSTS:
-        return f"tcp://127.0.0.1:{port}"
+        return BindPlan(f"tcp://127.0.0.1:{port}", curve=False)
     if host in LOOPBACK_HOSTS or host.startswith("127."):
-        return endpoint
+        return BindPlan(endpoint, curve=False)
     raise BindError(
-        f"refusing to bind the bus on {endpoint}: the bus has no authentication,"
-        " so TCP endpoints must be on loopback (127.0.0.1)"
+        f"refusing to bind the bus on {endpoint}: without CURVE keys TCP endpoints are"
+        f" bound on loopback (127.0.0.1) only; {hint}"
     )
 
 
 class BusDevice:
     """An XSUB/XPUB forwarder in the event loop, observing what the daemon needs."""
 
-    def __init__(self, context: zmq.asyncio.Context, on_message: MessageHandler):
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        on_message: MessageHandler,
+        keys: ServerKeys | None = None,
+        open_commands: bool = False,
+    ):
         self.on_message = on_message
+        self.keys = keys
+        self.open_commands = open_commands
         self.xsub = context.socket(zmq.XSUB)
         self.xpub = context.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
@@ -83,23 +120,38 @@ class BusDevice:
 
     def bind(self, pub_endpoint: str, sub_endpoint: str) -> None:
         """Bind a publishers' endpoint and a subscribers' endpoint (idempotent)."""
-        pub_endpoint, sub_endpoint = loopback_bind(pub_endpoint), loopback_bind(sub_endpoint)
-        if pub_endpoint in self.sub_endpoints or sub_endpoint in self.pub_endpoints:
+        pub, sub = self._plan(pub_endpoint), self._plan(sub_endpoint)
+        if pub.endpoint in self.sub_endpoints or sub.endpoint in self.pub_endpoints:
             raise BindError(
-                f"bus endpoints {pub_endpoint} and {sub_endpoint} clash with the other side"
+                f"bus endpoints {pub.endpoint} and {sub.endpoint} clash with the other side"
             )
-        for sock, endpoint, bound in (
-            (self.xsub, pub_endpoint, self.pub_endpoints),
-            (self.xpub, sub_endpoint, self.sub_endpoints),
+        for sock, plan, bound in (
+            (self.xsub, pub, self.pub_endpoints),
+            (self.xpub, sub, self.sub_endpoints),
         ):
-            if endpoint in bound:
+            if plan.endpoint in bound:
                 continue
             try:
-                sock.bind(endpoint)
+                self._bind(sock, plan)
             except zmq.ZMQError as exc:
-                raise BindError(f"cannot bind the bus endpoint {endpoint}: {exc}") from exc
-            bound.add(endpoint)
-            log.info("bus bound %s", endpoint)
+                raise BindError(f"cannot bind the bus endpoint {plan.endpoint}: {exc}") from exc
+            bound.add(plan.endpoint)
+            log.info("bus bound %s%s", plan.endpoint, " (CURVE)" if plan.curve else "")
+
+    def _plan(self, endpoint: str) -> BindPlan:
+        return plan_bind(endpoint, curve=self.keys is not None, open_commands=self.open_commands)
+
+    def _bind(self, sock: zmq.Socket, plan: BindPlan) -> None:
+        """Bind with CURVE only where planned: libzmq copies the options at each bind."""
+        if not plan.curve:
+            sock.bind(plan.endpoint)
+            return
+        assert self.keys is not None
+        self.keys.apply(sock)
+        try:
+            sock.bind(plan.endpoint)
+        finally:
+            sock.setsockopt(zmq.CURVE_SERVER, 0)  # the next bind (an ipc://) is plain again
 
     def release(self, keep: Iterable[tuple[str, str]]) -> None:
         """Unbind every endpoint but the (publishers', subscribers') pairs in *keep*.
@@ -109,8 +161,8 @@ class BusDevice:
         daemon fds, and its ports) until the daemon exits, long after its last
         transaction was forgotten, and a restarted daemon would not bind them.
         """
-        pubs = {loopback_bind(pub) for pub, _ in keep}
-        subs = {loopback_bind(sub) for _, sub in keep}
+        pubs = {self._plan(pub).endpoint for pub, _ in keep}
+        subs = {self._plan(sub).endpoint for _, sub in keep}
         for sock, bound, wanted in (
             (self.xsub, self.pub_endpoints, pubs),
             (self.xpub, self.sub_endpoints, subs),

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         contexts=contexts,
         durable=bool(args.durable if args.durable is not None else settings.durable),
         runner=args.runner or settings.runner or "auto",
+        curve_keys=settings.curve_keys,
+        context_commands=bool(settings.context_commands),
     )
 
     def reexec() -> NoReturn:

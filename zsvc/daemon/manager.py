@@ -1081,12 +1081,6 @@ class Manager:
             self._updated(task)
         elif message.topic == protocol.Topic.STATE and message.action == "request":
             self._reply_context(message)
-        elif message.topic == protocol.Topic.CONTEXT:
-            log.warning(
-                "ignored a '%s' command on the bus's context topic: commands go over the"
-                " control socket (zsvc send --service_name context …)",
-                message.action,
-            )
 
     def _updated(self, task: TaskRecord) -> None:
         """The task published an update while up: record it, and fire its on_update."""

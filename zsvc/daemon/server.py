@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import zmq
 import zmq.asyncio
 
-from zsvc import __version__, commands
+from zsvc import __version__, commands, curve, protocol
 from zsvc.config.loader import load_context_text
 from zsvc.config.model import Context
 from zsvc.daemon.bus import BindError, BusDevice
@@ -63,6 +63,10 @@ class DaemonOptions:
     log_cap_bytes: int = LOG_CAP_BYTES
     runner: str = "auto"
     """``auto``, ``local`` or ``systemd`` (:mod:`zsvc.runners.choose`)."""
+    curve_keys: Path | None = None
+    """A keys directory (``zsvc keys``): TCP bus endpoints then require CURVE clients."""
+    context_commands: bool = False
+    """Act on start/stop/restart published on the bus's ``context`` topic (off: logged)."""
 
 
 class Daemon:
@@ -86,6 +90,8 @@ class Daemon:
         self.runner: Runner = LocalRunner(self.runtime)  # replaced in _open (--runner)
         self._fixed_endpoints: list[tuple[str, str]] = []
         """The bus pairs bound for the daemon's life: its own ipc:// pair and its contexts'."""
+        self._authenticator: Any = None
+        """pyzmq's ZAP handler, admitting the CURVE clients of the keys directory."""
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -113,7 +119,12 @@ class Daemon:
         self._fixed_endpoints = [(self.runtime.bus_pub_endpoint, self.runtime.bus_sub_endpoint)]
         self._fixed_endpoints += [(c.endpoints.pub_bind, c.endpoints.sub_bind) for c in contexts]
         self.table = Table(self.state.database, durable=self.options.durable)
-        self.bus = BusDevice(self.zmq, self._on_bus_message)
+        self.bus = BusDevice(
+            self.zmq,
+            self._on_bus_message,
+            keys=self._start_authenticator(),
+            open_commands=self.options.context_commands,
+        )
         try:
             self.bus.bind(self.runtime.bus_pub_endpoint, self.runtime.bus_sub_endpoint)
             for context in contexts:
@@ -177,11 +188,36 @@ class Daemon:
             for path in (self.runtime.bus_pub, self.runtime.bus_sub):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         if self.table is not None:
             self.table.close()
         self.zmq.term()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+
+    def _start_authenticator(self) -> curve.ServerKeys | None:
+        """Load the CURVE keys, if any, and admit their clients (ZAP, in this loop)."""
+        if self.options.curve_keys is None:
+            return None
+        if not curve.curve_available():
+            raise DaemonError("curve_keys is set, but this libzmq has no CURVE support")
+        try:
+            keys = curve.load_server(self.options.curve_keys)
+        except curve.KeysError as exc:
+            raise DaemonError(f"the bus's CURVE keys: {exc}") from exc
+        from zmq.auth.asyncio import AsyncioAuthenticator
+
+        self._authenticator = AsyncioAuthenticator(self.zmq)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=str(keys.clients))
+        admitted = curve.admitted(self.options.curve_keys)
+        log.info(
+            "bus CURVE keys from %s; clients admitted: %s",
+            keys.clients.parent,
+            ", ".join(admitted) or "none",
+        )
+        return keys
 
     def _reload(self) -> None:
         if not self.stopped.is_set():
@@ -286,10 +322,60 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def _on_bus_message(self, message: Any) -> None:
+        if message.topic == protocol.Topic.CONTEXT:
+            self._on_context_command(message)
+            return
         if self.monitor is not None and self.monitor.on_bus_message(message):
             return
         if self.manager is not None:
             self.manager.on_bus_message(message)
+
+    # --- the seed's commands on the bus's context topic ---------------------------------
+
+    def _on_context_command(self, message: protocol.Message) -> None:
+        """The seed's command path: acted on only when ``context_commands`` is on.
+
+        The control socket is the way to command zsvc (its permissions say
+        who may); a bus is open to whoever reaches it, so commands on it are
+        off unless an administrator turned them on (and then TCP needs CURVE,
+        :func:`zsvc.daemon.bus.plan_bind`).
+        """
+        if not self.options.context_commands:
+            log.warning(
+                "ignored a '%s' command on the bus's context topic: commands go over the"
+                " control socket (zsvc send --service-name context …), or set"
+                " context_commands = yes in [bus] of the daemon's settings",
+                message.action,
+            )
+            return
+        self._spawn(self._run_context_command(message), "context-command")
+
+    async def _run_context_command(self, message: protocol.Message) -> None:
+        """Run a start/stop/restart from the bus; the outcome goes out on ``state``."""
+        content: dict[str, Any]
+        try:
+            if message.action not in CONTEXT_COMMANDS:
+                known = ", ".join(CONTEXT_COMMANDS)
+                raise BadRequest(f"unknown context action {message.action!r}; known: {known}")
+            if not message.transaction:
+                raise BadRequest(f"context {message.action}: header.service_transaction is empty")
+            services = [message.service_id] if message.service_id else []
+            if message.action == "start":
+                await self.cmd_start(message.transaction, None, None, services, True, None, False)
+            elif message.action == "stop":
+                await self.cmd_stop(message.transaction, services, None)
+            else:
+                await self.cmd_restart(message.transaction, services, None)
+            content = {"result": "success"}
+        except ZsvcError as exc:
+            log.warning("context %s from the bus failed: %s", message.action, exc.message)
+            content = {"result": "failure", "error": exc.to_wire()}
+        except Exception as exc:  # a bug must not kill the daemon
+            log.exception("internal error in a context %s from the bus", message.action)
+            content = {"result": "failure", "error": {"message": f"internal error: {exc!r}"}}
+        if self.bus is not None:
+            header = dict(message.header, action=f"reply_{message.action}")
+            self.bus.publish(protocol.Message(protocol.Topic.STATE, header, content))
 
     # --- contexts -------------------------------------------------------------------
 
@@ -402,6 +488,9 @@ class Daemon:
         self.stopped.set()  # from now on nothing is started; run() stops every task
         return {"stopping": True}
 
+
+CONTEXT_COMMANDS = ("start", "stop", "restart")
+"""The seed's context actions the bus may carry (``exit`` stays on the control socket)."""
 
 CONTROL_GROUP = "zsvc"
 """Members of this group may control a daemon run by root (DESIGN §2)."""

@@ -1,7 +1,7 @@
 """The daemon's settings file (``/etc/zsvc/zsvc.conf``), validated.
 
-An INI file with one section, ``[daemon]``, read with the standard
-library's :mod:`configparser`. Command-line options win over the file, the
+An INI file with two sections, ``[daemon]`` and ``[bus]``, read with the
+standard library's :mod:`configparser`. Command-line options win over the file, the
 file over the built-in defaults, so a packaged daemon can be tuned without
 editing its unit. Every problem is reported with the file and line, all at
 once, and an invalid file stops the daemon before it touches anything: a
@@ -22,7 +22,7 @@ from zsvc.errors import ConfigError, ConfigIssue
 SYSTEM_SETTINGS = Path("/etc/zsvc/zsvc.conf")
 """Read by a daemon running as root when no ``--config`` is given (absent: defaults)."""
 
-SECTION = "daemon"
+SECTIONS = ("daemon", "bus")
 RUNNERS = ("auto", "local", "systemd")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True}
@@ -36,6 +36,10 @@ class Settings:
     runner: str | None = None
     log_level: str | None = None
     durable: bool | None = None
+    curve_keys: Path | None = None
+    """``[bus]``: the directory ``zsvc keys`` wrote; TCP endpoints then require CURVE."""
+    context_commands: bool | None = None
+    """``[bus]``: act on start/stop/restart published on the bus's ``context`` topic."""
 
 
 def _line_of(text: str, key: str) -> int:
@@ -62,7 +66,10 @@ def parse(text: str, source: str) -> Settings:
     try:
         parser.read_string(text, source=source)
     except configparser.MissingSectionHeaderError as exc:
-        issue = f"expected a [{SECTION}] section before any setting, found {exc.line.strip()!r}"
+        issue = (
+            f"expected a [{SECTIONS[0]}] or [{SECTIONS[1]}] section before any setting,"
+            f" found {exc.line.strip()!r}"
+        )
         raise ConfigError([ConfigIssue(source, exc.lineno, 1, issue)]) from None
     except configparser.DuplicateOptionError as exc:
         issue = f"'{exc.option}' is set twice in [{exc.section}]"
@@ -77,27 +84,29 @@ def parse(text: str, source: str) -> Settings:
         ]
         raise ConfigError(issues) from None
     issues: list[ConfigIssue] = []
+    found: dict[str, object] = {}
     for section in parser.sections():
-        if section != SECTION:
+        known = CONVERTERS.get(section)
+        if known is None:
             line = next(
                 (n for n, t in enumerate(text.splitlines(), 1) if t.strip() == f"[{section}]"), 1
             )
+            expected = " or ".join(f"[{name}]" for name in SECTIONS)
             issues.append(
-                ConfigIssue(source, line, 1, f"unknown section [{section}]; expected [{SECTION}]")
+                ConfigIssue(source, line, 1, f"unknown section [{section}]; expected {expected}")
             )
-    values = parser[SECTION] if parser.has_section(SECTION) else {}
-    found: dict[str, object] = {}
-    for key, raw in values.items():
-        convert = CONVERTERS.get(key)
-        if convert is None:
-            why = f"unknown setting {key!r}; known: {', '.join(CONVERTERS)}"
-        else:
-            try:
-                found[key] = convert(raw.strip())
-                continue
-            except ValueError as exc:
-                why = f"{key}: {exc}"
-        issues.append(ConfigIssue(source, _line_of(text, key), 1, why))
+            continue
+        for key, raw in parser[section].items():
+            convert = known.get(key)
+            if convert is None:
+                why = f"unknown setting {key!r} in [{section}]; known: {', '.join(known)}"
+            else:
+                try:
+                    found[key] = convert(raw.strip())
+                    continue
+                except ValueError as exc:
+                    why = f"{key}: {exc}"
+            issues.append(ConfigIssue(source, _line_of(text, key), 1, why))
     if issues:
         raise ConfigError(issues)
     return Settings(**found)  # type: ignore[arg-type]
@@ -118,12 +127,25 @@ def _boolean(value: str) -> bool:
     return _BOOLEANS[value.lower()]
 
 
-CONVERTERS: dict[str, Callable[[str], object]] = {
-    "runner": _one_of(RUNNERS, str),
-    "log_level": _one_of(LOG_LEVELS, str.upper),
-    "durable": _boolean,
+def _absolute_path(value: str) -> Path:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return Path(value)
+
+
+CONVERTERS: dict[str, dict[str, Callable[[str], object]]] = {
+    "daemon": {
+        "runner": _one_of(RUNNERS, str),
+        "log_level": _one_of(LOG_LEVELS, str.upper),
+        "durable": _boolean,
+    },
+    "bus": {
+        "curve_keys": _absolute_path,
+        "context_commands": _boolean,
+    },
 }
-"""Each setting, in the order the docs give them, and how its text becomes its value."""
+"""Each section's settings, in the order the docs give them, and how text becomes value.
+Names are unique across sections: each is a field of :class:`Settings`."""
 
 
 def load(path: Path | None, is_root: bool) -> Settings:
