@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -268,6 +269,40 @@ def wait_until(
         time.sleep(0.02)
     shown = f"\n--- daemon log ---\n{log()[-4000:]}" if log is not None else ""
     pytest.fail(f"condition not met within {timeout} s: {what or predicate}{shown}")
+
+
+LOW_FD_LIMIT = 1024
+"""Debian's default soft open-files limit (a shell's, a systemd service's)."""
+
+
+@contextlib.contextmanager
+def soft_fd_limit(soft: int = LOW_FD_LIMIT) -> Iterator[int]:
+    """Run the body under the soft open-files limit *soft*, so a daemon started in it
+    inherits that limit; yields the hard limit. Skips the test when the hard limit
+    leaves the daemon nothing to raise."""
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= soft:
+        pytest.skip(f"the hard open-files limit is {hard}: nothing to raise above {soft}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+def fd_limit(pid: int) -> tuple[int, int]:
+    """(soft, hard) open-files limit of process *pid* (RLIM_INFINITY is -1)."""
+    soft, hard = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+    return soft, hard
+
+
+def zygote_of(daemon_pid: int) -> psutil.Process | None:
+    """The daemon's zygote (:mod:`zsvc.runners.zygote`), if it runs one."""
+    for child in psutil.Process(daemon_pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "zsvc.runners.zygote" in child.cmdline():
+                return child
+    return None
 
 
 def pid_alive(pid: int) -> bool:

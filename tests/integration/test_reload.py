@@ -9,7 +9,16 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.integration.conftest import TaskDef, pid_alive, wait_message, wait_until
+from tests.integration.conftest import (
+    LOW_FD_LIMIT,
+    TaskDef,
+    fd_limit,
+    pid_alive,
+    soft_fd_limit,
+    wait_message,
+    wait_until,
+    zygote_of,
+)
 from zsvc.errors import DaemonUnreachable, ZsvcError
 
 
@@ -44,3 +53,36 @@ def test_sighup_reexecutes_the_daemon_and_keeps_every_task(daemon, make_context)
     t1 = next(t for t in daemon.call("status", transaction="RELOAD")["tasks"] if t["id"] == "t1")
     assert (t1["state"], t1["pid"]) == ("inactive", None)
     assert wait_until(lambda: not pid_alive(before["t1"]), what="the re-adopted t1 is gone")
+
+
+def test_a_reload_keeps_giving_tasks_the_original_open_files_limit(daemons, make_context) -> None:
+    """The daemon raised its soft open-files limit; its tasks get the one it was started
+    with. A reload executes it anew with that original limit, so the new daemon knows
+    it too: a task started after the reload, and the new zygote, get it as well."""
+    with soft_fd_limit() as hard:
+        daemon = daemons()
+    context = make_context([TaskDef("py"), TaskDef("cmd", command="sleep 3600", location=None)])
+    assert daemon.cli("start", "--context", str(context), "BEFORE").code == 0
+    before = {t["id"]: t["pid"] for t in daemon.call("status", transaction="BEFORE")["tasks"]}
+    ping = daemon.call("ping")
+
+    os.kill(daemon.pid(), signal.SIGHUP)
+
+    def reloaded() -> dict | None:
+        try:
+            answer = daemon.call("ping")
+        except (DaemonUnreachable, ZsvcError):
+            return None
+        return answer if answer["since"] != ping["since"] else None
+
+    wait_until(reloaded, what="the daemon answers again, executed anew", log=daemon.log)
+    soft, daemon_hard = fd_limit(daemon.pid())
+    assert soft > LOW_FD_LIMIT and daemon_hard == hard, "the new daemon raised its limit again"
+    zygote = zygote_of(daemon.pid())
+    assert zygote is None or fd_limit(zygote.pid) == (LOW_FD_LIMIT, hard)
+    assert daemon.cli("start", "--context", str(context), "AFTER").code == 0
+    after = {t["id"]: t["pid"] for t in daemon.call("status", transaction="AFTER")["tasks"]}
+    for pid in [*before.values(), *after.values()]:
+        assert fd_limit(pid) == (LOW_FD_LIMIT, hard)
+    assert daemon.cli("stop", "BEFORE").code == 0
+    assert daemon.cli("stop", "AFTER").code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from zsvc.runners.local import (
     children_of,
     descendants,
     executable_error,
+    wrap_exec,
 )
 from zsvc.states import Result
 
@@ -258,6 +260,55 @@ def test_a_missing_program_is_refused_before_the_start(tmp_path: Path) -> None:
     assert "cannot execute /no/such/program: No such file or directory" in str(error)
     if CGROUPS is not None:
         assert not (CGROUPS.slice / spec.unit).exists()
+
+
+def _run_with_fd_limit(tmp: Path, fd_limit: int, use_cgroups: bool) -> tuple[ExitInfo, str]:
+    """Run ``sh`` printing its soft and hard open-files limits under a runner that
+    gives its tasks *fd_limit*; its end and its output."""
+    spec = _spec(tmp, ["sh", "-c", "ulimit -S -n; ulimit -H -n"], notify=False)
+
+    async def scenario() -> ExitInfo:
+        runner = LocalRunner(
+            RuntimeLayout(tmp), use_zygote=False, use_cgroups=use_cgroups, task_fd_limit=fd_limit
+        )
+        await runner.open(Recorder())
+        try:
+            task = await runner.start(spec)
+            return await asyncio.wait_for(task.wait(), 10)
+        finally:
+            await runner.close()
+
+    info = asyncio.run(scenario())
+    return info, spec.log_path.read_text()
+
+
+@pytest.mark.parametrize("use_cgroups", [True, False], ids=["cgroup", "no-cgroup"])
+def test_an_executed_task_gets_the_runners_fd_limit(tmp_path: Path, use_cgroups: bool) -> None:
+    """The daemon raised its own soft limit; the task gets the one it was started with."""
+    if use_cgroups and CGROUPS is None:
+        pytest.skip("no writable cgroup2 hierarchy")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 512:
+        pytest.skip(f"the hard open-files limit is {hard}")
+    info, output = _run_with_fd_limit(tmp_path, 512, use_cgroups)
+    assert info.result is Result.SUCCESS, output
+    shown_hard = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert output.split() == ["512", shown_hard]
+
+
+def test_an_fd_limit_that_cannot_be_set_ends_the_task_with_exit_limits(tmp_path: Path) -> None:
+    """systemd's exit status 205 (EXIT_LIMITS), before the program runs."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard open-files limit to exceed")
+    info, output = _run_with_fd_limit(tmp_path, hard + 1, use_cgroups=False)
+    assert (info.result, info.exit_code) == (Result.EXIT_CODE, 205)
+    assert f"zsvc: cannot set the open-files limit to {hard + 1}" in output
+
+
+def test_wrap_exec_leaves_argv_alone_with_nothing_to_do() -> None:
+    assert wrap_exec(["true"], None, None) == ["true"]
+    assert wrap_exec(["true"], "/cg", 1024)[-3:] == ["/cg", "1024", "true"]
 
 
 def test_executable_error_looks_programs_up_like_exec(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import grp
 import logging
@@ -67,6 +68,9 @@ class DaemonOptions:
     """A keys directory (``zsvc keys``): TCP bus endpoints then require CURVE clients."""
     context_commands: bool = False
     """Act on start/stop/restart published on the bus's ``context`` topic (off: logged)."""
+    task_fd_limit: int | None = None
+    """The soft open-files limit the local runner's tasks get (the one the daemon was
+    started with, see :func:`raise_fd_limit`); None: they inherit the daemon's."""
 
 
 class Daemon:
@@ -133,7 +137,9 @@ class Daemon:
             raise DaemonError(str(exc)) from exc
         self.bus.start()
         try:
-            self.runner = await choose_runner(self.options.runner, self.runtime)
+            self.runner = await choose_runner(
+                self.options.runner, self.runtime, task_fd_limit=self.options.task_fd_limit
+            )
         except RunnerUnavailable as exc:
             raise DaemonError(str(exc)) from exc
         self.manager = Manager(
@@ -525,7 +531,7 @@ FD_LIMIT_FALLBACK = 1 << 20
 """The soft open-files limit asked for when the hard one is unlimited (Linux's nr_open)."""
 
 
-def raise_fd_limit() -> None:
+def raise_fd_limit() -> int | None:
     """Lift the soft limit on open files to the hard one, as a daemon of many tasks must.
 
     Every running task holds daemon fds (its pidfd; a Python task also its
@@ -533,15 +539,35 @@ def raise_fd_limit() -> None:
     shell and a systemd service alike, about 330 Python tasks exhausted it,
     and libzmq aborts the whole daemon on EMFILE. The daemon waits with epoll
     and poll only (never select(), which cannot go past 1024), so a high
-    limit is safe here; the tasks inherit it.
+    limit is safe here.
+
+    Its tasks must not inherit it: a program that uses select() breaks on an
+    fd of 1024 or more, which is why systemd raises its own limit but gives
+    its services a soft limit of 1024. So the soft limit the daemon was
+    started with is returned when it was raised (None when nothing changed):
+    the local runner gives it back to every task (:mod:`zsvc.runners.local`),
+    and the daemon sets it again before a reload executes it anew
+    (:func:`run_daemon`), so the new daemon starts from the same limit.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = FD_LIMIT_FALLBACK if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+        return None
+    return soft
+
+
+def restore_fd_limit(soft: int) -> None:
+    """Set the soft open-files limit back to *soft* (what :func:`raise_fd_limit` returned)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot set the open-files limit back to %d: %s", soft, exc)
 
 
 def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = None) -> int:
@@ -549,10 +575,12 @@ def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = N
 
     After a reload (SIGHUP) everything is closed but the tasks, and *reexec*
     replaces this process with a new daemon (same PID, so systemd and the
-    tasks' parent stay the same), which re-adopts them.
+    tasks' parent stay the same), which re-adopts them. It does so under the
+    open-files limit this daemon was started with: the new one raises it
+    again, and knows what its tasks get back.
     """
-    raise_fd_limit()
-    daemon = Daemon(options)
+    started_with = raise_fd_limit()
+    daemon = Daemon(dataclasses.replace(options, task_fd_limit=started_with))
     try:
         asyncio.run(daemon.run())
     except DaemonError as exc:
@@ -560,5 +588,7 @@ def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = N
         return 1
     if daemon.reexec and reexec is not None:
         logging.shutdown()
+        if started_with is not None:
+            restore_fd_limit(started_with)
         reexec()
     return 0

@@ -26,20 +26,27 @@ def systemd_booted() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
-async def choose_runner(choice: str, layout: RuntimeLayout) -> Runner:
+async def choose_runner(
+    choice: str, layout: RuntimeLayout, task_fd_limit: int | None = None
+) -> Runner:
     """The runner for *choice*, connected when it is systemd; RunnerUnavailable when the
-    choice is ``systemd`` and systemd cannot be reached."""
+    choice is ``systemd`` and systemd cannot be reached.
+
+    *task_fd_limit* is the soft open-files limit the local runner gives its tasks
+    (:class:`~zsvc.runners.local.LocalRunner`). The systemd runner needs none: its
+    units are started by systemd, with systemd's limits, not the daemon's.
+    """
     if choice not in CHOICES:
         raise RunnerUnavailable(f"unknown runner {choice!r}: use one of {', '.join(CHOICES)}")
     if choice == "local" or (choice == "auto" and not systemd_booted()):
-        return _local(layout)
+        return _local(layout, task_fd_limit)
     try:
         from zsvc.runners.systemd import SystemdRunner
     except ImportError as exc:  # dbus-fast is missing
         if choice == "systemd":
             raise RunnerUnavailable(f"the systemd runner needs dbus-fast: {exc}") from exc
         log.warning("systemd runs here, but dbus-fast is missing (%s): local runner", exc)
-        return _local(layout)
+        return _local(layout, task_fd_limit)
     runner = SystemdRunner()
     try:
         await runner.connect()
@@ -47,11 +54,11 @@ async def choose_runner(choice: str, layout: RuntimeLayout) -> Runner:
         if choice == "systemd":
             raise
         log.warning("%s: local runner", exc)
-        return _local(layout)
+        return _local(layout, task_fd_limit)
     return runner
 
 
-def _local(layout: RuntimeLayout) -> Runner:
+def _local(layout: RuntimeLayout, task_fd_limit: int | None) -> Runner:
     from zsvc.runners.local import LocalRunner
 
-    return LocalRunner(layout)
+    return LocalRunner(layout, task_fd_limit=task_fd_limit)

@@ -17,6 +17,11 @@ re-parenting has happened when the daemon first looks, and after the task
 joined its cgroup and made its own process group, so that a stop that
 follows at once reaches it.
 
+The zygote runs with the soft open-files limit its tasks must get (the
+one the daemon was started with, given as its second argument; see
+:mod:`zsvc.runners.local`): it sets it on itself before anything else, and
+every task it forks inherits it, at no cost per task.
+
 Protocol on a SOCK_SEQPACKET socketpair, one JSON object per packet:
 request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "...", "cgroup": "..."}``,
 reply ``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the
@@ -40,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -148,8 +154,17 @@ def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket, star
         os._exit(code)
 
 
+def set_fd_limit(soft: int) -> None:
+    """Set this process's soft open-files limit to *soft* (the hard one is kept)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def main() -> int:
-    """``python -m zsvc.runners.zygote FD``: serve the socket inherited as FD."""
+    """``python -m zsvc.runners.zygote FD [FD_LIMIT]``: serve the socket inherited as FD,
+    under the soft open-files limit FD_LIMIT when given (what the tasks get)."""
+    if len(sys.argv) > 2:
+        set_fd_limit(int(sys.argv[2]))
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
