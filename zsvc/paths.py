@@ -8,6 +8,7 @@ directories for everybody else.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,11 @@ def keys_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class RuntimeLayout:
-    """The files inside a runtime directory."""
+    """The files inside a runtime directory.
+
+    The paths the daemon uses at every task start are computed once
+    (``cached_property``): a pathlib join costs more than one would think.
+    """
 
     root: Path
 
@@ -83,17 +88,17 @@ class RuntimeLayout:
     def control(self) -> Path:
         return self.root / "control"
 
-    @property
+    @functools.cached_property
     def bus_pub(self) -> Path:
         """Publishers connect here (the device's XSUB side)."""
         return self.root / "bus-pub"
 
-    @property
+    @functools.cached_property
     def bus_sub(self) -> Path:
         """Subscribers connect here (the device's XPUB side)."""
         return self.root / "bus-sub"
 
-    @property
+    @functools.cached_property
     def notify(self) -> Path:
         return self.root / "notify"
 
@@ -101,19 +106,24 @@ class RuntimeLayout:
     def lock(self) -> Path:
         return self.root / "daemon.lock"
 
+    @functools.cached_property
+    def spawned_dir(self) -> Path:
+        """The directory of the zygote's pid notes (:meth:`spawned`)."""
+        return self.root / "spawned"
+
     def spawned(self, invocation: str) -> Path:
         """Where the zygote notes the pid of a task it forked (see :mod:`zsvc.runners.zygote`)."""
-        return self.root / "spawned" / invocation
+        return self.spawned_dir / invocation
 
     @property
     def control_endpoint(self) -> str:
         return f"ipc://{self.control}"
 
-    @property
+    @functools.cached_property
     def bus_pub_endpoint(self) -> str:
         return f"ipc://{self.bus_pub}"
 
-    @property
+    @functools.cached_property
     def bus_sub_endpoint(self) -> str:
         return f"ipc://{self.bus_sub}"
 
@@ -128,9 +138,9 @@ class StateLayout:
     def database(self) -> Path:
         return self.root / "zsvc.sqlite3"
 
-    @property
+    @functools.cached_property
     def logs(self) -> Path:
         return self.root / "logs"
 
     def task_log(self, transaction: str, task_id: str) -> Path:
-        return self.logs / transaction / f"{task_id}.log"
+        return self.logs.joinpath(transaction, f"{task_id}.log")

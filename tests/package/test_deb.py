@@ -203,7 +203,19 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     )
     assert inside.run("systemctl", "is-active", "zsvc.service").stdout.strip() == "active"
 
-    # --- purge: nothing of the package is left ---------------------------------------------
+    # --- CURVE keys: made by 'zsvc keys', read by the hardened unit after a reload ----------
+    inside.ok("zsvc", "keys", "--client", "alice")
+    inside.ok("test", "-f", "/etc/zsvc/keys/clients/alice.key_secret")
+    inside.ok("sh", "-c", "printf '[bus]\\ncurve_keys = /etc/zsvc/keys\\n' >> /etc/zsvc/zsvc.conf")
+    inside.ok("systemctl", "reload", "zsvc")
+    wait_for(
+        lambda: "clients admitted: alice" in inside.journal("-u", "zsvc.service", "-n", "40"),
+        "the reloaded daemon's 'clients admitted: alice' line",
+    )
+    wait_for(lambda: inside.run("zsvc", "ping").returncode == 0, "the reloaded daemon answers")
+    assert inside.pids("DEMO") == before, "a reload with keys restarted running tasks"
+
+    # --- purge: nothing of the package is left (the keys neither) --------------------------
     inside.ok("gpasswd", "--delete", "alice", "zsvc")  # a group with members is kept
     inside.ok("apt-get", "purge", "-y", "zsvc", timeout=300)
     assert inside.run("getent", "group", "zsvc").returncode != 0, "group zsvc is left"

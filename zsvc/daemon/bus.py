@@ -19,6 +19,15 @@ loopback only; with them (``[bus] curve_keys``, :mod:`zsvc.curve`), every
 TCP endpoint is bound as written and admits only the clients whose public
 keys are in the keys directory, checked by a ZAP handler in the daemon's
 loop.
+
+The device reads its sockets when the event loop says their ``ZMQ_FD`` is
+readable, draining each with non-blocking receives until ``EAGAIN``, rather
+than awaiting one pyzmq Future per message: every message of every task
+passes through here, and a Future per message (with its reader registered
+and removed again) cost more than forwarding the message itself. ``ZMQ_FD``
+is edge-triggered: it signals a change, not a state, so the device always
+drains to ``EAGAIN``, and looks again after anything else touched a socket
+(a publish, a bind), which may have consumed the signal.
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from zsvc import protocol
 from zsvc.curve import ServerKeys
@@ -41,8 +50,12 @@ log = logging.getLogger(__name__)
 OBSERVED_TOPICS = (b"control", b"state", b"context")
 HIGH_WATER_MARK = 10_000
 """Per-peer queue bound: a subscriber that never reads costs at most this many messages."""
+DRAIN_BATCH = 1_000
+"""Messages moved per event-loop turn at most: a flood must not starve the control socket."""
 
 MessageHandler = Callable[[protocol.Message], None]
+_POLLIN = int(zmq.POLLIN)
+"""A plain int: ``int & zmq.POLLIN`` would build an enum member per look."""
 
 
 class BindError(Exception):
@@ -92,12 +105,21 @@ def plan_bind(endpoint: str, *, curve: bool, open_commands: bool = False) -> Bin
     )
 
 
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether *sock* has a message to read now (``ZMQ_EVENTS``, which also re-arms its FD).
+
+    Asked before each non-blocking receive rather than catching ``zmq.Again``:
+    pyzmq's exceptions cost more than the look.
+    """
+    return bool(sock.getsockopt(zmq.EVENTS) & _POLLIN)
+
+
 class BusDevice:
     """An XSUB/XPUB forwarder in the event loop, observing what the daemon needs."""
 
     def __init__(
         self,
-        context: zmq.asyncio.Context,
+        context: zmq.Context[Any],
         on_message: MessageHandler,
         keys: ServerKeys | None = None,
         open_commands: bool = False,
@@ -105,8 +127,9 @@ class BusDevice:
         self.on_message = on_message
         self.keys = keys
         self.open_commands = open_commands
-        self.xsub = context.socket(zmq.XSUB)
-        self.xpub = context.socket(zmq.XPUB)
+        # Plain sockets (also from an asyncio context): the device drains them itself.
+        self.xsub: zmq.Socket[bytes] = zmq.Socket(context, zmq.XSUB)
+        self.xpub: zmq.Socket[bytes] = zmq.Socket(context, zmq.XPUB)
         for sock in (self.xsub, self.xpub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
@@ -116,7 +139,9 @@ class BusDevice:
         self.subscriptions: collections.Counter[bytes] = collections.Counter()
         self.on_subscription: Callable[[bytes], None] | None = None
         """Called with the prefix after each (un)subscription (the monitor wakes on it)."""
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """Set by :meth:`start`: the loop that watches the sockets' FDs."""
+        self._drain_scheduled = False
 
     def bind(self, pub_endpoint: str, sub_endpoint: str) -> None:
         """Bind a publishers' endpoint and a subscribers' endpoint (idempotent)."""
@@ -137,6 +162,7 @@ class BusDevice:
                 raise BindError(f"cannot bind the bus endpoint {plan.endpoint}: {exc}") from exc
             bound.add(plan.endpoint)
             log.info("bus bound %s%s", plan.endpoint, " (CURVE)" if plan.curve else "")
+        self._drain_soon()  # binding processed the socket's commands: maybe its FD's signal
 
     def _plan(self, endpoint: str) -> BindPlan:
         return plan_bind(endpoint, curve=self.keys is not None, open_commands=self.open_commands)
@@ -174,40 +200,79 @@ class BusDevice:
                     log.warning("cannot unbind the bus endpoint %s: %s", endpoint, exc)
                 bound.discard(endpoint)
                 log.info("bus released %s", endpoint)
+        self._drain_soon()
 
     def start(self) -> None:
         # Publishers filter on their side by the subscriptions XSUB sends them:
         # subscribe to everything so that every message reaches the device.
         self.xsub.send(b"\x01")
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._forward(), name="bus-forward"),
-            loop.create_task(self._watch_subscriptions(), name="bus-subscriptions"),
-        ]
+        self._loop = asyncio.get_running_loop()
+        for sock in (self.xsub, self.xpub):
+            self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+        self._drain_soon()  # what arrived before the readers were added signals no more
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._loop is not None:
+            for sock in (self.xsub, self.xpub):
+                self._loop.remove_reader(sock.getsockopt(zmq.FD))
+            self._loop = None
         self.xsub.close()
         self.xpub.close()
 
     def publish(self, message: protocol.Message) -> None:
         """Publish the daemon's own message to every subscriber."""
         self._send(protocol.encode(message))
+        # Sending processed XPUB's commands: a subscription that came meanwhile may
+        # have used up the FD's signal, so look for one unless a drain is coming anyway.
+        if not self._drain_scheduled and _readable(self.xpub):
+            self._drain_soon()
 
     def _send(self, frames: list[bytes]) -> None:
         with contextlib.suppress(zmq.Again):
             self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
 
-    async def _forward(self) -> None:
-        while True:
-            frames = await self.xsub.recv_multipart()
+    def _drain_soon(self) -> None:
+        """Drain both sockets at the next loop turn (once, however often asked)."""
+        if self._loop is not None and not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Move what both sockets hold, up to DRAIN_BATCH messages, until both are empty.
+
+        Called when either FD is readable. Only a pass that moved nothing ends the
+        drain: then the last operation on each socket was a look at ``ZMQ_EVENTS``
+        that found nothing to read, after every send, so the FDs will signal the
+        next message. A pass cut short by the batch limit continues at the next
+        loop turn instead.
+        """
+        self._drain_scheduled = False
+        budget = DRAIN_BATCH
+        try:
+            while budget > 0:
+                moved = self._forward(budget)
+                moved += self._read_subscriptions(budget - moved)
+                if not moved:
+                    return
+                budget -= moved
+        except zmq.Again:  # EVENTS said readable, the receive disagreed: look again soon
+            self._drain_soon()
+            return
+        except zmq.ZMQError as exc:  # closing (ETERM); nothing to drain any more
+            log.warning("bus device: %s", exc)
+            return
+        self._drain_soon()
+
+    def _forward(self, limit: int) -> int:
+        """Forward up to *limit* queued messages from publishers to subscribers."""
+        moved = 0
+        while moved < limit and _readable(self.xsub):
+            frames = self.xsub.recv_multipart(zmq.NOBLOCK)
+            moved += 1
             self._send(frames)
             if frames[0].startswith(OBSERVED_TOPICS):
                 self._observe(frames)
+        return moved
 
     def _observe(self, frames: list[bytes]) -> None:
         try:
@@ -220,25 +285,32 @@ class BusDevice:
         except Exception:  # the daemon never dies from input; the bug is logged
             log.exception("error while handling a bus message on %r", message.topic)
 
-    async def _watch_subscriptions(self) -> None:
-        while True:
-            frame = await self.xpub.recv()
-            if not frame:
-                continue
-            topic = frame[1:]
-            if frame[0] == 1:
-                self.subscriptions[topic] += 1
-            elif frame[0] == 0 and topic in self.subscriptions:
-                # Forget a topic nobody wants any more: every task host's handshake
-                # subscribes to a topic of its own, so keeping zeros would grow
-                # without bound and slow down every subscribers() call.
-                self.subscriptions[topic] -= 1
-                if self.subscriptions[topic] <= 0:
-                    del self.subscriptions[topic]
-            else:
-                continue
-            if self.on_subscription is not None:
-                self.on_subscription(topic)
+    def _read_subscriptions(self, limit: int) -> int:
+        """Count up to *limit* queued (un)subscriptions; returns how many were read."""
+        read = 0
+        while read < limit and _readable(self.xpub):
+            frame = self.xpub.recv(zmq.NOBLOCK)
+            read += 1
+            self._subscription(frame)
+        return read
+
+    def _subscription(self, frame: bytes) -> None:
+        if not frame:
+            return
+        topic = frame[1:]
+        if frame[0] == 1:
+            self.subscriptions[topic] += 1
+        elif frame[0] == 0 and topic in self.subscriptions:
+            # Forget a topic nobody wants any more: every task host's handshake
+            # subscribes to a topic of its own, so keeping zeros would grow
+            # without bound and slow down every subscribers() call.
+            self.subscriptions[topic] -= 1
+            if self.subscriptions[topic] <= 0:
+                del self.subscriptions[topic]
+        else:
+            return
+        if self.on_subscription is not None:
+            self.on_subscription(topic)
 
     def subscribers(self, topic: bytes) -> int:
         """How many subscriptions would receive *topic* (prefix match, as ZMQ does)."""

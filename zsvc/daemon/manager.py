@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from zsvc import protocol
@@ -430,7 +429,7 @@ class Manager:
             env["ZSVC_TASK"] = self._host_spec(record, spec).to_json()
             # -P: the working directory (the task location) must not shadow the stdlib.
             argv = (sys.executable, "-P", "-m", "zsvc.task")
-            cwd = location if Path(location).is_dir() else context_dir
+            cwd = location if os.path.isdir(location) else context_dir
             notify = True
         return LaunchSpec(
             transaction=record.id,
@@ -1189,7 +1188,7 @@ def _preflight(spec: TaskSpec) -> None:
     if spec.is_command:
         return
     location = spec.location
-    module = (location / spec.instance / f"Service{spec.instance}.py") if location else None
+    module = location.joinpath(spec.instance, f"Service{spec.instance}.py") if location else None
     if module is None or not module.is_file():
         raise OperationFailed(
             f"task {spec.id}: task module {module} does not exist"

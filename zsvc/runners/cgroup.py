@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import functools
 import logging
 import os
 import signal
@@ -141,6 +140,8 @@ class CgroupTree:
     def __init__(self, root: Path, slice_path: Path):
         self.root = root
         self.slice = slice_path
+        self._slice_relative = "/" + str(slice_path.relative_to(root))
+        """The slice as /proc/<pid>/cgroup spells it, the prefix of every group's."""
 
     def __repr__(self) -> str:
         return f"CgroupTree({str(self.slice)!r})"
@@ -161,7 +162,7 @@ class CgroupTree:
                 )
                 path = self.slice / alternative
                 path.mkdir()
-        return Cgroup(path, self)
+        return Cgroup(path, self, relative=f"{self._slice_relative}/{path.name}")
 
     def sweep(self, min_age: float = STALE_AGE) -> list[Path]:
         """Remove empty groups made more than *min_age* seconds ago: left by runs whose
@@ -213,17 +214,19 @@ class CgroupTree:
 class Cgroup:
     """One task run's group."""
 
-    def __init__(self, path: Path, tree: CgroupTree | None = None):
+    def __init__(self, path: Path, tree: CgroupTree | None = None, relative: str | None = None):
         self.path = path
         self.tree = tree
+        if relative is None and tree is not None:
+            relative = tree.relative(path)
+        self.relative = relative
+        """The group as /proc/<pid>/cgroup spells it (looked up per event); *relative*, when
+        the maker of the group knows it, saves the path arithmetic at every task start."""
+        self._events = os.path.join(path, "cgroup.events")
+        """Read at every end of a run (:meth:`populated`): joined once."""
 
     def __repr__(self) -> str:
         return f"Cgroup({str(self.path)!r})"
-
-    @functools.cached_property
-    def relative(self) -> str | None:
-        """The group as /proc/<pid>/cgroup spells it (computed once: looked up per event)."""
-        return self.tree.relative(self.path) if self.tree is not None else None
 
     def procs(self) -> list[int]:
         """Every process in the group (empty when the group is gone)."""
@@ -236,7 +239,7 @@ class Cgroup:
     def populated(self) -> bool:
         """Whether any process is left (``populated`` in ``cgroup.events``); False once gone."""
         try:
-            with open(self.path / "cgroup.events") as handle:
+            with open(self._events) as handle:
                 for line in handle:
                     key, _, value = line.partition(" ")
                     if key == "populated":
