@@ -38,12 +38,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from zsvc import protocol
-from zsvc.curve import ServerKeys
+
+if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
+    from zsvc.curve import ServerKeys
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 import zmq.asyncio
 
-from zsvc import __version__, commands, curve, protocol
+from zsvc import __version__, commands, protocol
 from zsvc.config.loader import load_context_text
 from zsvc.config.model import Context
 from zsvc.daemon.bus import BindError, BusDevice
@@ -41,6 +41,9 @@ from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.base import Runner, RunnerUnavailable
 from zsvc.runners.choose import choose_runner
 from zsvc.runners.local import LocalRunner
+
+if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
+    from zsvc.curve import ServerKeys
 
 log = logging.getLogger("zsvc.daemon")
 
@@ -202,10 +205,12 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
 
-    def _start_authenticator(self) -> curve.ServerKeys | None:
+    def _start_authenticator(self) -> ServerKeys | None:
         """Load the CURVE keys, if any, and admit their clients (ZAP, in this loop)."""
         if self.options.curve_keys is None:
             return None
+        from zsvc import curve
+
         if not curve.curve_available():
             raise DaemonError("curve_keys is set, but this libzmq has no CURVE support")
         try:
