@@ -1,8 +1,9 @@
 """The ``zsvc`` command line; :func:`main` is the console script.
 
-``zsvc status`` is what people and scripts run most, so it has a fast path
-that answers without importing typer (whose import alone costs more than a
-status round trip); every other command line goes through typer.
+``zsvc status``, ``start``, ``stop`` and ``restart`` are what people and
+scripts run most, so their plain command lines take a fast path that runs
+without importing typer (whose import alone costs more than a status round
+trip or the start of a small transaction); every other line goes through typer.
 """
 
 from __future__ import annotations

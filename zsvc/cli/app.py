@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import typer
 
 from zsvc import __version__
+from zsvc.cli import actions
 from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode, ZsvcError
 
 app = typer.Typer(
@@ -82,38 +83,15 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def _read_context(path: Path) -> tuple[str, str]:
-    """The context file's absolute path and text, validated here first for a fast, local error.
-
-    The daemon validates again (it trusts no client); the text travels as
-    UTF-8, the encoding zsvc stores contexts in.
-    """
-    from zsvc.config.loader import load_context
-
-    try:
-        load_context(path.absolute())
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        typer.echo(f"{path}:0:0: not UTF-8 ({exc}); convert it, e.g. with iconv", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
-    return str(path.absolute()), text
-
-
 # --- transactions ----------------------------------------------------------------------
 
 
 @app.command()
 def start(
     transaction: str = typer.Argument(None, help="Transaction id (generated for a new one)."),
-    context: Path = typer.Option(
-        None, "--context", "-c", "--context_file", "--context-file", help="Context file."
-    ),
+    context: Path = typer.Option(None, *actions.CONTEXT_OPTION, help="Context file."),
     service: list[str] = typer.Option(
-        [], "--service", "-s", "--service_id", "--service-id", help="Start only these task ids."
+        [], *actions.SERVICE_OPTION, help="Start only these task ids."
     ),
     no_block: bool = typer.Option(False, "--no-block", help="Do not wait for readiness."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for readiness."),
@@ -128,65 +106,48 @@ def start(
     one is ready. If one fails, what was started is stopped again (in
     reverse order) and the command exits 1 naming the task and why.
     """
-    args: dict[str, Any] = {"transaction": transaction, "services": list(service)}
-    if context is not None:
-        args["context_path"], args["context_text"] = _read_context(context)
-    elif transaction is None:
-        typer.echo("zsvc: give a TRANSACTION to start again, or --context FILE", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT)
-    elif transaction.endswith(".xml") and Path(transaction).is_file():
-        typer.echo(f"zsvc: {transaction} is a file; start its context with --context", err=True)
-        raise typer.Exit(ExitCode.BAD_INPUT)
-    args["block"] = not no_block
-    args["timeout"] = timeout
-    args["keep_going"] = keep_going
-    result = _call("start", wait=_wait_budget(timeout), **args)
-    _show_transaction(result, as_json)
-
-
-def _wait_budget(timeout: float | None) -> float:
-    """How long the client waits for the daemon: the readiness timeout plus a margin."""
-    return (timeout if timeout is not None else 300.0) + 10.0
+    raise typer.Exit(
+        actions.start(
+            _state["runtime_dir"],
+            transaction,
+            context,
+            list(service),
+            no_block,
+            timeout,
+            keep_going,
+            as_json,
+        )
+    )
 
 
 @app.command()
 def stop(
     transaction: str = typer.Argument(..., help="Transaction id."),
     service: list[str] = typer.Option(
-        [], "--service", "-s", "--service_id", "--service-id", help="Stop only these task ids."
+        [], *actions.SERVICE_OPTION, help="Stop only these task ids."
     ),
     timeout: float = typer.Option(None, "--timeout", help="Stop timeout per task (seconds)."),
     as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
 ) -> None:
     """Stop a transaction, or some of its tasks."""
-    result = _call(
-        "stop",
-        wait=_wait_budget(timeout),
-        transaction=transaction,
-        services=list(service),
-        timeout=timeout,
+    raise typer.Exit(
+        actions.stop(_state["runtime_dir"], transaction, list(service), timeout, as_json)
     )
-    _show_transaction(result, as_json)
 
 
 @app.command()
 def restart(
     transaction: str = typer.Argument(..., help="Transaction id."),
     service: list[str] = typer.Option(
-        [], "--service", "-s", "--service_id", "--service-id", help="Restart only these task ids."
+        [], *actions.SERVICE_OPTION, help="Restart only these task ids."
     ),
     timeout: float = typer.Option(None, "--timeout", help="Seconds to wait per phase."),
     as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
 ) -> None:
     """Stop, then start, a transaction or some of its tasks."""
-    result = _call(
-        "restart",
-        wait=2 * _wait_budget(timeout),
-        transaction=transaction,
-        services=list(service),
-        timeout=timeout,
+    raise typer.Exit(
+        actions.restart(_state["runtime_dir"], transaction, list(service), timeout, as_json)
     )
-    _show_transaction(result, as_json)
 
 
 @app.command()
@@ -227,15 +188,6 @@ def forget(transaction: str = typer.Argument(..., help="Transaction id.")) -> No
     """Remove a stopped transaction from the table."""
     _call("forget", transaction=transaction)
     typer.echo(f"forgot {transaction}")
-
-
-def _show_transaction(record: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        _print_json(record)
-        return
-    from zsvc.cli.render import print_transactions
-
-    print_transactions([record])
 
 
 @app.command()
@@ -298,7 +250,10 @@ def send(
         args: dict[str, Any] = {"transaction": transaction, "services": list(task_id)}
         if action == "start":
             if context_file is not None:
-                args["context_path"], args["context_text"] = _read_context(context_file)
+                try:
+                    args["context_path"], args["context_text"] = actions.read_context(context_file)
+                except actions.CommandFailed as failed:
+                    raise typer.Exit(failed.code) from None
             args["block"] = True
             args["timeout"] = None
         elif transaction is None:
@@ -306,7 +261,7 @@ def send(
             raise typer.Exit(ExitCode.BAD_INPUT)
         else:
             args["timeout"] = None
-        _show_transaction(_call(action, wait=310.0, **args), as_json=False)
+        actions.show_transaction(_call(action, wait=310.0, **args), as_json=False)
         return
     try:
         reply = sender.send_on_bus(
