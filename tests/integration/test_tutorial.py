@@ -204,6 +204,7 @@ def check_after(
         assert "ts_100" in output and "running" in output
     elif block.startswith("zsvc stop 6FDA"):
         assert bus is not None
+        assert f"{ECHO_TX} stopped: 1 inactive/dead" in output
         wait_message(bus, matching(ECHO_TX, "stopped", "ts_100"))
     elif "--xml_file=Conf/Services-StateMachine.xml" in block:
         assert output.split().count("created") == 13

@@ -45,3 +45,30 @@ def test_no_daemon_exits_3_with_a_hint(tmp_path: Path) -> None:
         result = zsvc_cli(*args, env=env)
         assert result.returncode == 3, args
         assert "zsvc daemon --detach" in result.stderr
+
+
+def test_stop_prints_a_summary_and_the_tasks_that_did_not_end_cleanly() -> None:
+    from zsvc.cli.render import stop_summary
+
+    def task(id_: str, state: str, sub: str, result: str, exit_: str) -> dict[str, str]:
+        return {"id": id_, "state": state, "sub_state": sub, "result": result} | {
+            "status_text": "",
+            "last_exit": exit_,
+        }
+
+    record = {
+        "transaction": "TX",
+        "state": "failed",
+        "tasks": [
+            task("a", "inactive", "dead", "success", "exit 0"),
+            task("b", "failed", "failed", "timeout", "killed by SIGKILL"),
+            task("c", "inactive", "dead", "success", ""),
+        ],
+    }
+    assert stop_summary(record) == [
+        "TX failed: 1 failed/failed, 2 inactive/dead",
+        "  b: failed/failed (timeout): killed by SIGKILL",
+    ]
+    assert stop_summary({"transaction": "E", "state": "stopped", "tasks": []}) == [
+        "E stopped: no tasks"
+    ]

@@ -120,9 +120,15 @@ def stop(
     """``zsvc stop``: a transaction, or some of its tasks."""
     args = {"transaction": transaction, "services": list(services), "timeout": timeout}
     try:
-        show_transaction(call(runtime, "stop", wait_budget(timeout), **args), as_json)
+        record = call(runtime, "stop", wait_budget(timeout), **args)
     except CommandFailed as failed:
         return failed.code
+    if as_json:
+        show_transaction(record, as_json)
+    else:
+        from zsvc.cli.render import stop_summary
+
+        print("\n".join(stop_summary(record)))
     return ExitCode.OK
 
 

@@ -75,3 +75,25 @@ def print_transactions(records: Iterable[dict[str, Any]]) -> None:
         return
     for record in records:
         console.print(transaction_table(record))
+
+
+def stop_summary(record: dict[str, Any]) -> list[str]:
+    """What ``zsvc stop`` prints: the transaction's state and its tasks counted by state,
+    then one line per task that did not end cleanly.
+
+    As ``systemctl stop`` is silent and ``circusctl stop`` says "ok", the
+    table of every task is not repeated here (``zsvc status TX`` shows it):
+    rendering it for 200 tasks took longer than stopping them.
+    """
+    counts: dict[str, int] = {}
+    for task in record["tasks"]:
+        key = f"{task['state']}/{task['sub_state']}"
+        counts[key] = counts.get(key, 0) + 1
+    shown = ", ".join(f"{count} {key}" for key, count in sorted(counts.items()))
+    lines = [f"{record['transaction']} {record['state']}: {shown or 'no tasks'}"]
+    for task in record["tasks"]:
+        if task["result"] != Result.SUCCESS:
+            detail = task["status_text"] or task.get("last_exit", "") or ""
+            state = f"{task['state']}/{task['sub_state']} ({task['result']})"
+            lines.append(f"  {task['id']}: {state}" + (f": {detail}" if detail else ""))
+    return lines
