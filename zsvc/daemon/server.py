@@ -30,7 +30,7 @@ from zsvc import __version__, commands, protocol
 from zsvc.config.loader import load_context_text
 from zsvc.config.model import Context
 from zsvc.daemon.bus import BindError, BusDevice
-from zsvc.daemon.logs import cap_logs
+from zsvc.daemon.logs import CapSchedule, cap_logs
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.model import THREAD_HOST_ID
 from zsvc.daemon.monitor import MonitorService
@@ -48,10 +48,6 @@ if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
 log = logging.getLogger("zsvc.daemon")
 
 LOG_CAP_BYTES = 8 << 20
-LOG_CHECK_INTERVAL = 2.0
-LOG_BUSY_INTERVAL = 0.05
-"""How soon logs are checked again after a rotation: a task that filled its log in one
-interval is flooding, and only frequent checks bound its log (a stat() per log each)."""
 
 
 class DaemonError(Exception):
@@ -309,9 +305,10 @@ class Daemon:
             await self.control.send_multipart([identity, reply])
 
     async def _cap_logs(self) -> None:
-        rotated = False
+        schedule = CapSchedule()
+        interval = schedule.next_interval({}, [], time.monotonic(), self.options.log_cap_bytes)
         while True:
-            await asyncio.sleep(LOG_BUSY_INTERVAL if rotated else LOG_CHECK_INTERVAL)
+            await asyncio.sleep(interval)
             assert self.manager is not None
             paths = [
                 self.state.task_log(record.id, task.id)
@@ -325,7 +322,10 @@ class Daemon:
                 if record.thread_host is not None
             ]
             # In a thread: a rotation copies up to the cap; the loop keeps answering.
-            rotated = bool(await asyncio.to_thread(cap_logs, paths, self.options.log_cap_bytes))
+            checked = await asyncio.to_thread(cap_logs, paths, self.options.log_cap_bytes)
+            interval = schedule.next_interval(
+                checked.sizes, checked.rotated, time.monotonic(), self.options.log_cap_bytes
+            )
 
     async def _ping_watchdog(self, interval: float) -> None:
         while True:
