@@ -86,3 +86,31 @@ def test_a_reload_keeps_giving_tasks_the_original_open_files_limit(daemons, make
         assert fd_limit(pid) == (LOW_FD_LIMIT, hard)
     assert daemon.cli("stop", "BEFORE").code == 0
     assert daemon.cli("stop", "AFTER").code == 0
+
+
+def test_a_reload_that_would_read_invalid_settings_is_refused(daemons, workdir) -> None:
+    """The new daemon would exit on the file: the running one refuses to go and says why."""
+    settings = workdir / "zsvc.conf"
+    settings.write_text("[daemon]\nlog_level = info\n")
+    daemon = daemons(args=["--config", str(settings)])
+    ping = daemon.call("ping")
+    settings.write_text("[daemon]\nlog_level = loud\n")
+    os.kill(daemon.pid(), signal.SIGHUP)
+    wait_until(
+        lambda: "reload refused, the daemon goes on as it was: invalid settings" in daemon.log(),
+        what="the refusal in the daemon's log",
+        log=daemon.log,
+    )
+    assert f"{settings}:2:1: log_level: 'loud' is not one of" in daemon.log()
+    assert daemon.call("ping")["since"] == ping["since"], "the daemon did not execute anew"
+    # Mended, the file is read by the next reload.
+    settings.write_text("[daemon]\nlog_level = warning\n")
+    os.kill(daemon.pid(), signal.SIGHUP)
+
+    def reloaded() -> bool:
+        try:
+            return daemon.call("ping")["since"] != ping["since"]
+        except (DaemonUnreachable, ZsvcError):
+            return False
+
+    wait_until(reloaded, what="the daemon executed anew", log=daemon.log)

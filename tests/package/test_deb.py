@@ -206,7 +206,9 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     # --- CURVE keys: made by 'zsvc keys', read by the hardened unit after a reload ----------
     inside.ok("zsvc", "keys", "--client", "alice")
     inside.ok("test", "-f", "/etc/zsvc/keys/clients/alice.key_secret")
-    inside.ok("sh", "-c", "printf '[bus]\\ncurve_keys = /etc/zsvc/keys\\n' >> /etc/zsvc/zsvc.conf")
+    conf = "/etc/zsvc/zsvc.conf"
+    inside.ok("sed", "-i", "s|^#curve_keys =.*|curve_keys = /etc/zsvc/keys|", conf)
+    assert "\ncurve_keys = /etc/zsvc/keys\n" in inside.ok("cat", conf)
     inside.ok("systemctl", "reload", "zsvc")
     wait_for(
         lambda: "clients admitted: alice" in inside.journal("-u", "zsvc.service", "-n", "40"),
@@ -214,6 +216,17 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     )
     wait_for(lambda: inside.run("zsvc", "ping").returncode == 0, "the reloaded daemon answers")
     assert inside.pids("DEMO") == before, "a reload with keys restarted running tasks"
+
+    # --- a reload that would read an invalid file is refused; the daemon goes on -----------
+    inside.ok("sed", "-i", "s|^#log_level =.*|log_level = loud|", conf)
+    inside.ok("systemctl", "reload", "zsvc")
+    wait_for(
+        lambda: "reload refused" in inside.journal("-u", "zsvc.service", "-n", "40"),
+        "the daemon's 'reload refused' line",
+    )
+    assert inside.run("systemctl", "is-active", "zsvc.service").stdout.strip() == "active"
+    inside.ok("zsvc", "ping")
+    inside.ok("sed", "-i", "s|^log_level = loud|#log_level = INFO|", conf)
 
     # --- purge: nothing of the package is left (the keys neither) --------------------------
     inside.ok("gpasswd", "--delete", "alice", "zsvc")  # a group with members is kept

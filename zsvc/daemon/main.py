@@ -90,7 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         from disk, so a package upgrade takes effect without stopping any task)."""
         os.execv(sys.executable, [sys.executable, "-m", "zsvc.daemon", *argv])
 
-    return run_daemon(options, reexec)
+    def check_reload() -> str | None:
+        """Why the new daemon would refuse to start: the settings it would read."""
+        try:
+            new = load_settings(args.config, is_root=os.geteuid() == 0)
+        except ConfigError as exc:
+            return f"invalid settings:\n{exc}"
+        if new.curve_keys is not None:
+            from zsvc import curve
+
+            try:
+                curve.load_server(new.curve_keys)
+            except curve.KeysError as exc:
+                return f"the bus's CURVE keys: {exc}"
+        return None
+
+    return run_daemon(options, reexec, check_reload)
 
 
 def detach(runtime: Path, state: Path, argv: list[str]) -> int:

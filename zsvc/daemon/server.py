@@ -75,8 +75,12 @@ class DaemonOptions:
 class Daemon:
     """The zsvc daemon. ``await Daemon(options).run()`` serves until SIGTERM/SIGINT or shutdown."""
 
-    def __init__(self, options: DaemonOptions):
+    def __init__(
+        self, options: DaemonOptions, check_reload: Callable[[], str | None] | None = None
+    ):
         self.options = options
+        self.check_reload = check_reload
+        """Why a reload would fail (the settings it would read), or None: see _reload."""
         self.runtime = RuntimeLayout(options.runtime_dir)
         self.state = StateLayout(options.state_dir)
         self.zmq = zmq.asyncio.Context()
@@ -227,9 +231,21 @@ class Daemon:
         return keys
 
     def _reload(self) -> None:
-        if not self.stopped.is_set():
-            self.reexec = True
-            self.stopped.set()
+        """SIGHUP: execute anew, unless the new daemon would refuse to start.
+
+        A reload re-reads the settings: an invalid file (or keys that do not
+        load) would stop the new daemon, and with it every command, so it is
+        checked first and a reload that would fail is refused and logged.
+        """
+        if self.stopped.is_set():
+            return
+        problem = self.check_reload() if self.check_reload is not None else None
+        if problem:
+            log.error("reload refused, the daemon goes on as it was: %s", problem)
+            notify(f"STATUS=reload refused: {problem.splitlines()[0]}")
+            return
+        self.reexec = True
+        self.stopped.set()
 
     def _take_lock(self) -> None:
         root = self.runtime.root
@@ -575,17 +591,22 @@ def restore_fd_limit(soft: int) -> None:
         log.warning("cannot set the open-files limit back to %d: %s", soft, exc)
 
 
-def run_daemon(options: DaemonOptions, reexec: Callable[[], NoReturn] | None = None) -> int:
+def run_daemon(
+    options: DaemonOptions,
+    reexec: Callable[[], NoReturn] | None = None,
+    check_reload: Callable[[], str | None] | None = None,
+) -> int:
     """Run the daemon in this process until it is told to stop; returns the exit status.
 
     After a reload (SIGHUP) everything is closed but the tasks, and *reexec*
     replaces this process with a new daemon (same PID, so systemd and the
     tasks' parent stay the same), which re-adopts them. It does so under the
     open-files limit this daemon was started with: the new one raises it
-    again, and knows what its tasks get back.
+    again, and knows what its tasks get back. *check_reload* says why a reload
+    would fail (None: it would not); such a reload is refused.
     """
     started_with = raise_fd_limit()
-    daemon = Daemon(dataclasses.replace(options, task_fd_limit=started_with))
+    daemon = Daemon(dataclasses.replace(options, task_fd_limit=started_with), check_reload)
     try:
         asyncio.run(daemon.run())
     except DaemonError as exc:
