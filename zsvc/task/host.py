@@ -116,42 +116,13 @@ def load_task_class(instance: str, location: str) -> type[Task]:
     return cls
 
 
-class BusJoinError(Exception):
-    """The subscription handshake did not complete within the task's start_timeout."""
-
-
-def join_bus(spec: HostSpec) -> BusClient:
-    """Connect to the runtime directory's bus pair, subscribed to the task's topic, and
-    return once the handshake proved that nothing published from now on is lost."""
-    bus = BusClient(spec.bus_pub, spec.bus_sub, topics=[spec.topic])
-    try:
-        bus.handshake(spec.handshake_timeout)
-    except TimeoutError as exc:
-        bus.close()
-        raise BusJoinError(f"cannot join the bus at {spec.bus_sub}") from exc
-    return bus
-
-
 class Runtime:
-    """The host side of a running task: what :class:`Task` methods call into.
+    """The host side of a running task: what :class:`Task` methods call into."""
 
-    The bus is joined when it is first needed: when ``setup()`` publishes, or
-    right after it returned, before READY=1. A task that fails in ``setup()``
-    without publishing never joins, so a crash loop costs the daemon no bus
-    connections, subscriptions or handshake probes (a third of its work per
-    start). A task receives messages from the moment it joined.
-    """
-
-    def __init__(self, spec: HostSpec, bus: BusClient | None = None):
+    def __init__(self, spec: HostSpec, bus: BusClient):
         self.spec = spec
         self.bus = bus
         self.stop_requested = False
-
-    def joined(self) -> BusClient:
-        """The bus, joined now if it was not yet (BusJoinError at the deadline)."""
-        if self.bus is None:
-            self.bus = join_bus(self.spec)
-        return self.bus
 
     @property
     def transaction(self) -> str:
@@ -170,7 +141,7 @@ class Runtime:
 
     def publish_control(self, action: str, result: str, status: dict[str, Any]) -> None:
         """A control report about this task, with its header and device_action."""
-        self.joined().publish(
+        self.bus.publish(
             protocol.control_message(
                 action,
                 transaction=self.transaction,
@@ -184,7 +155,7 @@ class Runtime:
         )
 
     def send(self, topic: str, action: str, content: dict[str, Any]) -> None:
-        self.joined().publish(
+        self.bus.publish(
             protocol.make_message(
                 topic,
                 action,
@@ -242,8 +213,7 @@ class _StopSignal:
 def run_loop(task: Task, runtime: Runtime, stop: _StopSignal) -> None:
     """Drive a looped task: steps on time, messages as they come, watchdog pings."""
     poller = zmq.Poller()
-    bus = runtime.joined()
-    poller.register(bus.sub, zmq.POLLIN)
+    poller.register(runtime.bus.sub, zmq.POLLIN)
     poller.register(stop.read_fd, zmq.POLLIN)
     ping_every = watchdog_interval()
     now = time.monotonic()
@@ -263,13 +233,13 @@ def run_loop(task: Task, runtime: Runtime, stop: _StopSignal) -> None:
         events = dict(poller.poll(timeout_ms))
         if stop.read_fd in events:
             stop.drain()
-        if bus.sub in events:
-            _deliver(task, runtime, bus)
+        if runtime.bus.sub in events:
+            _deliver(task, runtime)
 
 
-def _deliver(task: Task, runtime: Runtime, bus: BusClient) -> None:
+def _deliver(task: Task, runtime: Runtime) -> None:
     while True:
-        message = bus.receive(0.0)
+        message = runtime.bus.receive(0.0)
         if message is None:
             return
         if runtime.addressed_to_me(message):
@@ -283,7 +253,13 @@ def host(spec: HostSpec) -> int:
         cls = load_task_class(spec.instance, spec.location)
     except Exception as exc:  # noqa: BLE001 - user code: any import error is the task's failure
         return _fail("cannot load the task class", exc, EXIT_SETUP_ERROR)
-    runtime = Runtime(spec)
+    bus = BusClient(spec.bus_pub, spec.bus_sub, topics=[spec.topic])
+    try:
+        bus.handshake(spec.handshake_timeout)
+    except TimeoutError as exc:
+        bus.close()
+        return _fail(f"cannot join the bus at {spec.bus_sub}", exc, EXIT_SETUP_ERROR)
+    runtime = Runtime(spec, bus)
     stop.runtime = runtime
     runtime.stop_requested = stop.requested
     task: Task | None = None
@@ -293,7 +269,6 @@ def host(spec: HostSpec) -> int:
         task._runtime = runtime
         task.setup(**spec.configuration)
         if not stop.requested:  # asked to stop during set-up: a clean end, never ready
-            runtime.joined()  # before READY=1: a ready task misses no message
             notify("READY=1", f"MAINPID={os.getpid()}")
             log.info("%s/%s ready (pid %d)", spec.transaction, spec.task_id, os.getpid())
             if task.single:
@@ -303,8 +278,6 @@ def host(spec: HostSpec) -> int:
         notify("STOPPING=1")
         ending = "stopping" if stop.requested else "done"
         log.info("%s/%s %s", spec.transaction, spec.task_id, ending)
-    except BusJoinError as exc:  # STATUS=cannot join the bus at …: TimeoutError: …
-        code = _fail(str(exc), exc.__cause__ or exc, EXIT_SETUP_ERROR)
     except Exception as exc:  # noqa: BLE001 - user code: report any failure, never hide it
         code = _fail(f"{cls.__name__} failed", exc, EXIT_USER_ERROR)
     finally:
@@ -314,8 +287,7 @@ def host(spec: HostSpec) -> int:
             except Exception as exc:  # noqa: BLE001 - user code
                 failure = _fail("teardown failed", exc, EXIT_USER_ERROR)  # always reported
                 code = code or failure
-        if runtime.bus is not None:
-            runtime.bus.close()
+        bus.close()
     return code
 
 
