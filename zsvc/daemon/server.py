@@ -27,7 +27,6 @@ import zmq
 import zmq.asyncio
 
 from zsvc import __version__, commands, protocol
-from zsvc.config.loader import load_context_text
 from zsvc.config.model import Context
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.logs import CapSchedule, cap_logs
@@ -417,6 +416,8 @@ class Daemon:
 
     @staticmethod
     def _load_stored(text: str, path: str) -> Context:
+        from zsvc.config.loader import load_context_text
+
         return load_context_text(text, path)
 
     # --- commands (one per entry of zsvc.commands.COMMANDS) -----------------------------
@@ -447,6 +448,8 @@ class Daemon:
             raise OperationFailed("the daemon is shutting down: nothing more is started")
         context = None
         if context_text is not None:
+            from zsvc.config.loader import load_context_text  # lxml: on first use only
+
             context = load_context_text(context_text, context_path or "<context>")
             try:
                 self.bus.bind(context.endpoints.pub_bind, context.endpoints.sub_bind)
