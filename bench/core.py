@@ -925,6 +925,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def add_run_options(parser: argparse.ArgumentParser, pyc_cache: bool = True) -> None:
+    """The options every benchmark with :func:`run_and_report` takes (``--json``,
+    ``--keep``) and, with *pyc_cache*, ``--no-pyc-cache`` for those that run zsvc with
+    a private bytecode cache."""
+    parser.add_argument("--json", type=Path, help="result file (default bench/results/…)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    if pyc_cache:
+        parser.add_argument(
+            "--no-pyc-cache",
+            action="store_true",
+            help="run zsvc with the inherited environment (no private bytecode cache)",
+        )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="zsvc core speed targets, in one run")
     parser.add_argument("--tasks", type=int, default=50, help="tasks in the big transaction")
@@ -934,13 +948,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--status-cli", type=int, default=20, help="zsvc status CLI samples")
     parser.add_argument("--status-calls", type=int, default=1000, help="in-process status calls")
     parser.add_argument("--host-samples", type=int, default=10, help="task host CPU samples")
-    parser.add_argument("--json", type=Path, help="result file (default bench/results/…)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument(
-        "--no-pyc-cache",
-        action="store_true",
-        help="run zsvc with the inherited environment (no private bytecode cache)",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.rounds < 1 or args.kills < 1:
         parser.error("--tasks, --rounds and --kills must be at least 1")

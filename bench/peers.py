@@ -54,6 +54,7 @@ from core import (
     SLEEP_TASK,
     BenchError,
     Metric,
+    add_run_options,
     fmt,
     is_gone,
     median,
@@ -341,9 +342,20 @@ class Manager:
     def retire(self, n: int) -> None:
         """Drop a stopped group, so that later status replies hold only the idle group."""
 
+    helper_marker = ""
+    """Part of the command line of the manager's own child process, if it has one."""
+
     def manager_procs(self) -> list[psutil.Process]:
-        """The manager's own processes (the main one first), never its tasks."""
-        return [self.main] if self.main else []
+        """The manager's own processes (the main one first, then its helper), never its tasks."""
+        if self.main is None:
+            return []
+        procs = [self.main]
+        if self.helper_marker:
+            with contextlib.suppress(psutil.Error):
+                for child in self.main.children():
+                    if self.helper_marker in " ".join(child.cmdline()):
+                        procs.append(child)
+        return procs
 
     def remember(self, pids: list[int]) -> None:
         for pid in pids:
@@ -394,6 +406,7 @@ class Manager:
 
 class Zsvc(Manager):
     name = "zsvc"
+    helper_marker = "zsvc.runners.zygote"  # the zygote: the forking host of Python tasks
     variants = ("cmd", "py")
 
     def __init__(self, bench: Bench):
@@ -441,17 +454,6 @@ class Zsvc(Manager):
         )
         self.main = psutil.Process(int(json.loads(done.stdout)["pid"]))
         self.client = ControlClient(self.runtime, timeout=10.0)
-
-    def manager_procs(self) -> list[psutil.Process]:
-        """The daemon and its zygote (the forking host of Python tasks)."""
-        if self.main is None:
-            return []
-        procs = [self.main]
-        with contextlib.suppress(psutil.Error):
-            for child in self.main.children():
-                if "zsvc.runners.zygote" in " ".join(child.cmdline()):
-                    procs.append(child)
-        return procs
 
     def call(self, command: str, wait: float = 10.0, **args: Any) -> Any:
         assert self.client is not None
@@ -556,6 +558,7 @@ class Zsvc(Manager):
 
 class Circus(Manager):
     name = "circus"
+    helper_marker = "stats.main"  # circusd-stats, while it runs (a watcher of circusd's)
     variants = ("",)
 
     def __init__(self, bench: Bench):
@@ -688,17 +691,6 @@ class Circus(Manager):
             self.subscriber.join(5)
             self.subscriber = None
         self.call("stop", name="circusd-stats", waiting=True)
-
-    def manager_procs(self) -> list[psutil.Process]:
-        """circusd and, while it runs, circusd-stats (a watcher of circusd's)."""
-        if self.main is None:
-            return []
-        procs = [self.main]
-        with contextlib.suppress(psutil.Error):
-            for child in self.main.children():
-                if "stats.main" in " ".join(child.cmdline()):
-                    procs.append(child)
-        return procs
 
     def retire(self, n: int) -> None:
         self.call("rm", name=f"w{n}", waiting=True)
@@ -1096,8 +1088,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=shutil.which("python3") or sys.executable,
         help="interpreter that creates the peers' virtualenv",
     )
-    parser.add_argument("--json", type=Path, help="result file (default bench/results/…)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_run_options(parser, pyc_cache=False)
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.rounds < 1 or args.kills < 1 or args.window <= 0:
         parser.error("sizes, --rounds and --kills must be at least 1, --window positive")

@@ -62,6 +62,7 @@ from core import (
     IPC_PATH_LIMIT,
     BenchError,
     Metric,
+    add_run_options,
     daemon_from_lock,
     is_gone,
     kill_leftovers,
@@ -599,13 +600,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-exec-daemon", action="store_true", help="skip the ZSVC_ZYGOTE=0 daemon"
     )
     parser.add_argument("--no-crash", action="store_true", help="skip the crash-loop measurement")
-    parser.add_argument("--json", type=Path, help="result file (default bench/results/…)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument(
-        "--no-pyc-cache",
-        action="store_true",
-        help="run zsvc with the inherited environment (no private bytecode cache)",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     if args.kills < 1 or args.crash_tasks < 1 or args.idle <= 0:
         parser.error("--kills and --crash-tasks must be at least 1, --idle positive")
