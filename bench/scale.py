@@ -58,6 +58,7 @@ from core import (
     IPC_PATH_LIMIT,
     BenchError,
     Metric,
+    add_run_options,
     daemon_from_lock,
     is_gone,
     kill_leftovers,
@@ -71,9 +72,8 @@ from core import context_xml as bench_context_xml
 
 from zsvc import __version__ as zsvc_version
 from zsvc.client import BusClient, ControlClient
-from zsvc.naming import systemd_escape
 from zsvc.paths import RuntimeLayout
-from zsvc.runners.cgroup import CANDIDATES, SLICE
+from zsvc.runners.cgroup import CANDIDATES, SLICE, task_groups
 
 MIB = 1024 * 1024
 IDLE_INSTANCE = "ScaleIdle"
@@ -101,27 +101,6 @@ def context_xml(context_id: str, ids: list[str], command: str | None) -> str:
 def still_running(procs: list[psutil.Process]) -> list[int]:
     """Pids of *procs* alive (psutil compares the start time: a reused pid is not ours)."""
     return [proc.pid for proc in procs if not is_gone(proc)]
-
-
-def task_groups(transactions: list[str], prefix: bool = False) -> dict[str, list[int]]:
-    """The local runner's cgroups of *transactions* that exist, with their processes.
-
-    With *prefix*, of every transaction whose id starts with one of them. Empty
-    when the runner has no writable cgroup2 hierarchy (not root).
-    """
-    end = "" if prefix else "-"
-    prefixes = tuple(f"zsvc-{systemd_escape(tx)}{end}" for tx in transactions)
-    found: dict[str, list[int]] = {}
-    for root in CANDIDATES:
-        slice_dir = root / SLICE
-        if not slice_dir.is_dir():
-            continue
-        for group in slice_dir.iterdir():
-            if group.name.startswith(prefixes):
-                with contextlib.suppress(OSError):  # removed meanwhile
-                    procs = (group / "cgroup.procs").read_text().split()
-                    found[str(group)] = [int(pid) for pid in procs]
-    return found
 
 
 def poll(predicate: Callable[[], Any], timeout: float) -> Any:
@@ -550,7 +529,7 @@ class ScaleBench:
         leftovers = kill_leftovers(self.tasks_seen)
         # A daemon that died (libzmq aborts on EMFILE) leaves its tasks running, by
         # design; tasks it forked but never reported are found by their cgroups.
-        for pids in task_groups([self.prefix], prefix=True).values():
+        for pids in task_groups([self.prefix], id_prefixes=True).values():
             for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
@@ -572,13 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=3, help="monitor samples after the first")
     parser.add_argument("--transactions", type=int, default=50, help="concurrent transactions")
     parser.add_argument("--clients", type=int, default=20, help="CLI clients at a time")
-    parser.add_argument("--json", type=Path, help="result file (default bench/results/…)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument(
-        "--no-pyc-cache",
-        action="store_true",
-        help="run zsvc with the inherited environment (no private bytecode cache)",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.clients < 1 or args.transactions < 0 or args.samples < 1:
         parser.error("--tasks, --clients and --samples must be at least 1")

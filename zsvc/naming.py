@@ -29,5 +29,10 @@ def slice_name(transaction: str) -> str:
     return f"zsvc-{systemd_escape(transaction)}.slice"
 
 
+def unit_prefix(transaction: str) -> str:
+    """What the unit (and local cgroup) name of every task of *transaction* starts with."""
+    return f"zsvc-{systemd_escape(transaction)}-"
+
+
 def unit_name(transaction: str, task_id: str) -> str:
-    return f"zsvc-{systemd_escape(transaction)}-{systemd_escape(task_id)}.service"
+    return f"{unit_prefix(transaction)}{systemd_escape(task_id)}.service"

@@ -44,9 +44,8 @@ from tests.integration.conftest import (
     wait_message,
     wait_until,
 )
-from zsvc.naming import systemd_escape
 from zsvc.notify import sd_notify
-from zsvc.runners.cgroup import CANDIDATES, SLICE
+from zsvc.runners.cgroup import task_groups
 
 pytestmark = pytest.mark.integration
 
@@ -72,28 +71,6 @@ def running(procs: list[psutil.Process]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return alive
-
-
-def task_groups(transactions: list[str]) -> dict[str, list[int]]:
-    """The local runner's cgroups of *transactions* that still exist, with their processes.
-
-    Empty when the runner has no writable cgroup2 hierarchy (not root): then
-    the pids are the only evidence, and they are checked separately.
-    """
-    prefixes = tuple(f"zsvc-{systemd_escape(tx)}-" for tx in transactions)
-    found: dict[str, list[int]] = {}
-    for root in CANDIDATES:
-        slice_dir = root / SLICE
-        if not slice_dir.is_dir():
-            continue
-        for group in slice_dir.iterdir():
-            if group.name.startswith(prefixes):
-                try:
-                    procs = (group / "cgroup.procs").read_text().split()
-                except OSError:  # removed meanwhile
-                    continue
-                found[str(group)] = [int(pid) for pid in procs]
-    return found
 
 
 def table_rows(state_dir: Path) -> dict[tuple[str, str], tuple[str, str, int | None]]:

@@ -177,3 +177,22 @@ def test_sweep_removes_only_old_empty_groups(group: tuple[CgroupTree, Cgroup]) -
         asyncio.run(busy.wait_empty(5.0))
         busy.remove()
         idle.remove()
+
+
+def test_task_groups_are_found_by_transaction_and_by_id_prefix(tmp_path) -> None:
+    """The groups of a transaction's tasks, named as the units are (zsvc.naming)."""
+    from zsvc.naming import unit_name
+    from zsvc.runners.cgroup import SLICE, task_groups
+
+    slice_dir = tmp_path / SLICE
+    for transaction, task, pids in (("tx-1", "a", "12\n13\n"), ("tx-10", "a", ""), ("TX", "b", "")):
+        group = slice_dir / unit_name(transaction, task)
+        group.mkdir(parents=True)
+        (group / "cgroup.procs").write_text(pids)
+    assert task_groups(["tx-1"], candidates=[tmp_path]) == {
+        str(slice_dir / unit_name("tx-1", "a")): [12, 13]
+    }
+    assert sorted(task_groups(["tx-1"], id_prefixes=True, candidates=[tmp_path])) == sorted(
+        str(slice_dir / unit_name(tx, "a")) for tx in ("tx-1", "tx-10")
+    )
+    assert task_groups(["nothing"], candidates=[tmp_path, tmp_path / "absent"]) == {}

@@ -43,6 +43,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from zsvc.naming import unit_prefix
+
 log = logging.getLogger(__name__)
 
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -126,6 +128,30 @@ def members_of(relative: str, candidates: Iterable[Path] = CANDIDATES) -> list[i
         except OSError:
             continue
     return []
+
+
+def task_groups(
+    transactions: Iterable[str], id_prefixes: bool = False, candidates: Iterable[Path] = CANDIDATES
+) -> dict[str, list[int]]:
+    """The local runner's groups of *transactions*' tasks that exist, with their processes.
+
+    With *id_prefixes*, of every transaction whose id starts with one of them.
+    For checks from outside the daemon (tests, benchmarks: nothing left
+    behind); empty when no writable cgroup2 hierarchy holds zsvc's slice.
+    """
+    cut = -1 if id_prefixes else None  # unit_prefix ends with the '-' before the task id
+    prefixes = tuple(unit_prefix(transaction)[:cut] for transaction in transactions)
+    found: dict[str, list[int]] = {}
+    for root in candidates:
+        slice_dir = root / SLICE
+        if not slice_dir.is_dir():
+            continue
+        for group in slice_dir.iterdir():
+            if group.name.startswith(prefixes):
+                with contextlib.suppress(OSError):  # removed meanwhile
+                    procs = (group / "cgroup.procs").read_text().split()
+                    found[str(group)] = [int(pid) for pid in procs]
+    return found
 
 
 def join(path: str | os.PathLike[str], pid: int = 0) -> None:
