@@ -153,6 +153,10 @@ def test_commands_on_the_context_topic_are_ignored_by_default(
         lambda: "ignored a 'stop' command on the bus's context topic" in daemon.log(),
         what="the warning in the daemon's log",
     )
+    # Nothing was acted on meanwhile: no stop began, the same process runs.
+    task = daemon.call("status", transaction=transaction)["tasks"][0]
+    assert task["state"] == "active" and task["last_action"] != "stopped"
+    assert task["pid"] == started.json()["tasks"][0]["pid"]
 
 
 def test_commands_on_a_bus_without_keys_refuse_tcp(

@@ -117,19 +117,8 @@ def stop(
     timeout: float | None,
     as_json: bool,
 ) -> int:
-    """``zsvc stop``: a transaction, or some of its tasks."""
-    args = {"transaction": transaction, "services": list(services), "timeout": timeout}
-    try:
-        record = call(runtime, "stop", wait_budget(timeout), **args)
-    except CommandFailed as failed:
-        return failed.code
-    if as_json:
-        show_transaction(record, as_json)
-    else:
-        from zsvc.cli.render import stop_summary
-
-        print("\n".join(stop_summary(record)))
-    return ExitCode.OK
+    """``zsvc stop``: a transaction, or some of its tasks; prints a summary (or JSON)."""
+    return _on_tasks("stop", wait_budget(timeout), runtime, transaction, services, timeout, as_json)
 
 
 def restart(
@@ -139,10 +128,29 @@ def restart(
     timeout: float | None,
     as_json: bool,
 ) -> int:
-    """``zsvc restart``: stop, then start, a transaction or some of its tasks."""
+    """``zsvc restart``: stop, then start, a transaction or some of its tasks (two phases)."""
+    wait = 2 * wait_budget(timeout)
+    return _on_tasks("restart", wait, runtime, transaction, services, timeout, as_json)
+
+
+def _on_tasks(
+    command: str,
+    wait: float,
+    runtime: str | os.PathLike[str] | None,
+    transaction: str,
+    services: list[str],
+    timeout: float | None,
+    as_json: bool,
+) -> int:
     args = {"transaction": transaction, "services": list(services), "timeout": timeout}
     try:
-        show_transaction(call(runtime, "restart", 2 * wait_budget(timeout), **args), as_json)
+        record = call(runtime, command, wait, **args)
     except CommandFailed as failed:
         return failed.code
+    if command == "stop" and not as_json:
+        from zsvc.cli.render import stop_summary
+
+        print("\n".join(stop_summary(record)))
+    else:
+        show_transaction(record, as_json)
     return ExitCode.OK
