@@ -22,12 +22,9 @@ from tests.integration.conftest import (
 from zsvc.errors import DaemonUnreachable, ZsvcError
 
 
-def test_sighup_reexecutes_the_daemon_and_keeps_every_task(daemon, make_context) -> None:
-    context = make_context([TaskDef("t1"), TaskDef("t2", command="sleep 3600", location=None)])
-    assert daemon.cli("start", "--context", str(context), "RELOAD").code == 0
-    before = {t["id"]: t["pid"] for t in daemon.call("status", transaction="RELOAD")["tasks"]}
-    ping = daemon.call("ping")
-
+def reload_and_wait(daemon) -> dict:
+    """SIGHUP *daemon*; return its ping once it answers again as a new execution."""
+    since = daemon.call("ping")["since"]
     os.kill(daemon.pid(), signal.SIGHUP)
 
     def reloaded() -> dict | None:
@@ -35,9 +32,17 @@ def test_sighup_reexecutes_the_daemon_and_keeps_every_task(daemon, make_context)
             answer = daemon.call("ping")
         except (DaemonUnreachable, ZsvcError):  # closed while the daemon executes anew
             return None
-        return answer if answer["since"] != ping["since"] else None
+        return answer if answer["since"] != since else None
 
-    after = wait_until(reloaded, what="the daemon answers again, executed anew", log=daemon.log)
+    return wait_until(reloaded, what="the daemon answers again, executed anew", log=daemon.log)
+
+
+def test_sighup_reexecutes_the_daemon_and_keeps_every_task(daemon, make_context) -> None:
+    context = make_context([TaskDef("t1"), TaskDef("t2", command="sleep 3600", location=None)])
+    assert daemon.cli("start", "--context", str(context), "RELOAD").code == 0
+    before = {t["id"]: t["pid"] for t in daemon.call("status", transaction="RELOAD")["tasks"]}
+    ping = daemon.call("ping")
+    after = reload_and_wait(daemon)
     assert after["pid"] == ping["pid"] == daemon.pid(), "a reload keeps the daemon's pid"
     tasks = daemon.call("status", transaction="RELOAD")["tasks"]
     assert {t["id"]: t["pid"] for t in tasks} == before
@@ -64,18 +69,7 @@ def test_a_reload_keeps_giving_tasks_the_original_open_files_limit(daemons, make
     context = make_context([TaskDef("py"), TaskDef("cmd", command="sleep 3600", location=None)])
     assert daemon.cli("start", "--context", str(context), "BEFORE").code == 0
     before = {t["id"]: t["pid"] for t in daemon.call("status", transaction="BEFORE")["tasks"]}
-    ping = daemon.call("ping")
-
-    os.kill(daemon.pid(), signal.SIGHUP)
-
-    def reloaded() -> dict | None:
-        try:
-            answer = daemon.call("ping")
-        except (DaemonUnreachable, ZsvcError):
-            return None
-        return answer if answer["since"] != ping["since"] else None
-
-    wait_until(reloaded, what="the daemon answers again, executed anew", log=daemon.log)
+    reload_and_wait(daemon)
     soft, daemon_hard = fd_limit(daemon.pid())
     assert soft > LOW_FD_LIMIT and daemon_hard == hard, "the new daemon raised its limit again"
     zygote = zygote_of(daemon.pid())
@@ -105,12 +99,4 @@ def test_a_reload_that_would_read_invalid_settings_is_refused(daemons, workdir) 
     assert daemon.call("ping")["since"] == ping["since"], "the daemon did not execute anew"
     # Mended, the file is read by the next reload.
     settings.write_text("[daemon]\nlog_level = warning\n")
-    os.kill(daemon.pid(), signal.SIGHUP)
-
-    def reloaded() -> bool:
-        try:
-            return daemon.call("ping")["since"] != ping["since"]
-        except (DaemonUnreachable, ZsvcError):
-            return False
-
-    wait_until(reloaded, what="the daemon executed anew", log=daemon.log)
+    reload_and_wait(daemon)
