@@ -17,13 +17,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 
 from zsvc import __version__
 from zsvc.cli import actions
-from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode, ZsvcError
+from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode
 
 app = typer.Typer(
     add_completion=False,
@@ -54,29 +54,12 @@ def main_options(
     _state["runtime_dir"] = runtime_dir
 
 
-def _client(timeout: float = 10.0) -> Any:
-    from zsvc.client import ControlClient
-    from zsvc.paths import client_runtime_dir
-
-    return ControlClient(client_runtime_dir(_state["runtime_dir"]), timeout=timeout)
-
-
-def _fail(exc: Exception) -> NoReturn:
-    if isinstance(exc, DaemonUnreachable):
-        typer.echo(f"zsvc: {exc}\n{exc.hint}", err=True)
-        raise typer.Exit(ExitCode.UNREACHABLE)
-    if isinstance(exc, ZsvcError):
-        typer.echo(f"zsvc: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code)
-    raise exc
-
-
 def _call(command: str, wait: float = 10.0, **args: Any) -> Any:
+    """Run *command* in the daemon (:func:`zsvc.cli.actions.call`: one way to report errors)."""
     try:
-        with _client(wait) as client:
-            return client.call(command, **args)
-    except (DaemonUnreachable, ZsvcError) as exc:
-        _fail(exc)
+        return actions.call(_state["runtime_dir"], command, wait, **args)
+    except actions.CommandFailed as failed:
+        raise typer.Exit(failed.code) from None
 
 
 def _print_json(data: Any) -> None:
