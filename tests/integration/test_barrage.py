@@ -172,6 +172,12 @@ def bus_frames(rng: random.Random) -> list[bytes]:
     return [topic, body]
 
 
+SENDABLE_DATAGRAM_BYTES = 128 * 1024
+"""Longest datagram the barrage sends. The kernel refuses a longer one than the sender's
+``SO_SNDBUF`` (208 KiB by default on Debian) with EMSGSIZE, so no task could send it;
+128 KiB still overruns the daemon's 64 KiB read, so truncation is exercised."""
+
+
 def notify_datagram(rng: random.Random) -> bytes:
     assignments = [
         "READY=1",
@@ -196,7 +202,8 @@ def notify_datagram(rng: random.Random) -> bytes:
     if rng.random() < 0.2:
         return random_bytes(rng)
     lines = [rng.choice(assignments) for _ in range(rng.randrange(1, 5))]
-    return "\n".join(lines).encode("utf-8", "surrogateescape")
+    datagram = "\n".join(lines).encode("utf-8", "surrogateescape")
+    return datagram[:SENDABLE_DATAGRAM_BYTES]
 
 
 # --------------------------------------------------------------------------- the barrages
