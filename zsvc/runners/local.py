@@ -87,7 +87,14 @@ from typing import Any
 
 from zsvc.notify import Notification, NotifyProtocolError, NotifyServer
 from zsvc.paths import RuntimeLayout
-from zsvc.procs import children_of, descendants, invocation_of, process_start_time
+from zsvc.procs import (
+    children_of,
+    descendants,
+    environ_of,
+    invocation_in,
+    invocation_of,
+    process_start_time,
+)
 from zsvc.runners.base import (
     INVOCATION_ENV,
     ExitInfo,
@@ -129,6 +136,10 @@ JOIN_AND_EXEC = JOIN_CGROUP + EXEC
 """``sh -c`` program: join the cgroup given as $1, then become the task (the same pid)."""
 FINISHED_LIMIT = 1024
 """How many ended runs' invocation ids are kept to recognise their orphans (no cgroup)."""
+ORPHAN_LOOKS = 10
+ORPHAN_LOOK_DELAY = 0.02
+"""A child whose environment cannot be read yet (inside execve) is looked at again after
+this many seconds, ORPHAN_LOOKS times in all (0.2 s: an exec takes a few milliseconds)."""
 
 
 @dataclass(eq=False)
@@ -667,21 +678,34 @@ class LocalRunner(Runner):
         if self.cgroups is None:
             self._kill_orphans(self._finished)
 
-    def _kill_orphans(self, invocations: Collection[str]) -> None:
+    def _kill_orphans(self, invocations: Collection[str], looks: int = ORPHAN_LOOKS) -> None:
         """SIGKILL (with their descendants) children of ours that are no task and whose
         environment names one of *invocations*: orphans of those runs (fallback without
-        cgroups; only a subreaper has them as children)."""
+        cgroups; only a subreaper has them as children).
+
+        A child inside execve(2) shows an empty environment for a moment: it is
+        looked at again, *looks* times in all, rather than let go for good.
+        """
         if not self.subreaper or not invocations:
             return
         zygote = self.zygote.proc.pid if self.zygote is not None else None
+        unsettled = False
         for pid in children_of("self"):
             if pid in self.by_pid or pid == zygote:
                 continue
-            if invocation_of(pid) in invocations:
+            environ = environ_of(pid)
+            if environ == b"":
+                unsettled = True
+                continue
+            if environ is not None and invocation_in(environ) in invocations:
                 log.info("killing process %d, left behind by an ended task", pid)
                 for victim in (pid, *descendants(pid)):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(victim, signal.SIGKILL)
+        if unsettled and looks > 1:
+            asyncio.get_running_loop().call_later(
+                ORPHAN_LOOK_DELAY, self._kill_orphans, invocations, looks - 1
+            )
 
     # --- starting -----------------------------------------------------------
 
