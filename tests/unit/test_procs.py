@@ -10,12 +10,22 @@ import sys
 from zsvc.procs import environ_of, invocation_in, invocation_of
 from zsvc.runners.base import INVOCATION_ENV
 
+WAITER = "import sys; print('up', flush=True); sys.stdin.read()"
+"""A child that says when it runs: Popen returns before execve has set up the environment."""
+
+
+def started(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"up\n"  # bounded: the child prints or dies
+    return proc
+
 
 def test_a_live_process_shows_the_invocation_it_was_executed_with() -> None:
     env = dict(os.environ, **{INVOCATION_ENV: "abc123"})
-    with subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], env=env, stdin=subprocess.PIPE
-    ) as proc:
+    with started(env) as proc:
         try:
             assert invocation_of(proc.pid) == "abc123"
         finally:
@@ -24,9 +34,7 @@ def test_a_live_process_shows_the_invocation_it_was_executed_with() -> None:
 
 def test_a_process_without_an_invocation_has_none() -> None:
     env = {k: v for k, v in os.environ.items() if k != INVOCATION_ENV}
-    with subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], env=env, stdin=subprocess.PIPE
-    ) as proc:
+    with started(env) as proc:
         try:
             environ = environ_of(proc.pid)
             assert environ  # readable, and not empty
@@ -51,9 +59,7 @@ def test_a_zombie_and_a_gone_process_have_no_readable_environment() -> None:
 
 def test_an_empty_environment_reads_empty() -> None:
     """What the runner looks at again: it is also what a reader sees during an execve."""
-    with subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], env={}, stdin=subprocess.PIPE
-    ) as proc:
+    with started({}) as proc:
         try:
             assert environ_of(proc.pid) == b""
         finally:
