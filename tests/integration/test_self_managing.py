@@ -110,6 +110,23 @@ def test_sigkill_under_on_failure_is_restarted_and_ready(daemon, make_context) -
     bus.close()
 
 
+def test_a_task_restarted_after_a_crash_takes_messages_from_ready_on(daemon, make_context) -> None:
+    """In a crash streak the host joins the bus after setup(), still before READY=1."""
+    attrs = {"restart": "on-failure", "restart_sec": "0"}
+    task = TaskDef("lis", instance="Listener", service_name="listener", attrs=attrs)
+    context = make_context([task])
+    record = daemon.cli("start", "--context", str(context), "PLIS", "--json").json()
+    bus = daemon.bus("control")
+    os.kill(record["tasks"][0]["pid"], signal.SIGKILL)
+    again = wait_message(bus, lambda m: m.action == "started" and m.service_id == "lis")
+    sent = daemon.cli("send", "--service_name=listener", "--transaction=PLIS", "--action=ping")
+    assert sent.code == 0, sent.stderr
+    heard = wait_message(bus, lambda m: m.action == "updated" and m.service_id == "lis")
+    assert heard.content["status"]["heard"] == "ping"
+    assert heard.content["status"]["pid"] == again.content["status"]["pid"]
+    bus.close()
+
+
 def test_restart_always_restarts_a_clean_exit_and_on_failure_does_not(daemon, make_context) -> None:
     always = {"restart": "always", "restart_sec": "0.05", "start_limit_burst": "3"}
     on_failure = {"restart": "on-failure", "restart_sec": "0"}

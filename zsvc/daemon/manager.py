@@ -426,7 +426,10 @@ class Manager:
             notify = spec.notify
         else:
             location = str(spec.location or context_dir)
-            env["ZSVC_TASK"] = self._host_spec(record, spec).to_json()
+            # A task in a crash streak is likely to fail in setup() again: its host joins
+            # the bus only once setup() returned, so a crash loop costs no bus connections.
+            host = self._host_spec(record, spec, join_after_setup=task.restart_state.crashes > 0)
+            env["ZSVC_TASK"] = host.to_json()
             # -P: the working directory (the task location) must not shadow the stdlib.
             argv = (sys.executable, "-P", "-m", "zsvc.task")
             cwd = location if os.path.isdir(location) else context_dir
@@ -447,7 +450,9 @@ class Manager:
             watchdog_sec=spec.watchdog_sec,
         )
 
-    def _host_spec(self, record: TransactionRecord, spec: TaskSpec) -> HostSpec:
+    def _host_spec(
+        self, record: TransactionRecord, spec: TaskSpec, join_after_setup: bool = False
+    ) -> HostSpec:
         return HostSpec(
             transaction=record.id,
             task_id=spec.id,
@@ -460,6 +465,7 @@ class Manager:
             device_action=spec.device_action,
             configuration=dict(spec.configuration),
             handshake_timeout=spec.start_timeout,
+            join_after_setup=join_after_setup,
         )
 
     async def _launch(self, record: TransactionRecord, task: TaskRecord) -> None:

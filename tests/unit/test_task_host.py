@@ -1,0 +1,71 @@
+"""The task host's bus join: before setup(), or (in a crash streak) only after it.
+
+Each host runs as a real ``python -m zsvc.task`` process against bus endpoints
+nobody listens on: a host that tries to join waits for a handshake that cannot
+complete, so whether and when it tries is visible in how it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.conftest import REPO, TEST_SERVICES
+from zsvc.task.host import EXIT_SETUP_ERROR, EXIT_USER_ERROR, SPEC_ENV, HostSpec
+
+HOST_DEADLINE = 20.0
+"""Bound on one host's life; longer than any handshake deadline these tests give it."""
+
+
+def run_host(tmp_path: Path, instance: str, **fields: object) -> subprocess.CompletedProcess[str]:
+    spec = HostSpec(
+        transaction="T",
+        task_id="t",
+        service_name="t",
+        instance=instance,
+        location=str(TEST_SERVICES),
+        bus_pub=f"ipc://{tmp_path}/nobody-pub",
+        bus_sub=f"ipc://{tmp_path}/nobody-sub",
+        **fields,  # type: ignore[arg-type]
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env.update({SPEC_ENV: json.dumps(spec.__dict__), "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "zsvc.task"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HOST_DEADLINE,
+    )
+
+
+def test_a_host_joins_before_setup_by_default(tmp_path: Path) -> None:
+    """The control: with nobody on the bus, the default host never reaches setup()."""
+    done = run_host(tmp_path, "SetupFails", handshake_timeout=0.5)
+    assert done.returncode == EXIT_SETUP_ERROR, done.stderr
+    assert "cannot join the bus" in done.stderr
+    assert "the database is on fire" not in done.stderr
+
+
+def test_a_host_joining_after_setup_fails_in_setup_without_touching_the_bus(
+    tmp_path: Path,
+) -> None:
+    # A join would wait for the whole handshake deadline, beyond HOST_DEADLINE.
+    done = run_host(
+        tmp_path, "SetupFails", handshake_timeout=HOST_DEADLINE * 2, join_after_setup=True
+    )
+    assert done.returncode == EXIT_USER_ERROR, done.stderr
+    assert "the database is on fire" in done.stderr
+    assert "cannot join the bus" not in done.stderr
+
+
+def test_a_host_joining_after_setup_joins_before_ready(tmp_path: Path) -> None:
+    """setup() succeeded: the host must join (and here cannot) before it says READY=1."""
+    done = run_host(tmp_path, "Sleeper", handshake_timeout=0.5, join_after_setup=True)
+    assert done.returncode == EXIT_SETUP_ERROR, done.stderr
+    assert "cannot join the bus" in done.stderr
+    assert "T/t ready" not in done.stderr  # the host logs "T/t ready (pid N)" at READY=1
