@@ -71,10 +71,10 @@ class HostSpec:
     join_after_setup: bool = False
     """Join the bus once ``setup()`` returned (or when it first publishes), not before it.
 
-    The daemon asks this of a task whose last runs failed: one that keeps
-    failing in ``setup()`` then costs the daemon no bus connections (about a
-    quarter of its CPU per start in a crash loop). Either way the handshake is
-    done before ``READY=1``.
+    The daemon asks this of a task in a crash streak (its last run failed
+    before lasting ``stable_sec``): one that keeps failing in ``setup()`` then
+    costs the daemon no bus connections, about a fifth of its CPU per start
+    in a crash loop. Either way the handshake is done before ``READY=1``.
     """
 
     @classmethod
