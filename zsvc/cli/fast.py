@@ -9,14 +9,12 @@ also imports pydantic: about 80 ms, before any work). Plain command lines of
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from zsvc.cli import actions
-from zsvc.errors import DaemonUnreachable, ExitCode, ZsvcError
+from zsvc.errors import ExitCode
 
 FLAG, VALUE, NUMBER, MANY = "flag", "value", "number", "many"
 """How an option takes its value: none (True), one string, one float, repeatable."""
@@ -134,22 +132,16 @@ def fast_path(argv: list[str]) -> int | None:
 
 def show_status(runtime: str | Path | None, transaction: str | None, as_json: bool) -> int:
     """``zsvc status``: print the table (or JSON); returns the exit status."""
-    from zsvc.client import ControlClient
-    from zsvc.paths import client_runtime_dir
+    from zsvc.client import DEFAULT_TIMEOUT
 
     try:
-        with ControlClient(client_runtime_dir(runtime)) as client:
-            result: Any = client.call("status", transaction=transaction)
-    except DaemonUnreachable as exc:
-        print(f"zsvc: {exc}\n{exc.hint}", file=sys.stderr)
-        return ExitCode.UNREACHABLE
-    except ZsvcError as exc:
-        print(f"zsvc: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-        return ExitCode.OK
-    from zsvc.cli.render import print_transactions
+        result = actions.call(runtime, "status", DEFAULT_TIMEOUT, transaction=transaction)
+    except actions.CommandFailed as failed:
+        return failed.code
+    if transaction or as_json:
+        actions.show_transaction(result, as_json)
+    else:
+        from zsvc.cli.render import print_transactions
 
-    print_transactions([result] if transaction else result["transactions"])
+        print_transactions(result["transactions"])
     return ExitCode.OK
