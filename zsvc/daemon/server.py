@@ -153,7 +153,7 @@ class Daemon:
             listened=self.bus.subscribers,
         )
         await self.runner.open(self.manager)
-        lost = await self.manager.restore(self._load_stored)
+        lost = await self.manager.restore(self._load_text)
         for note in lost:
             log.warning("lost: %s", note)
         for record in self.manager.transactions.values():
@@ -415,7 +415,8 @@ class Daemon:
             raise DaemonError(str(exc)) from exc
 
     @staticmethod
-    def _load_stored(text: str, path: str) -> Context:
+    def _load_text(text: str, path: str) -> Context:
+        """A context from its text (a client's, or the table's); lxml on first use only."""
         from zsvc.config.loader import load_context_text
 
         return load_context_text(text, path)
@@ -448,9 +449,7 @@ class Daemon:
             raise OperationFailed("the daemon is shutting down: nothing more is started")
         context = None
         if context_text is not None:
-            from zsvc.config.loader import load_context_text  # lxml: on first use only
-
-            context = load_context_text(context_text, context_path or "<context>")
+            context = self._load_text(context_text, context_path or "<context>")
             try:
                 self.bus.bind(context.endpoints.pub_bind, context.endpoints.sub_bind)
             except BindError as exc:
