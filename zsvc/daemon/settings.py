@@ -22,7 +22,6 @@ from zsvc.errors import ConfigError, ConfigIssue
 SYSTEM_SETTINGS = Path("/etc/zsvc/zsvc.conf")
 """Read by a daemon running as root when no ``--config`` is given (absent: defaults)."""
 
-SECTIONS = ("daemon", "bus")
 RUNNERS = ("auto", "local", "systemd")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True}
@@ -66,10 +65,7 @@ def parse(text: str, source: str) -> Settings:
     try:
         parser.read_string(text, source=source)
     except configparser.MissingSectionHeaderError as exc:
-        issue = (
-            f"expected a [{SECTIONS[0]}] or [{SECTIONS[1]}] section before any setting,"
-            f" found {exc.line.strip()!r}"
-        )
+        issue = f"expected a {_sections()} section before any setting, found {exc.line.strip()!r}"
         raise ConfigError([ConfigIssue(source, exc.lineno, 1, issue)]) from None
     except configparser.DuplicateOptionError as exc:
         issue = f"'{exc.option}' is set twice in [{exc.section}]"
@@ -91,9 +87,8 @@ def parse(text: str, source: str) -> Settings:
             line = next(
                 (n for n, t in enumerate(text.splitlines(), 1) if t.strip() == f"[{section}]"), 1
             )
-            expected = " or ".join(f"[{name}]" for name in SECTIONS)
             issues.append(
-                ConfigIssue(source, line, 1, f"unknown section [{section}]; expected {expected}")
+                ConfigIssue(source, line, 1, f"unknown section [{section}]; expected {_sections()}")
             )
             continue
         for key, raw in parser[section].items():
@@ -125,6 +120,11 @@ def _boolean(value: str) -> bool:
     if value.lower() not in _BOOLEANS:
         raise ValueError(f"{value!r} is not yes or no")
     return _BOOLEANS[value.lower()]
+
+
+def _sections() -> str:
+    """The known sections, as a message names them: ``[daemon] or [bus]``."""
+    return " or ".join(f"[{name}]" for name in CONVERTERS)
 
 
 def _absolute_path(value: str) -> Path:
