@@ -22,8 +22,6 @@ from zsvc.procs import process_start_time
 from zsvc.runners.base import INVOCATION_ENV, ExitInfo, LaunchError, LaunchSpec, TaskKey
 from zsvc.runners.cgroup import cgroup_of, find_hierarchy
 from zsvc.runners.local import (
-    JOIN_AND_EXEC,
-    SHELL,
     LocalRunner,
     children_of,
     descendants,
@@ -345,8 +343,7 @@ class _PreviousDaemon:
         self.cgroup = CGROUPS.create(unit, f"{unit}-x")
         self.invocation = uuid.uuid4().hex
         self.server = NotifyServer(tmp / "previous.sock")
-        argv = [SHELL, "-c", JOIN_AND_EXEC, "sh", str(self.cgroup.path)]
-        argv += [sys.executable, "-c", ORPHANER, "stop"]
+        argv = wrap_exec([sys.executable, "-c", ORPHANER, "stop"], str(self.cgroup.path), None)
         env = dict(os.environ, NOTIFY_SOCKET=self.server.path, ZSVC_INVOCATION=self.invocation)
         self.main = subprocess.Popen(argv, env=env, process_group=0)
         self.grandchild: int | None = None

@@ -55,7 +55,6 @@ EXIT_CGROUP = 219
 """systemd's exit status for "could not join the cgroup" (EXIT_CGROUP)."""
 STALE_AGE = 60.0
 """An empty group older than this (seconds) is a leftover that :meth:`CgroupTree.sweep` removes."""
-"""systemd's exit status for "could not join the cgroup" (EXIT_CGROUP)."""
 
 
 def _statfs_type(path: Path) -> int | None:

@@ -105,7 +105,7 @@ from zsvc.runners.base import (
     TaskHandle,
     TaskKey,
 )
-from zsvc.runners.cgroup import Cgroup, CgroupTree, cgroup_of, find_hierarchy
+from zsvc.runners.cgroup import EXIT_CGROUP, Cgroup, CgroupTree, cgroup_of, find_hierarchy
 from zsvc.states import Result
 
 log = logging.getLogger(__name__)
@@ -118,22 +118,23 @@ KILL_WAIT = 5.0
 """How long to wait for SIGKILL to take effect before giving up on a process."""
 WATCHDOG_SIGNAL = signal.SIGABRT
 """systemd's default ``WatchdogSignal=``."""
-EXIT_LIMITS = 205  # systemd's exit status for "could not set a resource limit"
+EXIT_LIMITS = 205
+"""systemd's exit status for "could not set a resource limit" (EXIT_LIMITS)."""
 SHELL = "/bin/sh"
 JOIN_CGROUP = (
-    'echo $$ > "$1/cgroup.procs" || { echo "zsvc: cannot join the cgroup $1" >&2; exit 219; }\n'
+    'echo $$ > "$1/cgroup.procs"'
+    f' || {{ echo "zsvc: cannot join the cgroup $1" >&2; exit {EXIT_CGROUP}; }}\n'
     "shift\n"
 )
 """``sh -c`` step: join the cgroup given as $1 (and drop it from the arguments)."""
 SET_FD_LIMIT = (
-    'ulimit -S -n "$1" || { echo "zsvc: cannot set the open-files limit to $1" >&2; exit 205; }\n'
+    'ulimit -S -n "$1"'
+    f' || {{ echo "zsvc: cannot set the open-files limit to $1" >&2; exit {EXIT_LIMITS}; }}\n'
     "shift\n"
 )
 """``sh -c`` step: set the soft open-files limit given as $1 (and drop it from the arguments)."""
 EXEC = 'exec "$@"'
 """``sh -c`` last step: become the task (the same pid)."""
-JOIN_AND_EXEC = JOIN_CGROUP + EXEC
-"""``sh -c`` program: join the cgroup given as $1, then become the task (the same pid)."""
 FINISHED_LIMIT = 1024
 """How many ended runs' invocation ids are kept to recognise their orphans (no cgroup)."""
 ORPHAN_LOOKS = 10
