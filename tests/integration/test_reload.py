@@ -73,7 +73,8 @@ def test_a_reload_keeps_giving_tasks_the_original_open_files_limit(daemons, make
     soft, daemon_hard = fd_limit(daemon.pid())
     assert soft > LOW_FD_LIMIT and daemon_hard == hard, "the new daemon raised its limit again"
     zygote = zygote_of(daemon.pid())
-    assert zygote is None or fd_limit(zygote.pid) == (LOW_FD_LIMIT, hard)
+    assert zygote is not None, "the new daemon runs a zygote"
+    assert fd_limit(zygote.pid) == (LOW_FD_LIMIT, hard)
     assert daemon.cli("start", "--context", str(context), "AFTER").code == 0
     after = {t["id"]: t["pid"] for t in daemon.call("status", transaction="AFTER")["tasks"]}
     for pid in [*before.values(), *after.values()]:
