@@ -280,6 +280,20 @@ def daemon_from_lock(layout: RuntimeLayout) -> psutil.Process | None:
     return None
 
 
+def zygote_of(daemon: psutil.Process) -> psutil.Process | None:
+    """The daemon's zygote: its oldest child running ``zsvc.runners.zygote``.
+
+    The task hosts the zygote forks carry the same command line and, re-parented,
+    are the daemon's children too (and may end while they are looked at).
+    """
+    zygotes = []
+    for child in daemon.children():
+        with contextlib.suppress(psutil.Error):
+            if "zsvc.runners.zygote" in " ".join(child.cmdline()):
+                zygotes.append((child.create_time(), child))
+    return min(zygotes, key=lambda found: found[0])[1] if zygotes else None
+
+
 def stop_daemon(
     daemon: psutil.Process, shutdown: Callable[[], object], tasks_seen: dict[int, psutil.Process]
 ) -> bool:

@@ -56,6 +56,7 @@ from core import (
     run_metadata,
     stop_daemon,
     wait_gone,
+    zygote_of,
 )
 from peers import PEERS_VENV, cpu_total, ensure_peers_venv, package_versions
 
@@ -207,14 +208,10 @@ class ZsvcManager(Manager):
         )
         counted = [self.daemon]
         if self.python_task:
-            zygotes = [
-                child
-                for child in self.daemon.children()
-                if "zsvc.runners.zygote" in " ".join(child.cmdline())
-            ]
-            if not zygotes:
+            zygote = zygote_of(self.daemon)
+            if zygote is None:
                 raise BenchError(f"zsvc daemon {self.name} has no zygote")
-            counted.append(min(zygotes, key=lambda p: p.create_time()))
+            counted.append(zygote)
         return counted
 
     def stop(self) -> None:

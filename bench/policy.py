@@ -71,6 +71,7 @@ from core import (
     run_and_report,
     run_metadata,
     stop_daemon,
+    zygote_of,
 )
 from core import context_xml as bench_context_xml
 
@@ -248,14 +249,7 @@ class Daemon:
         info = json.loads(self.cli("ping", timeout=30).stdout)
         self.proc = psutil.Process(int(info["pid"]))
         self.client = ControlClient(self.runtime, timeout=10.0)
-        # The zygote is the daemon's first child running zsvc.runners.zygote (the tasks
-        # it forks carry the same command line, but none exists yet).
-        zygotes = [
-            child
-            for child in self.proc.children()
-            if "zsvc.runners.zygote" in " ".join(child.cmdline())
-        ]
-        self.zygote = min(zygotes, key=lambda p: p.create_time()) if zygotes else None
+        self.zygote = zygote_of(self.proc)
         if self.zygote_wanted and self.zygote is None:
             raise BenchError(f"daemon {self.name} has no zygote (see {self.state}/daemon.log)")
         if not self.zygote_wanted and self.zygote is not None:

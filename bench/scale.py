@@ -67,6 +67,7 @@ from core import (
     run_and_report,
     run_metadata,
     stop_daemon,
+    zygote_of,
 )
 from core import context_xml as bench_context_xml
 
@@ -275,12 +276,7 @@ class ScaleBench:
             raise BenchError(f"the daemon did not start: {exc}") from exc
         info = json.loads(self.cli("ping", timeout=30).stdout)
         self.daemon = psutil.Process(int(info["pid"]))
-        zygotes = [
-            child
-            for child in self.daemon.children()
-            if "zsvc.runners.zygote" in " ".join(child.cmdline())
-        ]
-        self.zygote = min(zygotes, key=lambda p: p.create_time()) if zygotes else None
+        self.zygote = zygote_of(self.daemon)
         self.client = ControlClient(self.runtime, timeout=30.0)
         self.call("ping")  # the bench's own connection is part of every fd count below
         self.meta["daemon"] = {**info, "zygote_pid": self.zygote.pid if self.zygote else None}
