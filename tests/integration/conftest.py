@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,10 +51,26 @@ READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free TCP port on loopback, never one this test process handed out before.
+
+    Two binds to port 0 in a row return the same port about once in 13,000
+    pairs here; a context whose sub and pub endpoints then coincide is
+    (rightly) refused, and two contexts sharing a port fail to bind. CI once
+    failed on that, so every port is handed out once per process.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with _HANDED_OUT_LOCK:
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 @dataclass

@@ -220,16 +220,20 @@ def test_concurrent_starts_on_different_transactions(daemon, make_context) -> No
     """Commands on different transactions run concurrently; none is refused as busy."""
     contexts = [make_context([TaskDef("t1", config={"setup_s": 0.3})]) for _ in range(6)]
     results: dict[int, int] = {}
+    errors: dict[int, str] = {}
 
     def start(index: int) -> None:
-        results[index] = daemon.cli("start", "--context", str(contexts[index]), f"C{index}").code
+        done = daemon.cli("start", "--context", str(contexts[index]), f"C{index}")
+        results[index] = done.code
+        if done.code:
+            errors[index] = done.stderr
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(len(contexts))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert results == dict.fromkeys(range(len(contexts)), 0)
+    assert results == dict.fromkeys(range(len(contexts)), 0), errors
     table = daemon.call("status")["transactions"]
     assert {record["transaction"]: record["state"] for record in table} == {
         f"C{i}": "running" for i in range(len(contexts))
