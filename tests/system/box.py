@@ -1,4 +1,4 @@
-"""A real systemd 252 in a throwaway container, for the system tier and bench/systemd.py.
+"""A real systemd 252 in a throwaway container, for the system tier and the systemd benches.
 
 Follows ``shared/tools/systemd-box.md`` to the letter, because the one way
 to get it wrong is costly: systemd booted on the machine's own filesystem

@@ -1,0 +1,211 @@
+"""systemd's own CPU in the crash loop of issue 4, beside zsvc's, in one run.
+
+    python bench/systemd_crashloop.py [--tasks 100] [--window 10] [--no-zsvc] [--json out.json]
+
+Issue 4 asks that the daemon's CPU while 100 tasks crash-loop to their start
+limits stay under 10 % of one core, and names systemd as the reference. This
+measures what systemd itself spends on the same loop. Needs root and
+systemd-nspawn (like tests/system): it boots a throwaway systemd box
+(tests/system/box.py, torn down on every path) and, inside it, measures
+PID 1 (psutil, user + system of the box's PID 1, read from the machine):
+
+1. **to the limit**: ``--tasks`` transient services (``systemd-run
+   --no-block``), each ``Type=notify``, ``Restart=on-failure``,
+   ``RestartSec=100ms`` and systemd's default start limit (5 starts in
+   10 s), whose program (``python3 -c 'raise SystemExit(1)'``) fails before
+   READY=1, as bench/policy.py's tasks fail in ``setup()``. PID 1's CPU from
+   the first ``systemd-run`` until the last "Start request repeated too
+   quickly" in the journal (its own timestamp; the journal is read from its
+   files, which costs PID 1 nothing), over that wall time;
+2. **sustained**: the same services with ``Restart=always``,
+   ``RestartSec=1`` and no start limit (bench/crashloop.py's pace); PID 1's
+   CPU over ``--window`` seconds divided by the restarts systemd counted
+   (``NRestarts``).
+
+Then, unless ``--no-zsvc``, the box is gone and ``bench/policy.py
+--no-exec-daemon`` runs zsvc's crash loop on the machine, so the two rows
+come from one run. journald's CPU is reported beside PID 1's, not in it: zsvc
+writes its tasks' output itself, so its figure includes that work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.system.box import SystemdBox  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PROGRAM = "/usr/bin/python3 -c 'raise SystemExit(1)'"
+LIMIT_LINE = "Start request repeated too quickly"
+PREFIX = "crashloop-"
+POLL = 0.2
+"""How often the journal is read while waiting for the last start limit (bounded)."""
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def journald_pid(box: SystemdBox) -> int | None:
+    """systemd-journald of the box, as the machine numbers it (a child of the box's PID 1)."""
+    assert box.leader is not None
+    for child in psutil.Process(box.leader).children():
+        if child.name() == "systemd-journald":
+            return child.pid
+    return None
+
+
+def launch(box: SystemdBox, tasks: int, properties: str, tag: str) -> None:
+    """``systemd-run --no-block`` of *tasks* units, one shell loop (like bench/systemd.py)."""
+    loop = (
+        f"for i in $(seq -w 0 {tasks - 1}); do systemd-run --no-block -q"
+        f" --unit={PREFIX}{tag}-$i {properties} {PROGRAM}; done"
+    )
+    box.run("sh", "-c", loop, check=True, timeout=300)
+
+
+def limit_times(box: SystemdBox, tag: str) -> list[float]:
+    """When each unit of *tag* hit its start limit (journal timestamps, seconds)."""
+    script = f"journalctl -q -o json --no-pager -u '{PREFIX}{tag}-*'"
+    done = box.run("sh", "-c", script, check=True, timeout=60)
+    times = []
+    for line in done.stdout.splitlines():
+        entry = json.loads(line)
+        if LIMIT_LINE in str(entry.get("MESSAGE", "")):
+            times.append(int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
+    return times
+
+
+def restarts(box: SystemdBox, tag: str) -> int:
+    done = box.run("sh", "-c", f"systemctl show -p NRestarts --value '{PREFIX}{tag}-*'", check=True)
+    return sum(int(value) for value in done.stdout.split())
+
+
+def clean(box: SystemdBox, tag: str) -> None:
+    units = f"'{PREFIX}{tag}-*'"
+    box.run("sh", "-c", f"systemctl stop {units}; systemctl reset-failed {units}", timeout=120)
+
+
+def to_the_limit(box: SystemdBox, tasks: int, deadline_s: float) -> dict[str, Any]:
+    assert box.leader is not None
+    journald = journald_pid(box)
+    properties = "-p Type=notify -p Restart=on-failure -p RestartSec=100ms"
+    cpu0, journal0 = cpu_seconds(box.leader), cpu_seconds(journald) if journald else 0.0
+    began = time.time()
+    launch(box, tasks, properties, "limit")
+    launched = time.time() - began
+    deadline = time.monotonic() + deadline_s
+    hits: list[float] = []
+    while time.monotonic() < deadline:
+        hits = limit_times(box, "limit")
+        if len(hits) >= tasks:
+            break
+        time.sleep(POLL)  # a bounded poll of a file no event announces
+    cpu1, journal1 = cpu_seconds(box.leader), cpu_seconds(journald) if journald else 0.0
+    if len(hits) < tasks:
+        raise RuntimeError(f"{len(hits)} of {tasks} units hit the start limit in {deadline_s} s")
+    starts = restarts(box, "limit") + tasks
+    wall = max(hits) - began
+    clean(box, "limit")
+    return {
+        "pid1_cpu_s": cpu1 - cpu0,
+        "journald_cpu_s": journal1 - journal0,
+        "wall_s": wall,
+        "launch_s": launched,
+        "starts": starts,
+        "pid1_percent": (cpu1 - cpu0) / wall * 100,
+        "pid1_ms_per_start": (cpu1 - cpu0) / starts * 1e3,
+    }
+
+
+def sustained(box: SystemdBox, tasks: int, window: float) -> dict[str, Any]:
+    assert box.leader is not None
+    properties = "-p Type=notify -p Restart=always -p RestartSec=1 -p StartLimitIntervalSec=0"
+    launch(box, tasks, properties, "always")
+    deadline = time.monotonic() + 60
+    while restarts(box, "always") < tasks and time.monotonic() < deadline:
+        time.sleep(POLL)  # settling: every unit restarted at least once (bounded)
+    count0 = restarts(box, "always")
+    cpu0, began = cpu_seconds(box.leader), time.monotonic()
+    time.sleep(window)  # the measurement window itself
+    cpu1, wall = cpu_seconds(box.leader), time.monotonic() - began
+    count = restarts(box, "always") - count0
+    clean(box, "always")
+    return {
+        "pid1_cpu_s": cpu1 - cpu0,
+        "wall_s": wall,
+        "restarts": count,
+        "pid1_percent": (cpu1 - cpu0) / wall * 100,
+        "pid1_ms_per_restart": (cpu1 - cpu0) / max(1, count) * 1e3,
+    }
+
+
+def zsvc_crash_loop(tasks: int) -> list[dict[str, Any]]:
+    """bench/policy.py's crash-loop rows (the default daemon), run now on the machine."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "policy.json"
+        argv = [sys.executable, str(REPO / "bench" / "policy.py"), "--no-exec-daemon"]
+        argv += ["--kills", "1", "--idle", "1", "--crash-tasks", str(tasks), "--json", str(out)]
+        subprocess.run(argv, check=True, timeout=600, stdout=subprocess.DEVNULL)
+        metrics = json.loads(out.read_text())["metrics"]
+    wanted = ("crash-looping", "per task start", "wall time until")
+    return [m for m in metrics if any(word in m["label"] for word in wanted)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--deadline", type=float, default=120.0, help="for the limit (s)")
+    parser.add_argument("--no-zsvc", action="store_true", help="systemd only")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"tasks": args.tasks, "when": datetime.now().isoformat()}
+    with SystemdBox() as box:
+        version = box.run("systemctl", "--version").stdout.split("\n")[0]
+        results["systemd"] = version
+        results["to_the_limit"] = to_the_limit(box, args.tasks, args.deadline)
+        results["sustained"] = sustained(box, args.tasks, args.window)
+    if not args.no_zsvc:
+        results["zsvc"] = zsvc_crash_loop(args.tasks)
+    limit, always = results["to_the_limit"], results["sustained"]
+    n = args.tasks
+    print(f"{version}; {n} units")
+    print(
+        f"systemd PID 1, {n} units crash-looping to the limit: {limit['pid1_percent']:.1f} %"
+        f" of a core ({limit['pid1_cpu_s']:.2f} s in {limit['wall_s']:.2f} s,"
+        f" {limit['starts']} starts: {limit['pid1_ms_per_start']:.2f} ms each;"
+        f" journald {limit['journald_cpu_s']:.2f} s)"
+    )
+    print(
+        f"systemd PID 1, restart=always every 1 s: {always['pid1_ms_per_restart']:.2f} ms"
+        f" per restart ({always['restarts']} restarts, {always['pid1_percent']:.1f} %)"
+    )
+    for metric in results.get("zsvc", []):
+        print(f"zsvc {metric['label']}: {metric['value']:.3f} {metric['unit']}  {metric['note']}")
+    out = args.json or RESULTS / f"systemd-crashloop-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("bench/systemd_crashloop.py needs root (it boots a systemd box)")
+    sys.exit(main())
