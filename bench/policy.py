@@ -27,11 +27,13 @@ On each daemon:
    idle window of ``--idle`` seconds with every task at its limit.
    ``--keep-going`` is needed: without it the first failed task makes the
    start stop the others again, which cancels their pending restarts. The
-   loop only ends if the runs are short: with the default back-off
-   (0.1 s doubling) the 6th automatic start falls inside the 10 s window only
-   while the runs average below about 0.76 s, so a loop still going after
-   ``--crash-deadline`` seconds is reported as such (the window after it is
-   then a sustained loop, not idle), and the transaction is stopped.
+   loop ends after 6 starts by either limit: the rate (the 6th automatic
+   start inside the 10 s window, while the runs average below about 0.76 s)
+   or the streak (more than 5 runs in a row that failed before lasting
+   ``restart_stable_sec``). A loop still going after ``--crash-deadline``
+   seconds (runs outlasting ``restart_stable_sec``) is reported as such (the
+   window after it is then a sustained loop, not idle), and the transaction
+   is stopped.
 
 Every subprocess and every wait has a timeout; each daemon is shut down
 (and, failing that, killed by pid, with any task process it had) whatever
