@@ -12,6 +12,7 @@ from zsvc.runners.base import INVOCATION_ENV
 
 WAITER = "import sys; print('up', flush=True); sys.stdin.read()"
 """A child that says when it runs: Popen returns before execve has set up the environment."""
+STARTUP_DEADLINE = 20.0
 
 
 def started(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -19,7 +20,11 @@ def started(env: dict[str, str]) -> subprocess.Popen[bytes]:
         [sys.executable, "-c", WAITER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline() == b"up\n"  # bounded: the child prints or dies
+    if not select.select([proc.stdout], [], [], STARTUP_DEADLINE)[0]:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(f"the child said nothing within {STARTUP_DEADLINE} s")
+    assert proc.stdout.readline() == b"up\n"
     return proc
 
 
