@@ -32,6 +32,7 @@ zsvc's sources again. ``--no-pyc-cache`` measures the environment as it is.
 from __future__ import annotations
 
 import argparse
+import configparser
 import contextlib
 import functools
 import json
@@ -266,6 +267,40 @@ def wait_gone(proc: psutil.Process, timeout: float) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+class _CaseKeeping(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr  # an [env:…] section's NOTIFY_SOCKET stays upper case
+
+
+def write_ini(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    """Write a peer manager's INI file (circus, supervisord): section → key → value.
+
+    Values are written as they are (no interpolation: supervisord's own
+    ``%(program_name)s`` must reach it), keys keep their case.
+    """
+    parser = _CaseKeeping(interpolation=None)
+    parser.read_dict(sections)
+    with path.open("w") as handle:
+        parser.write(handle)
+    return path
+
+
+def cpu_seconds(*procs: psutil.Process | None) -> float:
+    """User + system CPU seconds of *procs* themselves (not of their reaped children).
+
+    None, and a process already gone, count nothing: every benchmark reads a
+    manager's CPU this way, before and after a window.
+    """
+    total = 0.0
+    for proc in procs:
+        if proc is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def daemon_from_lock(layout: RuntimeLayout) -> psutil.Process | None:

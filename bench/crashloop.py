@@ -49,6 +49,7 @@ from core import (
     Metric,
     add_run_options,
     context_xml,
+    cpu_seconds,
     daemon_from_lock,
     is_gone,
     kill_leftovers,
@@ -56,9 +57,10 @@ from core import (
     run_metadata,
     stop_daemon,
     wait_gone,
+    write_ini,
     zygote_of,
 )
-from peers import PEERS_VENV, cpu_total, ensure_peers_venv, package_versions
+from peers import PEERS_VENV, ensure_peers_venv, package_versions
 
 from zsvc import __version__ as zsvc_version
 from zsvc.paths import RuntimeLayout
@@ -223,49 +225,48 @@ class ZsvcManager(Manager):
 
 
 def circus_argv(bench: Bench, home: Path) -> list[str]:
-    lines = [
-        "[circus]",
-        f"endpoint = ipc://{home}/ctl",
-        f"pubsub_endpoint = ipc://{home}/pub",
-        "check_delay = 1",
-    ]
+    sections: dict[str, dict[str, object]] = {
+        "circus": {
+            "endpoint": f"ipc://{home}/ctl",
+            "pubsub_endpoint": f"ipc://{home}/pub",
+            "check_delay": 1,
+        }
+    }
     for i in range(bench.args.tasks):
-        lines += [
-            f"[watcher:c{i:03d}]",
-            f"cmd = {sys.executable} {bench.program} {home / 'count'}",
-            "numprocesses = 1",
-            "respawn = True",
-            "warmup_delay = 0",
-            "copy_env = True",
-        ]
-    (home / "circus.ini").write_text("\n".join(lines) + "\n")
-    return [str(PEERS_VENV / "bin" / "circusd"), str(home / "circus.ini")]
+        sections[f"watcher:c{i:03d}"] = {
+            "cmd": f"{sys.executable} {bench.program} {home / 'count'}",
+            "numprocesses": 1,
+            "respawn": "True",
+            "warmup_delay": 0,
+            "copy_env": "True",
+        }
+    return [str(PEERS_VENV / "bin" / "circusd"), str(write_ini(home / "circus.ini", sections))]
 
 
 def supervisord_argv(bench: Bench, home: Path) -> list[str]:
-    lines = [
-        "[supervisord]",
-        "nodaemon = true",
-        f"logfile = {home}/supervisord.log",
-        f"pidfile = {home}/supervisord.pid",
-        f"childlogdir = {home}",
-        "[unix_http_server]",
-        f"file = {home}/supervisor.sock",
-        "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-    ]
+    sections: dict[str, dict[str, object]] = {
+        "supervisord": {
+            "nodaemon": "true",
+            "logfile": f"{home}/supervisord.log",
+            "pidfile": f"{home}/supervisord.pid",
+            "childlogdir": home,
+        },
+        "unix_http_server": {"file": f"{home}/supervisor.sock"},
+        "rpcinterface:supervisor": {
+            "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
+        },
+    }
     for i in range(bench.args.tasks):
-        lines += [
-            f"[program:c{i:03d}]",
-            f"command = {sys.executable} {bench.program} {home / 'count'}",
-            "autorestart = true",
-            "startsecs = 0",
-            "startretries = 1000000000",
-            "stdout_logfile = NONE",
-            "redirect_stderr = true",
-        ]
-    (home / "supervisord.conf").write_text("\n".join(lines) + "\n")
-    return [str(PEERS_VENV / "bin" / "supervisord"), "-c", str(home / "supervisord.conf")]
+        sections[f"program:c{i:03d}"] = {
+            "command": f"{sys.executable} {bench.program} {home / 'count'}",
+            "autorestart": "true",
+            "startsecs": 0,
+            "startretries": 1000000000,
+            "stdout_logfile": "NONE",
+            "redirect_stderr": "true",
+        }
+    conf = write_ini(home / "supervisord.conf", sections)
+    return [str(PEERS_VENV / "bin" / "supervisord"), "-c", str(conf)]
 
 
 class Bench:
@@ -287,11 +288,11 @@ class Bench:
                 raise BenchError(f"{manager.name}: {manager.respawns()} runs within 60 s")
             time.sleep(0.1)  # polls a file's size: no event announces it
         time.sleep(self.args.warmup)  # the measured loop is the steady one
-        cpu0, runs0, t0 = cpu_total(counted), manager.respawns(), time.monotonic()
-        main0 = cpu_total(counted[:1])
+        cpu0, runs0, t0 = cpu_seconds(*counted), manager.respawns(), time.monotonic()
+        main0 = cpu_seconds(*counted[:1])
         time.sleep(self.args.window)
-        cpu1, runs1, t1 = cpu_total(counted), manager.respawns(), time.monotonic()
-        main1 = cpu_total(counted[:1])
+        cpu1, runs1, t1 = cpu_seconds(*counted), manager.respawns(), time.monotonic()
+        main1 = cpu_seconds(*counted[:1])
         manager.stop()
         runs, cpu, wall = runs1 - runs0, cpu1 - cpu0, t1 - t0
         if runs <= 0:

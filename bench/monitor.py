@@ -41,6 +41,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from core import cpu_seconds  # noqa: E402  (bench/, the script's directory)
+
 from zsvc.client import BusClient, ControlClient, socket_listening  # noqa: E402
 from zsvc.paths import RuntimeLayout  # noqa: E402
 
@@ -129,11 +131,6 @@ class Bench:
         except subprocess.TimeoutExpired:
             self.daemon.send_signal(signal.SIGKILL)
             self.daemon.wait(30)
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def measure(process: psutil.Process, window: float) -> float:

@@ -55,6 +55,7 @@ from core import (
     BenchError,
     Metric,
     add_run_options,
+    cpu_seconds,
     fmt,
     is_gone,
     median,
@@ -62,6 +63,7 @@ from core import (
     run_and_report,
     run_metadata,
     wait_gone,
+    write_ini,
 )
 from policy import context_xml
 
@@ -231,16 +233,6 @@ class UnixTransport(xmlrpc.client.Transport):
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         return UnixHTTPConnection(self.unix_path)
-
-
-def cpu_total(procs: list[psutil.Process]) -> float:
-    """User + system CPU seconds of *procs* themselves (not their reaped children)."""
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def task_cpu_ms(pids: list[int]) -> float:
@@ -574,30 +566,26 @@ class Circus(Manager):
         return [str(self.bench.peer_bin / "circusctl"), "--endpoint", self.endpoint, *args]
 
     def start_manager(self) -> None:
-        lines = [
-            "[circus]",
-            f"endpoint = {self.endpoint}",
-            f"pubsub_endpoint = ipc://{self.home}/pub",
-            f"stats_endpoint = {self.stats_endpoint}",
-            "statsd = True",
-            f"check_delay = {self.bench.args.circus_check_delay}",
-            "",
-        ]
+        sections: dict[str, dict[str, object]] = {
+            "circus": {
+                "endpoint": self.endpoint,
+                "pubsub_endpoint": f"ipc://{self.home}/pub",
+                "stats_endpoint": self.stats_endpoint,
+                "statsd": "True",
+                "check_delay": self.bench.args.circus_check_delay,
+            }
+        }
         for n in self.bench.all_sizes:
-            lines += [
-                f"[watcher:w{n}]",
-                f"cmd = {self.bench.task_argv[0]}",
-                f"args = {' '.join(self.bench.task_argv[1:])}",
-                f"numprocesses = {n}",
-                "autostart = False",
-                "warmup_delay = 0",
-                "graceful_timeout = 10",
-                "",
-                f"[env:w{n}]",
-                f"NOTIFY_SOCKET = {self.bench.ready.path}",
-                "",
-            ]
-        (self.home / "circus.ini").write_text("\n".join(lines))
+            sections[f"watcher:w{n}"] = {
+                "cmd": self.bench.task_argv[0],
+                "args": " ".join(self.bench.task_argv[1:]),
+                "numprocesses": n,
+                "autostart": "False",
+                "warmup_delay": 0,
+                "graceful_timeout": 10,
+            }
+            sections[f"env:w{n}"] = {"NOTIFY_SOCKET": self.bench.ready.path}
+        write_ini(self.home / "circus.ini", sections)
         self.spawn([str(self.bench.peer_bin / "circusd"), str(self.home / "circus.ini")], "log")
         deadline = time.monotonic() + 30
         while True:
@@ -717,37 +705,36 @@ class Supervisord(Manager):
         return [str(self.bench.peer_bin / "supervisorctl"), "-c", str(self.conf), *args]
 
     def start_manager(self) -> None:
-        lines = [
-            "[unix_http_server]",
-            f"file = {self.sock_path}",
-            "[supervisord]",
-            f"logfile = {self.home / 'log'}",
-            f"pidfile = {self.home / 'pid'}",
-            "nodaemon = true",
-            "user = root" if os.getuid() == 0 else "",
-            "[rpcinterface:supervisor]",
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-            "[supervisorctl]",
-            f"serverurl = unix://{self.sock_path}",
-            "",
-        ]
+        supervisord: dict[str, object] = {
+            "logfile": self.home / "log",
+            "pidfile": self.home / "pid",
+            "nodaemon": "true",
+        }
+        if os.getuid() == 0:
+            supervisord["user"] = "root"
+        sections: dict[str, dict[str, object]] = {
+            "unix_http_server": {"file": self.sock_path},
+            "supervisord": supervisord,
+            "rpcinterface:supervisor": {
+                "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
+            },
+            "supervisorctl": {"serverurl": f"unix://{self.sock_path}"},
+        }
         for n in self.bench.all_sizes:
-            lines += [
-                f"[program:p{n}]",
-                f"command = {' '.join(self.bench.task_argv)}",
-                f"numprocs = {n}",
-                "process_name = %(program_name)s_%(process_num)03d",
-                "autostart = false",
-                "autorestart = true",
-                f"startsecs = {self.bench.args.startsecs}",
-                "startretries = 1000",
-                "stopwaitsecs = 10",
-                "stdout_logfile = NONE",
-                "stderr_logfile = NONE",
-                f'environment = NOTIFY_SOCKET="{self.bench.ready.path}"',
-                "",
-            ]
-        self.conf.write_text("\n".join(lines))
+            sections[f"program:p{n}"] = {
+                "command": " ".join(self.bench.task_argv),
+                "numprocs": n,
+                "process_name": "%(program_name)s_%(process_num)03d",
+                "autostart": "false",
+                "autorestart": "true",
+                "startsecs": self.bench.args.startsecs,
+                "startretries": 1000,
+                "stopwaitsecs": 10,
+                "stdout_logfile": "NONE",
+                "stderr_logfile": "NONE",
+                "environment": f'NOTIFY_SOCKET="{self.bench.ready.path}"',
+            }
+        write_ini(self.conf, sections)
         self.spawn([str(self.bench.peer_bin / "supervisord"), "-c", str(self.conf)], "out")
         deadline = time.monotonic() + 30
         while True:
@@ -954,9 +941,9 @@ class Bench:
             if on:
                 manager.stats_on()
             procs = manager.manager_procs()
-            before, started = cpu_total(procs), time.monotonic()
+            before, started = cpu_seconds(*procs), time.monotonic()
             time.sleep(self.args.window)  # the measurement window itself
-            used = cpu_total(procs) - before
+            used = cpu_seconds(*procs) - before
             percent = 100.0 * used / (time.monotonic() - started)
             note = " + ".join(role(p) for p in procs)
             if on and manager.name == "supervisord":

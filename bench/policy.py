@@ -65,6 +65,7 @@ from core import (
     BenchError,
     Metric,
     add_run_options,
+    cpu_seconds,
     daemon_from_lock,
     is_gone,
     kill_leftovers,
@@ -128,17 +129,6 @@ def context_xml(
 ) -> str:
     """A context of one TaskService per id, with the given restart attributes."""
     return bench_context_xml(context_id, instance, ids, config, attributes=attributes)
-
-
-def cpu_of(proc: psutil.Process | None) -> float:
-    """User + system CPU seconds of *proc* itself (not of its reaped children)."""
-    if proc is None:
-        return 0.0
-    try:
-        times = proc.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return times.user + times.system
 
 
 class Daemon:
@@ -374,7 +364,7 @@ class Daemon:
         failed_messages = update_messages = update_bytes = 0
         bus = self.bus()
         try:
-            cpu0, zyg0 = cpu_of(self.proc), cpu_of(self.zygote)
+            cpu0, zyg0 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
             machine0 = psutil.cpu_times()
             start = time.perf_counter()
             argv = [*self.bench.zsvc, "start", "--context", str(self.crash_path), "--keep-going"]
@@ -403,7 +393,7 @@ class Daemon:
                     if LIMIT_HIT in str(message.status.get("reason", "")):
                         waiting.discard(message.service_id)
             wall = time.perf_counter() - start
-            cpu1, zyg1 = cpu_of(self.proc), cpu_of(self.zygote)
+            cpu1, zyg1 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
             machine1 = psutil.cpu_times()
             try:
                 out, err = cli.communicate(timeout=60)
@@ -415,11 +405,11 @@ class Daemon:
                 cli_wall = time.perf_counter() - start
             # The window after: every task at its limit (or, if the loop did not end, still
             # looping); the bench sends nothing to the daemon meanwhile.
-            idle0, izyg0 = cpu_of(self.proc), cpu_of(self.zygote)
+            idle0, izyg0 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
             idle_start = time.perf_counter()
             time.sleep(args.idle)
             idle_wall = time.perf_counter() - idle_start
-            idle1, izyg1 = cpu_of(self.proc), cpu_of(self.zygote)
+            idle1, izyg1 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
             idle_messages = 0
             while bus.sub.poll(0):  # what the daemon published in that window
                 bus.sub.recv_multipart()

@@ -46,42 +46,32 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core import cpu_seconds  # noqa: E402  (bench/, the script's directory)
+
 from tests.system.box import SystemdBox  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PROGRAM = "/usr/bin/python3 -c 'raise SystemExit(1)'"
 LIMIT_LINE = "Start request repeated too quickly"
-PREFIX = "crashloop-"
+LIMIT_UNITS = "crashloop-limit-"
+ALWAYS_UNITS = "crashloop-always-"
+"""Unit name prefixes of the two measurements."""
 POLL = 0.2
 """How often the journal is read while waiting for the last start limit (bounded)."""
 
 
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
-def journald_pid(box: SystemdBox) -> int | None:
-    """systemd-journald of the box, as the machine numbers it (a child of the box's PID 1)."""
+def journald_of(box: SystemdBox) -> psutil.Process | None:
+    """systemd-journald of the box, as the machine sees it (a child of the box's PID 1)."""
     assert box.leader is not None
     for child in psutil.Process(box.leader).children():
         if child.name() == "systemd-journald":
-            return child.pid
+            return child
     return None
 
 
-def launch(box: SystemdBox, tasks: int, properties: str, tag: str) -> None:
-    """``systemd-run --no-block`` of *tasks* units, one shell loop (like bench/systemd.py)."""
-    loop = (
-        f"for i in $(seq -w 0 {tasks - 1}); do systemd-run --no-block -q"
-        f" --unit={PREFIX}{tag}-$i {properties} {PROGRAM}; done"
-    )
-    box.run("sh", "-c", loop, check=True, timeout=300)
-
-
-def limit_times(box: SystemdBox, tag: str) -> list[float]:
-    """When each unit of *tag* hit its start limit (journal timestamps, seconds)."""
-    script = f"journalctl -q -o json --no-pager -u '{PREFIX}{tag}-*'"
+def limit_times(box: SystemdBox, prefix: str) -> list[float]:
+    """When each unit ``<prefix>*`` hit its start limit (journal timestamps, seconds)."""
+    script = f"journalctl -q -o json --no-pager -u '{prefix}*'"
     done = box.run("sh", "-c", script, check=True, timeout=60)
     times = []
     for line in done.stdout.splitlines():
@@ -91,37 +81,32 @@ def limit_times(box: SystemdBox, tag: str) -> list[float]:
     return times
 
 
-def restarts(box: SystemdBox, tag: str) -> int:
-    done = box.run("sh", "-c", f"systemctl show -p NRestarts --value '{PREFIX}{tag}-*'", check=True)
+def restarts(box: SystemdBox, prefix: str) -> int:
+    done = box.run("sh", "-c", f"systemctl show -p NRestarts --value '{prefix}*'", check=True)
     return sum(int(value) for value in done.stdout.split())
-
-
-def clean(box: SystemdBox, tag: str) -> None:
-    units = f"'{PREFIX}{tag}-*'"
-    box.run("sh", "-c", f"systemctl stop {units}; systemctl reset-failed {units}", timeout=120)
 
 
 def to_the_limit(box: SystemdBox, tasks: int, deadline_s: float) -> dict[str, Any]:
     assert box.leader is not None
-    journald = journald_pid(box)
+    pid1, journald = psutil.Process(box.leader), journald_of(box)
     properties = "-p Type=notify -p Restart=on-failure -p RestartSec=100ms"
-    cpu0, journal0 = cpu_seconds(box.leader), cpu_seconds(journald) if journald else 0.0
+    cpu0, journal0 = cpu_seconds(pid1), cpu_seconds(journald)
     began = time.time()
-    launch(box, tasks, properties, "limit")
+    box.start_units(LIMIT_UNITS, tasks, PROGRAM, properties, timeout=300)
     launched = time.time() - began
     deadline = time.monotonic() + deadline_s
     hits: list[float] = []
     while time.monotonic() < deadline:
-        hits = limit_times(box, "limit")
+        hits = limit_times(box, LIMIT_UNITS)
         if len(hits) >= tasks:
             break
         time.sleep(POLL)  # a bounded poll of a file no event announces
-    cpu1, journal1 = cpu_seconds(box.leader), cpu_seconds(journald) if journald else 0.0
+    cpu1, journal1 = cpu_seconds(pid1), cpu_seconds(journald)
     if len(hits) < tasks:
         raise RuntimeError(f"{len(hits)} of {tasks} units hit the start limit in {deadline_s} s")
-    starts = restarts(box, "limit") + tasks
+    starts = restarts(box, LIMIT_UNITS) + tasks
     wall = max(hits) - began
-    clean(box, "limit")
+    box.remove_units(LIMIT_UNITS)
     return {
         "pid1_cpu_s": cpu1 - cpu0,
         "journald_cpu_s": journal1 - journal0,
@@ -136,16 +121,17 @@ def to_the_limit(box: SystemdBox, tasks: int, deadline_s: float) -> dict[str, An
 def sustained(box: SystemdBox, tasks: int, window: float) -> dict[str, Any]:
     assert box.leader is not None
     properties = "-p Type=notify -p Restart=always -p RestartSec=1 -p StartLimitIntervalSec=0"
-    launch(box, tasks, properties, "always")
+    box.start_units(ALWAYS_UNITS, tasks, PROGRAM, properties, timeout=300)
     deadline = time.monotonic() + 60
-    while restarts(box, "always") < tasks and time.monotonic() < deadline:
+    while restarts(box, ALWAYS_UNITS) < tasks and time.monotonic() < deadline:
         time.sleep(POLL)  # settling: every unit restarted at least once (bounded)
-    count0 = restarts(box, "always")
-    cpu0, began = cpu_seconds(box.leader), time.monotonic()
+    count0 = restarts(box, ALWAYS_UNITS)
+    pid1 = psutil.Process(box.leader)
+    cpu0, began = cpu_seconds(pid1), time.monotonic()
     time.sleep(window)  # the measurement window itself
-    cpu1, wall = cpu_seconds(box.leader), time.monotonic() - began
-    count = restarts(box, "always") - count0
-    clean(box, "always")
+    cpu1, wall = cpu_seconds(pid1), time.monotonic() - began
+    count = restarts(box, ALWAYS_UNITS) - count0
+    box.remove_units(ALWAYS_UNITS)
     return {
         "pid1_cpu_s": cpu1 - cpu0,
         "wall_s": wall,

@@ -256,6 +256,22 @@ class SystemdBox:
             _check(done)
         return done
 
+    def start_units(
+        self, prefix: str, count: int, command: str, properties: str = "", timeout: float = 120.0
+    ) -> None:
+        """``systemd-run --no-block`` of *count* transient units ``<prefix>NN`` running
+        *command* (shell words) with *properties* (``-p K=V`` options): one shell loop."""
+        loop = (
+            f"for i in $(seq -w 0 {count - 1}); do systemd-run --no-block -q"
+            f" --unit={prefix}$i {properties} {command}; done"
+        )
+        self.run("sh", "-c", loop, check=True, timeout=timeout)
+
+    def remove_units(self, prefix: str) -> None:
+        """Stop the units ``<prefix>*`` and forget that they failed."""
+        units = f"'{prefix}*'"
+        self.run("sh", "-c", f"systemctl stop {units}; systemctl reset-failed {units}", timeout=120)
+
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []
