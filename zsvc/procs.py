@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from zsvc.runners.base import INVOCATION_ENV
+from zsvc.hostwire import INVOCATION_ENV
 
 
 def children_of(pid: int | str) -> list[int]:

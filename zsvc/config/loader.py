@@ -45,6 +45,7 @@ from zsvc.config.model import (
     Trigger,
 )
 from zsvc.errors import ConfigError, ConfigIssue
+from zsvc.hostwire import task_module_path
 from zsvc.monitor.options import MONITOR_INSTANCE, MonitorConfigError, parse_settings
 from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
 from zsvc.xmlsafe import doctype_at, safe_parser
@@ -1085,7 +1086,7 @@ def _monitor(
     """
     from zsvc.builtin import BUILTIN_LOCATION
 
-    if (location / MONITOR_INSTANCE / f"Service{MONITOR_INSTANCE}.py").is_file():
+    if task_module_path(location, MONITOR_INSTANCE).is_file():
         return location
     try:
         parse_settings(config)

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from zsvc.hostwire import (
+    INVOCATION_ENV as INVOCATION_ENV,  # re-export for zsvc/daemon (until the manager split lands)
+)
+from zsvc.procs import descendants
 from zsvc.states import Result
-
-INVOCATION_ENV = "ZSVC_INVOCATION"
-"""A unique id per task run, in the task's environment: finds a run whose pid was not saved."""
 
 TaskKey = tuple[str, str]
 """(transaction, task id): how runners and the daemon name one task."""
@@ -144,8 +145,6 @@ class TaskHandle(abc.ABC):
         This default walks the main process's descendants; a runner that knows
         better (a cgroup) overrides it. Called outside the event loop: it only reads.
         """
-        from zsvc.procs import descendants  # zsvc.procs imports this module
-
         return [self.pid, *sorted(descendants(self.pid))]
 
 

@@ -27,21 +27,19 @@ import sys
 import time
 import traceback
 import types
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import zmq
 
 from zsvc import protocol
 from zsvc.client import BusClient
+from zsvc.hostwire import SPEC_ENV, HostSpec, ThreadGroupSpec, is_group, task_module_path
 from zsvc.notify import sd_notify, watchdog_interval
 from zsvc.states import LastAction
 from zsvc.task.api import Task
 
 log = logging.getLogger("zsvc.task")
 
-SPEC_ENV = "ZSVC_TASK"
 EXIT_USER_ERROR = 1
 """The task's own code raised (setup, step, run, on_message, teardown)."""
 EXIT_SETUP_ERROR = 2
@@ -51,41 +49,6 @@ NOTIFY_TIMEOUT = 2.0
 
 class TaskLoadError(Exception):
     """The user's task class could not be found or is not a task."""
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """What the daemon tells a host about its task (the JSON in ``$ZSVC_TASK``)."""
-
-    transaction: str
-    task_id: str
-    service_name: str
-    instance: str
-    location: str
-    bus_pub: str
-    bus_sub: str
-    topic: str = "process"
-    device_action: str = ""
-    configuration: dict[str, Any] = field(default_factory=dict)
-    handshake_timeout: float = 30.0
-    join_after_setup: bool = False
-    """Join the bus once ``setup()`` returned (or when it first publishes), not before it.
-
-    The daemon asks this of a task in a crash streak (its last run failed
-    before lasting ``stable_sec``): one that keeps failing in ``setup()`` then
-    costs the daemon no bus connections, about a fifth of its CPU per start
-    in a crash loop. Either way the handshake is done before ``READY=1``.
-    """
-
-    @classmethod
-    def from_environ(cls, environ: dict[str, str] | None = None) -> HostSpec:
-        raw = (environ if environ is not None else os.environ).get(SPEC_ENV)
-        if not raw:
-            raise TaskLoadError(f"${SPEC_ENV} is not set: the task host is started by zsvc")
-        return cls(**json.loads(raw))
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"))
 
 
 SERVICES_PACKAGE = "zsvc_services"
@@ -103,7 +66,7 @@ def load_task_class(instance: str, location: str) -> type[Task]:
     which name were looked for.
     """
     class_name = f"Service{instance}"
-    expected = Path(location) / instance / f"{class_name}.py"
+    expected = task_module_path(location, instance)
     if not expected.is_file():
         raise TaskLoadError(f"task module {expected} does not exist")
     if location not in sys.path:
@@ -348,7 +311,7 @@ def main() -> int:
         data = json.loads(raw) if raw else None
     except ValueError:
         data = None
-    group = isinstance(data, dict) and data.get("kind") == "threads"
+    group = is_group(data)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format=THREAD_LOG_FORMAT if group else LOG_FORMAT
     )
@@ -357,7 +320,7 @@ def main() -> int:
         from zsvc.task import threads
 
         try:
-            group_spec = threads.ThreadGroupSpec.from_dict(data)  # type: ignore[arg-type]
+            group_spec = ThreadGroupSpec.from_dict(data)  # type: ignore[arg-type]
         except (KeyError, ValueError, TypeError) as exc:
             log.error("invalid thread group description: %s", exc)
             return EXIT_SETUP_ERROR

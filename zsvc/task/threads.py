@@ -29,7 +29,6 @@ and an end of the host process ends every thread task of the transaction.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -38,17 +37,25 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from zsvc import protocol
 from zsvc.client import BusClient
+from zsvc.hostwire import ENDS as ENDS  # re-export for zsvc/daemon (until the manager split lands)
+from zsvc.hostwire import (
+    ORDER_KEY,
+    ORDER_START,
+    ORDER_STOP,
+    REPORT_ACTION,
+    Event,
+    HostSpec,
+    ThreadGroupSpec,
+)
 from zsvc.task.api import Task
 from zsvc.task.host import (
     EXIT_SETUP_ERROR,
-    HostSpec,
     Runtime,
     _fail,
     _StopSignal,
@@ -57,62 +64,6 @@ from zsvc.task.host import (
 )
 
 log = logging.getLogger("zsvc.task")
-
-GROUP_KIND = "threads"
-"""``kind`` of the JSON in ``$ZSVC_TASK`` that makes the task host a thread host."""
-ORDER_KEY = "zsvc_order"
-"""The content key that makes a ``process`` start/stop message an order of the daemon."""
-REPORT_ACTION = "thread"
-"""The ``control`` action of a thread host's reports to the daemon."""
-ORDER_START = "start"
-ORDER_STOP = "stop"
-
-
-class Event:
-    """``content.status.event`` of a thread report."""
-
-    STARTED = "started"
-    STATUS = "status"
-    EXITED = "exited"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-ENDS = frozenset({Event.EXITED, Event.STOPPED, Event.FAILED})
-
-
-@dataclass(frozen=True)
-class ThreadGroupSpec:
-    """What the daemon tells a thread host (the JSON in ``$ZSVC_TASK``, with ``kind``)."""
-
-    transaction: str
-    bus_pub: str
-    bus_sub: str
-    tasks: tuple[HostSpec, ...]
-    handshake_timeout: float = 30.0
-    stop_timeout: float = 10.0
-    """How long the host waits for its threads when it is stopped itself."""
-
-    def to_json(self) -> str:
-        data = {
-            "kind": GROUP_KIND,
-            "transaction": self.transaction,
-            "bus_pub": self.bus_pub,
-            "bus_sub": self.bus_sub,
-            "handshake_timeout": self.handshake_timeout,
-            "stop_timeout": self.stop_timeout,
-            "tasks": [dict(task.__dict__) for task in self.tasks],
-        }
-        return json.dumps(data, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ThreadGroupSpec:
-        fields = {key: value for key, value in data.items() if key not in ("kind", "tasks")}
-        return cls(**fields, tasks=tuple(HostSpec(**task) for task in data["tasks"]))
-
-
-def is_group(data: object) -> bool:
-    return isinstance(data, dict) and data.get("kind") == GROUP_KIND
 
 
 class Outbox:
