@@ -17,7 +17,7 @@ from dbus_fast import Message, MessageType, Variant
 
 from zsvc import journal
 from zsvc.naming import unit_name
-from zsvc.runners.base import ExitInfo, LaunchSpec, RunnerUnavailable, TaskKey
+from zsvc.runners.base import ExitInfo, LaunchSpec, LogSource, RunnerUnavailable, TaskKey
 from zsvc.runners.choose import choose_runner, systemd_booted
 from zsvc.runners.systemd import SystemdRunner, SystemdTask
 from zsvc.runners.transient import unit_path
@@ -278,3 +278,12 @@ def test_the_start_job_done_means_ready_even_unsignalled(runner) -> None:
         manager_signal("JobRemoved", "uoss", [10, "/job/10", NAME, "done"]),  # a later job
     )
     assert events.seen == [("ready", (TX, TASK))]
+
+
+def test_the_runner_says_which_journal_has_the_output() -> None:
+    """zsvc logs asks the runner, not its name: the user manager's journal or the system's."""
+    assert SystemdRunner(user=True).log_source is LogSource.USER_JOURNAL
+    assert SystemdRunner(user=False).log_source is LogSource.SYSTEM_JOURNAL
+    assert LogSource.USER_JOURNAL.journal and LogSource.USER_JOURNAL.user
+    assert LogSource.SYSTEM_JOURNAL.journal and not LogSource.SYSTEM_JOURNAL.user
+    assert not LogSource.FILES.journal

@@ -484,14 +484,14 @@ class Daemon:
     async def cmd_logs(self, transaction: str, services: list[str]) -> Any:
         assert self.manager is not None
         entries = self.manager.log_paths(transaction, services)
-        if self.runner.name != "systemd":
+        source = self.runner.log_source
+        if not source.journal:
             return {"logs": entries}
         # journald has the tasks' output (LogExtraFields): 'zsvc logs' runs journalctl.
         tasks = [entry["task"] for entry in entries] if services else []
-        user = bool(getattr(self.runner, "user", False))
         return {
             "logs": entries,
-            "journal": {"transaction": transaction, "tasks": tasks, "user": user},
+            "journal": {"transaction": transaction, "tasks": tasks, "user": source.user},
         }
 
     async def cmd_forget(self, transaction: str) -> Any:

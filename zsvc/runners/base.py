@@ -16,6 +16,7 @@ notify), shows a *status* line, is *stopping*, has *exited* with an
 from __future__ import annotations
 
 import abc
+import enum
 import signal as signals
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,10 +149,39 @@ class TaskHandle(abc.ABC):
         return [self.pid, *sorted(descendants(self.pid))]
 
 
+class LogSource(enum.Enum):
+    """Where the output of a runner's tasks can be read (``zsvc logs``).
+
+    The daemon asks the runner rather than testing its name: a wrapping runner
+    (Thread tasks) answers for the one it wraps, and a new runner says where
+    its tasks write without a change to the daemon.
+    """
+
+    FILES = "files"
+    """Each task's own file, :attr:`LaunchSpec.log_path`, appended to by the task."""
+    SYSTEM_JOURNAL = "system-journal"
+    """journald, through the system manager (``journalctl``), with zsvc's fields."""
+    USER_JOURNAL = "user-journal"
+    """journald, through the user's own manager (``journalctl --user``), with zsvc's fields."""
+
+    @property
+    def journal(self) -> bool:
+        """Whether the output is in the journal (read with ``journalctl``), not in files."""
+        return self is not LogSource.FILES
+
+    @property
+    def user(self) -> bool:
+        """Whether it is the user manager's journal (``journalctl --user``)."""
+        return self is LogSource.USER_JOURNAL
+
+
 class Runner(abc.ABC):
     """Turns launch specs into supervised processes."""
 
     name: str = "abstract"
+    """The runner's word in ``zsvc ping`` and logs; never tested by the daemon (ask below)."""
+    log_source: LogSource = LogSource.FILES
+    """Where its tasks' output can be read: the daemon tells ``zsvc logs`` where to look."""
 
     @abc.abstractmethod
     async def open(self, events: RunnerEvents) -> None:
@@ -164,6 +194,11 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     async def adopt(self, spec: LaunchSpec, description: Mapping[str, Any]) -> TaskHandle | None:
         """Find a task started by an earlier daemon; None when it is gone."""
+
+    async def forget(self, transaction: str) -> None:  # noqa: B027 - a hook: most hold nothing
+        """The daemon forgot *transaction* (its tasks are all down): release what the
+        runner kept for it. Nothing, by default: a runner that keeps something per
+        transaction (a thread host, say) overrides this."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -52,6 +52,7 @@ from zsvc.runners.base import (
     ExitInfo,
     LaunchError,
     LaunchSpec,
+    LogSource,
     Runner,
     RunnerEvents,
     RunnerUnavailable,
@@ -275,6 +276,7 @@ class SystemdRunner(Runner):
 
     def __init__(self, user: bool | None = None):
         self.user = os.geteuid() != 0 if user is None else user
+        self.log_source = LogSource.USER_JOURNAL if self.user else LogSource.SYSTEM_JOURNAL
         self.bus: SystemdBus | None = None
         self.events: RunnerEvents | None = None
         self.by_path: dict[str, SystemdTask] = {}
