@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from tests.integration.conftest import REPO, TEST_SERVICES
-from zsvc.task.host import EXIT_SETUP_ERROR, EXIT_USER_ERROR, SPEC_ENV, HostSpec
+from zsvc.hostwire import SPEC_ENV, HostSpec
+from zsvc.task.runtime import EXIT_SETUP_ERROR, EXIT_USER_ERROR
 
 HOST_DEADLINE = 20.0
 """Bound on one host's life; longer than any handshake deadline these tests give it."""

@@ -33,6 +33,7 @@ from typing import Any
 
 from lxml import etree
 
+from zsvc.builtin import builtin_task
 from zsvc.config.model import (
     DEFAULT_PUB_ENDPOINT,
     DEFAULT_START_TIMEOUT,
@@ -45,8 +46,6 @@ from zsvc.config.model import (
     Trigger,
 )
 from zsvc.errors import ConfigError, ConfigIssue
-from zsvc.hostwire import task_module_path
-from zsvc.monitor.options import MONITOR_INSTANCE, MonitorConfigError, parse_settings
 from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
 from zsvc.xmlsafe import doctype_at, safe_parser
 
@@ -630,8 +629,8 @@ def _task_spec(
         )
     service_name = _service_name(reader, parts.get("message"))
     config, device_action, location = _configuration(reader, parts.get("message"))
-    if instance == MONITOR_INSTANCE and command is None:
-        location = _monitor(reader, parts.get("message"), config, location)
+    if command is None:
+        location = _builtin(reader, instance, parts.get("message"), config, location)
     entry, triggers = _state(reader, parts.get("state"))
     return TaskSpec(
         id=task_id,
@@ -1077,30 +1076,29 @@ def _configuration(
     return config, device_action, location
 
 
-def _monitor(
-    reader: _TaskReader, message: _Element | None, config: dict[str, Any], location: Path
+def _builtin(
+    reader: _TaskReader,
+    instance: str,
+    message: _Element | None,
+    config: dict[str, Any],
+    location: Path,
 ) -> Path:
-    """The seed's ``instance="Monitor"``: zsvc's built-in Monitor, its configuration checked.
-
-    A ``Monitor`` package in the task location is the user's own and is left alone.
-    """
-    from zsvc.builtin import BUILTIN_LOCATION
-
-    if task_module_path(location, MONITOR_INSTANCE).is_file():
+    """The task's location: zsvc's own when *instance* is a built-in task (:mod:`zsvc.builtin`),
+    whose configuration is then checked here, so a mistake is a ``file:line`` error."""
+    builtin = builtin_task(instance, location)
+    if builtin is None:
         return location
-    try:
-        parse_settings(config)
-    except MonitorConfigError as exc:
-        configuration = _config_element(reader, message)
-        for key_path, why in exc.problems:
-            where = configuration if configuration is not None else reader.element
-            for tag in key_path.split(".") if configuration is not None else ():
-                found = [el for el in _elements(where) if el.tag == tag]
-                if not found:
-                    break
-                where = found[0]
-            reader.at(where, f"Monitor configuration.{key_path}: {why}")
-    return BUILTIN_LOCATION
+    problems = builtin.check(config)
+    configuration = _config_element(reader, message) if problems else None
+    for key_path, why in problems:
+        where = configuration if configuration is not None else reader.element
+        for tag in key_path.split(".") if configuration is not None else ():
+            found = [el for el in _elements(where) if el.tag == tag]
+            if not found:
+                break
+            where = found[0]
+        reader.at(where, f"{instance} configuration.{key_path}: {why}")
+    return builtin.location
 
 
 def _config_element(reader: _TaskReader, message: _Element | None) -> _Element | None:

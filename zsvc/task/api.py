@@ -21,11 +21,35 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from zsvc.protocol import Message
-    from zsvc.task.host import Runtime
+
+
+class Runtime(Protocol):
+    """What a task needs from the host that runs it (:class:`zsvc.task.runtime.Runtime`).
+
+    Described here rather than imported: the host imports this module to
+    load and check task classes, so this module must not import the host.
+    """
+
+    stop_requested: bool
+
+    @property
+    def transaction(self) -> str: ...
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def service_name(self) -> str: ...
+
+    def publish_update(self, result: str, items: dict[str, Any]) -> None: ...
+
+    def send(self, topic: str, action: str, content: dict[str, Any]) -> None: ...
+
+    def set_status(self, text: str) -> None: ...
 
 
 class Task:

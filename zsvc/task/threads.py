@@ -35,7 +35,6 @@ import queue
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,11 +53,12 @@ from zsvc.hostwire import (
     ThreadGroupSpec,
 )
 from zsvc.task.api import Task
-from zsvc.task.host import (
+from zsvc.task.runtime import (
     EXIT_SETUP_ERROR,
     Runtime,
-    _fail,
-    _StopSignal,
+    StopSignal,
+    fail,
+    failure_reason,
     load_task_class,
     notify,
 )
@@ -141,7 +141,7 @@ class Worker:
             with _LOAD_LOCK:
                 cls = load_task_class(spec.instance, spec.location)
         except BaseException as exc:  # noqa: BLE001 - user code: any import error is the task's
-            self._end(Event.FAILED, reason=_failure("cannot load the task class", exc))
+            self._end(Event.FAILED, reason=failure_reason("cannot load the task class", exc))
             return
         event = Event.EXITED
         try:
@@ -163,13 +163,13 @@ class Worker:
                 items = {"exit_code": code, "reason": f"sys.exit({exc.code!r})"}
         except BaseException as exc:  # noqa: BLE001 - user code: report any failure
             event = Event.FAILED
-            items = {"reason": _failure(f"{cls.__name__} failed", exc)}
+            items = {"reason": failure_reason(f"{cls.__name__} failed", exc)}
         finally:
             if task is not None:
                 try:
                     task.teardown()
                 except BaseException as exc:  # noqa: BLE001 - user code
-                    reason = _failure("teardown failed", exc)
+                    reason = failure_reason("teardown failed", exc)
                     if event != Event.FAILED:
                         event, items = Event.FAILED, {"reason": reason}
         if event == Event.EXITED and self.runtime.stop_requested:
@@ -206,12 +206,6 @@ class Worker:
         return self.spec.transaction, self.spec.task_id
 
 
-def _failure(what: str, exc: BaseException) -> str:
-    """Log the traceback (the host's log) and return the one-line reason."""
-    log.error("%s:\n%s", what, "".join(traceback.format_exception(exc)).rstrip())
-    return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]
-
-
 class GroupHost:
     """The main thread: bus, orders, mail delivery, and the threads' outbox."""
 
@@ -222,7 +216,7 @@ class GroupHost:
         self.specs = {spec.task_id: spec for spec in group.tasks}
         self.workers: dict[str, Worker] = {}
 
-    def serve(self, stop: _StopSignal) -> None:
+    def serve(self, stop: StopSignal) -> None:
         poller = zmq.Poller()
         poller.register(self.bus.sub, zmq.POLLIN)
         poller.register(stop.read_fd, zmq.POLLIN)
@@ -303,14 +297,14 @@ class GroupHost:
 
 def serve(group: ThreadGroupSpec) -> int:
     """Run a thread host until it is asked to stop; the return value is the exit status."""
-    stop = _StopSignal()
+    stop = StopSignal()
     topics = sorted({protocol.Topic.PROCESS.value, *(task.topic for task in group.tasks)})
     bus = BusClient(group.bus_pub, group.bus_sub, topics=topics)
     try:
         bus.handshake(group.handshake_timeout)
     except TimeoutError as exc:
         bus.close()
-        return _fail(f"cannot join the bus at {group.bus_sub}", exc, EXIT_SETUP_ERROR)
+        return fail(f"cannot join the bus at {group.bus_sub}", exc, EXIT_SETUP_ERROR)
     host = GroupHost(group, bus)
     if not stop.requested:
         notify("READY=1", f"MAINPID={os.getpid()}")
