@@ -7,6 +7,18 @@ process that imported the task host once; for each task it forks, and the
 child runs the host directly — what remains per task is the fork, the
 user's own module and the bus handshake.
 
+Layering: this is the one module on the runners' side that imports the task
+host's implementation (:mod:`zsvc.task.host`), and it does so only inside
+:func:`main` and :func:`_become_task`, which run in the zygote process and in
+the tasks it forks, never in the daemon. That is not a daemon-to-task-host
+dependency but this process's job: the zygote *is* a task host waiting to
+become a task, exactly as ``python -m zsvc.task`` is. The daemon only starts
+it (``python -m zsvc.runners.zygote``) and sends it plain JSON; what the task
+is told travels in its environment (``$ZSVC_TASK``, :mod:`zsvc.hostwire`). At
+module level this file imports only what a child needs before it becomes the
+task (its cgroup, exit codes), so importing it never loads the task side
+(``tests/unit/test_imports.py`` checks that).
+
 How a forked task becomes the daemon's child: the daemon is a child
 subreaper (``PR_SET_CHILD_SUBREAPER``) and the zygote double-forks. The
 intermediate process forks the task and exits at once, so the task is
