@@ -1,4 +1,5 @@
-"""The task host's bus join: before setup(), or (in a crash streak) only after it.
+"""The task host's bus join: before setup(), or (in a crash streak) only after it;
+and the task side's notifications (in process, against zsvc's own notify server).
 
 Each host runs as a real ``python -m zsvc.task`` process against bus endpoints
 nobody listens on: a host that tries to join waits for a handshake that cannot
@@ -8,14 +9,18 @@ complete, so whether and when it tries is visible in how it ends.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import REPO, TEST_SERVICES
 from zsvc.hostwire import SPEC_ENV, HostSpec
-from zsvc.task.runtime import EXIT_SETUP_ERROR, EXIT_USER_ERROR
+from zsvc.notify import Notification, NotifyServer
+from zsvc.task.runtime import EXIT_SETUP_ERROR, EXIT_USER_ERROR, notify
 
 HOST_DEADLINE = 20.0
 """Bound on one host's life; longer than any handshake deadline these tests give it."""
@@ -70,3 +75,39 @@ def test_a_host_joining_after_setup_joins_before_ready(tmp_path: Path) -> None:
     assert done.returncode == EXIT_SETUP_ERROR, done.stderr
     assert "cannot join the bus" in done.stderr
     assert "T/t ready" not in done.stderr  # the host logs "T/t ready (pid N)" at READY=1
+
+
+# --- the task side's notifications: one sender, one error policy (zsvc.task.runtime.notify)
+
+
+def test_a_status_in_any_script_reaches_the_manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UTF-8 on the wire, as sd_notify(3) says: sdnotify's Latin-1 would make the server
+    refuse the first datagram and could not encode the second one at all."""
+    with NotifyServer(tmp_path / "notify") as server:
+        monkeypatch.setenv("NOTIFY_SOCKET", server.path)
+        notify("STATUS=20 °C")
+        notify("READY=1", "STATUS=温度 20 °C")
+        got = [n.fields for n in server.drain() if isinstance(n, Notification)]
+    assert got == [{"STATUS": "20 °C"}, {"READY": "1", "STATUS": "温度 20 °C"}]
+
+
+def test_a_notification_nobody_receives_never_fails_the_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No manager, or a manager gone (being restarted): the task goes on, a debug line says so."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notify("READY=1")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    with caplog.at_level(logging.DEBUG, logger="zsvc.task"):
+        notify("WATCHDOG=1")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+
+
+def test_a_notification_the_protocol_cannot_carry_is_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    with pytest.raises(ValueError, match="newline"):
+        notify("STATUS=two\nlines")

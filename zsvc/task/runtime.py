@@ -162,7 +162,22 @@ class Runtime:
 
 
 def notify(*assignments: str) -> None:
-    """sd_notify that never kills a task: a daemon being restarted is not the task's fault."""
+    """Tell the task's manager how it is (READY, STATUS, WATCHDOG, STOPPING): the one way
+    the task side sends sd_notify, with its one error policy.
+
+    * no ``$NOTIFY_SOCKET`` (run by hand): nothing is sent;
+    * any failure to send (the daemon is being restarted, its queue stayed full
+      past :data:`NOTIFY_TIMEOUT` in a stop of hundreds of tasks): a debug line,
+      and the task goes on. A daemon being restarted is not the task's fault,
+      and the one who can act on a lost notification is the manager, which sees
+      it (no READY within start_timeout, no WATCHDOG=1): a warning in every
+      task's log for the same event would only be noise;
+    * an assignment the protocol cannot carry raises ValueError: a bug, not a state.
+
+    The datagram is UTF-8, a fresh socket per call, connected, with a timeout
+    (:func:`zsvc.notify.sd_notify`): why ``sdnotify.SystemdNotifier``, which
+    encodes Latin-1, keeps one socket and has no timeout, does not serve here.
+    """
     try:
         sd_notify(*assignments, timeout=NOTIFY_TIMEOUT)
     except OSError as exc:
