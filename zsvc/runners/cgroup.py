@@ -51,8 +51,6 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 CANDIDATES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 """Where a cgroup2 hierarchy is mounted: the hybrid layout first, then the unified one."""
 SLICE = "zsvc.slice"
-EXIT_CGROUP = 219
-"""systemd's exit status for "could not join the cgroup" (EXIT_CGROUP)."""
 STALE_AGE = 60.0
 """An empty group older than this (seconds) is a leftover that :meth:`CgroupTree.sweep` removes."""
 

@@ -105,21 +105,16 @@ from zsvc.runners.base import (
     TaskHandle,
     TaskKey,
 )
-from zsvc.runners.cgroup import EXIT_CGROUP, Cgroup, CgroupTree, cgroup_of, find_hierarchy
+from zsvc.runners.cgroup import Cgroup, CgroupTree, cgroup_of, find_hierarchy
+from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_CHDIR, EXIT_EXEC, EXIT_LIMITS, KILL_WAIT
 from zsvc.states import Result
 
 log = logging.getLogger(__name__)
 
-EXIT_EXEC = 203  # systemd's exit status for "the program could not be executed"
-EXIT_CHDIR = 200  # systemd's exit status for "could not change the working directory"
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 """Signals systemd counts as a clean end (systemd.service(5), SuccessExitStatus=)."""
-KILL_WAIT = 5.0
-"""How long to wait for SIGKILL to take effect before giving up on a process."""
 WATCHDOG_SIGNAL = signal.SIGABRT
 """systemd's default ``WatchdogSignal=``."""
-EXIT_LIMITS = 205
-"""systemd's exit status for "could not set a resource limit" (EXIT_LIMITS)."""
 SHELL = "/bin/sh"
 JOIN_CGROUP = (
     'echo $$ > "$1/cgroup.procs"'

@@ -59,6 +59,7 @@ from zsvc.runners.base import (
     TaskHandle,
 )
 from zsvc.runners.cgroup import cgroup_of, members_of
+from zsvc.runners.exitcodes import EXIT_CHDIR, EXIT_EXEC, KILL_WAIT
 from zsvc.runners.sdbus import (
     MANAGER,
     MANAGER_MATCH,
@@ -77,13 +78,10 @@ from zsvc.states import Result, State
 
 log = logging.getLogger(__name__)
 
-KILL_WAIT = 5.0
-"""How long after SIGKILL (or the stop timeout) systemd may take to report the end."""
 PID_WAIT = 10.0
 """How long start() waits for systemd to fork the task (it takes milliseconds)."""
 REMOVAL_WAIT = 2.0
 """How long a new run waits for the previous run's unit to be unloaded."""
-EXIT_CHDIR = 200
 SLICE_GRACE = 1.0
 """How long a transaction's slice stays after its last task ended (a restart reuses it)."""
 DESTRUCTIVE = "org.freedesktop.systemd1.TransactionIsDestructive"
@@ -447,7 +445,7 @@ class SystemdRunner(Runner):
             what = spec.argv[0] if spec.argv else "(no command)"
             raise LaunchError(
                 f"cannot execute {what}: not found or not executable",
-                ExitInfo(Result.EXIT_CODE, exit_code=transient.EXIT_EXEC, detail=what),
+                ExitInfo(Result.EXIT_CODE, exit_code=EXIT_EXEC, detail=what),
             )
         if not os.path.isdir(spec.cwd):
             raise LaunchError(

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zsvc.runners.base import ExitInfo, LaunchSpec
+from zsvc.runners.exitcodes import SETUP_FAILURES
 from zsvc.states import DOWN, HAS_PROCESS, Result, State
 
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
-EXIT_EXEC = 203
-"""systemd's exit status for "the program could not be executed" (as the local runner)."""
 
 LOG_FIELDS = ("ZSVC_TRANSACTION", "ZSVC_TASK", "ZSVC_SERVICE")
 """Journal fields on every line of a task (``journalctl ZSVC_TRANSACTION=<id>``)."""
@@ -62,9 +61,6 @@ RELOADING = "reloading"
 ACTIVE_STATES = frozenset({*HAS_PROCESS, RELOADING})
 """``ActiveState`` values of a unit whose process may still run (zsvc's states are
 systemd's words: :mod:`zsvc.states`)."""
-
-SETUP_FAILURES = (200, 243)
-"""systemd's exit statuses for a child that failed before exec (systemd.exec(5))."""
 
 # siginfo codes in ExecMainCode (waitid(2)).
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3

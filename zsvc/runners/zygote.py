@@ -63,9 +63,9 @@ import socket
 import sys
 from typing import Any
 
-from zsvc.runners.cgroup import EXIT_CGROUP, join
+from zsvc.runners.cgroup import join
+from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_CHDIR
 
-EXIT_CHDIR = 200  # systemd's exit status for "could not change the working directory"
 MAX_PACKET = 1 << 20
 
 
