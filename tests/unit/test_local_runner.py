@@ -17,17 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from zsvc.hostwire import INVOCATION_ENV
 from zsvc.paths import RuntimeLayout
-from zsvc.procs import process_start_time
-from zsvc.runners.base import INVOCATION_ENV, ExitInfo, LaunchError, LaunchSpec, TaskKey
+from zsvc.procs import children_of, descendants, process_start_time
+from zsvc.runners.base import ExitInfo, LaunchError, LaunchSpec, TaskKey
 from zsvc.runners.cgroup import cgroup_of, find_hierarchy
-from zsvc.runners.local import (
-    LocalRunner,
-    children_of,
-    descendants,
-    executable_error,
-    wrap_exec,
-)
+from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_LIMITS
+from zsvc.runners.local import LocalRunner
+from zsvc.runners.localexec import wrap_exec
 from zsvc.states import Result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,32 +301,19 @@ def test_an_fd_limit_that_cannot_be_set_ends_the_task_with_exit_limits(tmp_path:
     assert f"zsvc: cannot set the open-files limit to {hard + 1}" in output
 
 
-def test_wrap_exec_leaves_argv_alone_with_nothing_to_do() -> None:
-    assert wrap_exec(["true"], None, None) == ["true"]
-    assert wrap_exec(["true"], "/cg", 1024)[-3:] == ["/cg", "1024", "true"]
-
-
-def test_executable_error_looks_programs_up_like_exec(tmp_path: Path) -> None:
-    import errno
-
-    script = tmp_path / "run.sh"
-    script.write_text("#!/bin/sh\n")
-    script.chmod(0o755)
-    (tmp_path / "data").write_text("")
-    env = {"PATH": f"/nonexistent:{tmp_path}"}
-    assert executable_error("run.sh", env, "/") is None  # found on PATH
-    assert executable_error("./run.sh", {}, str(tmp_path)) is None  # relative to the cwd
-    assert executable_error(str(script), {"PATH": ""}, "/") is None
-    assert executable_error("sh", dict(os.environ), "/") is None
-    for program, cwd, code in (
-        ("no-such-zsvc-program", "/", errno.ENOENT),
-        ("./data", str(tmp_path), errno.EACCES),  # not executable
-        (str(tmp_path), "/", errno.EACCES),  # a directory
-        ("./run.sh", "/", errno.ENOENT),  # relative to another cwd
-        ("", "/", errno.ENOENT),
-    ):
-        error = executable_error(program, env, cwd)
-        assert error is not None and error.errno == code, program
+def test_the_wrapper_exits_with_systemds_statuses(tmp_path: Path) -> None:
+    """The shell alone (no task started): a cgroup it cannot join is EXIT_CGROUP, a limit
+    it cannot set EXIT_LIMITS, and on success the program runs with the arguments as given."""
+    missing = str(tmp_path / "no-such-group")
+    joined = subprocess.run(wrap_exec(["true"], missing, None), capture_output=True, text=True)
+    assert joined.returncode == EXIT_CGROUP
+    assert f"zsvc: cannot join the cgroup {missing}" in joined.stderr
+    limited = subprocess.run(wrap_exec(["true"], None, -5), capture_output=True, text=True)
+    assert limited.returncode == EXIT_LIMITS
+    echoed = subprocess.run(
+        wrap_exec(["printf", "%s|", "a b", "$HOME"], None, 64), capture_output=True, text=True
+    )
+    assert (echoed.returncode, echoed.stdout) == (0, "a b|$HOME|")
 
 
 class _PreviousDaemon:
@@ -432,7 +416,8 @@ FALLBACK = textwrap.dedent(
     import asyncio, contextlib, json, os, select, signal, sys, uuid
     from pathlib import Path
     from zsvc.paths import RuntimeLayout
-    from zsvc.runners.base import INVOCATION_ENV, LaunchSpec
+    from zsvc.hostwire import INVOCATION_ENV
+    from zsvc.runners.base import LaunchSpec
     from zsvc.runners.local import LocalRunner
 
     tmp, ending, orphaner = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -463,7 +448,7 @@ FALLBACK = textwrap.dedent(
         try:
             info = await asyncio.wait_for(task.stop() if ending == "stop" else task.wait(), 10)
             gone = watch is None or bool(select.select([watch], [], [], 5)[0])  # ended
-            result = {"subreaper": runner.subreaper, "cgroup": task.describe()["cgroup"],
+            result = {"subreaper": runner.subreaper.active, "cgroup": task.describe()["cgroup"],
                       "result": str(info.result), "grandchild_gone": gone}
         finally:
             with contextlib.suppress(ProcessLookupError):
