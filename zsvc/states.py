@@ -28,7 +28,13 @@ class State(StrEnum):
 
 
 class SubState(StrEnum):
-    """A task's detailed state (a subset of systemd's service ``SubState``)."""
+    """A task's detailed state (a subset of systemd's service ``SubState``).
+
+    systemd's ``stop-sigkill`` is not among them: a run that must be killed
+    after its stop timeout stays ``stop-sigterm`` until it ends, and its
+    result ``timeout`` tells that it was killed (no runner reports the
+    escalation, so the word would never be set).
+    """
 
     WAITING = "waiting"  # zsvc's own: not started, waits for a trigger to call it
     START = "start"
@@ -36,7 +42,6 @@ class SubState(StrEnum):
     EXITED = "exited"
     AUTO_RESTART = "auto-restart"
     STOP_SIGTERM = "stop-sigterm"
-    STOP_SIGKILL = "stop-sigkill"
     DEAD = "dead"
     FAILED = "failed"
 
@@ -124,12 +129,31 @@ TRIGGER_FOR_ACTION: dict[LastAction, TriggerEvent] = {
 
 # Groups the code asks about.
 HAS_PROCESS: frozenset[State] = frozenset({State.ACTIVATING, State.ACTIVE, State.DEACTIVATING})
-"""States in which a task has (or may have) a live process."""
-
-SIGNALLABLE: frozenset[State] = HAS_PROCESS
+"""The states of an up task: a run exists, or (``activating/auto-restart``) one is due."""
 
 DOWN: frozenset[State] = frozenset({State.INACTIVE, State.FAILED})
 """States in which a task has no process."""
+
+STATE_OF: dict[SubState, State] = {
+    SubState.WAITING: State.INACTIVE,
+    SubState.DEAD: State.INACTIVE,
+    SubState.EXITED: State.INACTIVE,
+    SubState.START: State.ACTIVATING,
+    SubState.AUTO_RESTART: State.ACTIVATING,
+    SubState.RUNNING: State.ACTIVE,
+    SubState.STOP_SIGTERM: State.DEACTIVATING,
+    SubState.FAILED: State.FAILED,
+}
+"""The one state each sub-state belongs to (``docs/states.md``, the sub_state table)."""
+
+SIGNALLABLE: frozenset[SubState] = frozenset(
+    {SubState.START, SubState.RUNNING, SubState.STOP_SIGTERM}
+)
+"""Sub-states in which a run exists: it may be signalled, and only its end takes it down.
+
+Narrower than :data:`HAS_PROCESS`: a task in ``activating/auto-restart`` is up
+(a restart is due) but has no run to signal (supervisor's signallable states
+are likewise starting, running and stopping)."""
 
 # Identifiers: transactions (DESIGN §1) and task ids share one rule, so that
 # both can be used in unit names, file names and ZMQ topics without escaping

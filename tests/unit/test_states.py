@@ -19,6 +19,7 @@ from zsvc.states import (
     GENERATED_ID_LENGTH,
     HAS_PROCESS,
     SIGNALLABLE,
+    STATE_OF,
     TRIGGER_FOR_ACTION,
     LastAction,
     Result,
@@ -98,7 +99,6 @@ def test_states_are_systemds_words() -> None:
         "exited",
         "auto-restart",
         "stop-sigterm",
-        "stop-sigkill",
         "dead",
         "failed",
     } == {str(s) for s in SubState}
@@ -115,11 +115,26 @@ def test_states_are_systemds_words() -> None:
 
 
 def test_state_groups_partition_the_states() -> None:
-    """HAS_PROCESS and DOWN are disjoint and cover every State; SIGNALLABLE = HAS_PROCESS."""
+    """HAS_PROCESS and DOWN are disjoint and cover every State."""
     assert set(State) == HAS_PROCESS | DOWN
     assert not HAS_PROCESS & DOWN
-    assert SIGNALLABLE == HAS_PROCESS
     assert {State.ACTIVATING, State.ACTIVE, State.DEACTIVATING} == HAS_PROCESS
+
+
+def test_every_sub_state_belongs_to_one_state() -> None:
+    """STATE_OF covers every SubState, and every State has at least one sub-state."""
+    assert set(STATE_OF) == set(SubState)
+    assert set(STATE_OF.values()) == set(State)
+
+
+def test_signallable_is_the_up_sub_states_with_a_run() -> None:
+    """A run exists in start, running and stop-sigterm; auto-restart is up without one."""
+    assert {STATE_OF[sub] for sub in SIGNALLABLE} == HAS_PROCESS
+    assert SubState.AUTO_RESTART not in SIGNALLABLE
+    assert STATE_OF[SubState.AUTO_RESTART] in HAS_PROCESS
+    assert {sub for sub, state in STATE_OF.items() if state in HAS_PROCESS} == SIGNALLABLE | {
+        SubState.AUTO_RESTART
+    }
 
 
 def test_every_reported_action_fires_a_trigger() -> None:
