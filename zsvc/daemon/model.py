@@ -9,79 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from zsvc.config.model import Context, TaskSpec, Trigger
+from zsvc.daemon import lifecycle
 from zsvc.daemon.engine import RestartState
 from zsvc.daemon.table import TaskRow, TransactionRow
 from zsvc.runners.base import ExitInfo, TaskHandle
 from zsvc.states import (
+    DOWN,
     HAS_PROCESS,
     LastAction,
     Result,
-    ServiceType,
     State,
     SubState,
     TransactionState,
     TriggerEvent,
 )
 
-THREAD_HOST_ID = "@threads"
-"""The runner key's task id of a transaction's thread host (never a task id: ``@`` is not
-allowed in one). Its unit is ``unit_name(transaction, THREAD_HOST_ID)``, its log
-``<transaction>/@threads.log``."""
-
-
-@dataclass(eq=False)
-class ThreadHost:
-    """The one process that runs a transaction's Thread tasks (:mod:`zsvc.task.threads`).
-
-    Internal: not a task, not in ``zsvc status``. At most one per transaction at
-    a time; a start that finds it stopping waits for its end.
-    """
-
-    transaction: str
-    invocation: str
-    ended: asyncio.Future[ExitInfo]
-    """Resolved with how the host process ended (or could not be launched)."""
-    handle: TaskHandle | None = None
-    pid: int | None = None
-    ready: bool = False
-    """The host joined the bus (READY=1) and takes orders."""
-    stopping: bool = False
-    waiting: list[str] = field(default_factory=list)
-    """Thread tasks launched before the host was ready: ordered to start at its READY=1."""
-    status_text: str = ""
-    """The host's own last STATUS= (why it could not start, say)."""
-
-    def describe(self) -> dict[str, Any]:
-        """What a thread task's runner data keeps about its host (for a daemon restart)."""
-        described: dict[str, Any] = {"invocation": self.invocation}
-        if self.handle is not None:
-            described.update(self.handle.describe())
-        return described
-
-
-@dataclass(eq=False)
-class ThreadRun:
-    """One run of a Thread task in its transaction's thread host."""
-
-    run: str
-    """A fresh id per run: orders and reports carry it, so a late report of an earlier run
-    is never taken for the current one."""
-    host: ThreadHost
-    done: asyncio.Future[ExitInfo]
-    """Resolved when the run has ended (a report, a timeout or the host's end)."""
-    start_timer: asyncio.TimerHandle | None = None
-
-    def cancel_timer(self) -> None:
-        if self.start_timer is not None:
-            self.start_timer.cancel()
-            self.start_timer = None
-
+log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class TaskRecord:
@@ -115,8 +66,6 @@ class TaskRecord:
     often after the task's first bus message: these wait, so that on_start
     always fires before on_update, whichever runner is used.
     """
-    thread: ThreadRun | None = None
-    """A Thread task's current run, from its launch to its end; not persisted."""
 
     def cancel_restart(self) -> bool:
         """Drop a pending automatic restart; True when there was one."""
@@ -134,11 +83,6 @@ class TaskRecord:
     def is_up(self) -> bool:
         return self.state in HAS_PROCESS
 
-    @property
-    def is_thread(self) -> bool:
-        """A ``serviceType="Thread"`` task: it runs in its transaction's thread host."""
-        return self.spec.service_type is ServiceType.THREAD
-
     def begin_run(self, loop: asyncio.AbstractEventLoop) -> TaskRow:
         """Reset what belongs to one run and count it; the row to restore if it cannot start."""
         self.stop_requested = False
@@ -152,11 +96,76 @@ class TaskRecord:
         return self.to_row()
 
     def set_state(self, state: State, sub_state: SubState, result: Result | None = None) -> None:
+        """Unguarded: kept only until the manager calls :meth:`change_state` everywhere."""
         if (state, sub_state) != (self.state, self.sub_state):
             self.since = time.time()
         self.state, self.sub_state = state, sub_state
         if result is not None:
             self.result = result
+
+    def change_state(
+        self,
+        state: State,
+        sub_state: SubState,
+        result: Result | None = None,
+        action: LastAction | None = None,
+        *,
+        note: str | None = None,
+    ) -> bool:
+        """Make one move of :data:`lifecycle.TRANSITIONS`; refuse (and say so) any other.
+
+        The one place a task's state changes, in supervisor's manner: a move the
+        table does not know is a bug, so it is not applied, it is logged at ERROR
+        with its stack, and False is returned (raised instead under
+        ``ZSVC_STRICT_STATES=1``, as in the tests). *result* and *action* None keep
+        the fields. ``status_text`` belongs to a run or to the note of the move that
+        took the task down: a move into a down state clears it, and *note*, when
+        given, replaces it (the restart policy's or the start limit's words).
+        """
+        move = lifecycle.Move(state, sub_state, result, action)
+        source = (self.state, self.sub_state)
+        if not lifecycle.is_legal(source, move):
+            self._refuse(source, move)
+            return False
+        if (state, sub_state) != source:
+            self.since = time.time()
+        self.state, self.sub_state = state, sub_state
+        if result is not None:
+            self.result = result
+        if action is not None:
+            self.last_action = action
+        if note is not None:
+            self.status_text = note
+        elif state in DOWN:
+            self.status_text = ""
+        return True
+
+    def _refuse(self, source: lifecycle.Pair, move: lifecycle.Move) -> None:
+        text = (
+            f"{self.transaction}/{self.id}: illegal state change"
+            f" {source[0]}/{source[1]} -> {move.state}/{move.sub_state}"
+            f" (result {move.result or 'unchanged'}, last_action {move.action or 'unchanged'}):"
+            " a bug in zsvc; the task keeps its state"
+        )
+        if os.environ.get(lifecycle.STRICT_ENV) == "1":
+            raise lifecycle.IllegalTransition(text)
+        log.error("%s", text, stack_info=True)
+
+    def end_run(self, info: ExitInfo) -> lifecycle.RunEnd:
+        """Record how the run ended (:func:`lifecycle.classify_end`); returns the verdict.
+
+        Sets ``last_exit``; a failed run's last ``STATUS=`` text (often its last
+        words: why it failed) moves there, since ``status_text`` is cleared with
+        the run. A stop request counts only while a run exists: without one (an
+        automatic start refused, a restart lost) there is nothing a stop could
+        have ended, and the flag may be a past run's.
+        """
+        had_run = (self.state, self.sub_state) in lifecycle.RUN_PAIRS
+        end = lifecycle.classify_end(self.stop_requested and had_run, info)
+        words = self.status_text if had_run and end.state is State.FAILED else ""
+        self.last_exit = info.describe() + (f" [status: {words}]" if words else "")
+        self.change_state(*end.move)
+        return end
 
     def to_row(self) -> TaskRow:
         return TaskRow(
@@ -218,18 +227,11 @@ class TransactionRecord:
     """Bumped by every stop: an ordered start in progress checks it before each wave."""
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    thread_host: ThreadHost | None = None
-    """The process of the Thread tasks, while it exists; not persisted."""
 
     @functools.cached_property
     def triggers(self) -> dict[str, Mapping[TriggerEvent, Trigger]]:
         """The trigger table (task id → its triggers): fixed by the context, built once."""
         return {spec.id: spec.triggers for spec in self.context.tasks}
-
-    @property
-    def threads_up(self) -> bool:
-        """True while some Thread task is up (its host is still needed)."""
-        return any(task.is_thread and task.is_up for task in self.tasks.values())
 
     @classmethod
     def new(cls, transaction: str, context: Context, context_text: str) -> TransactionRecord:

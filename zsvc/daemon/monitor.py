@@ -20,7 +20,6 @@ loop, from the manager's records. The sample's shape is documented in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any
 from zsvc import protocol
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.model import TaskRecord, TransactionRecord
+from zsvc.jobs import Jobs
 from zsvc.monitor.aggregate import CpuTracker, totals, usage
 from zsvc.monitor.options import (
     NO_OPTIONS,
@@ -59,7 +59,7 @@ class _TaskTarget:
     main_pid: int | None
     handle: TaskHandle | None
     shared: bool
-    """A Thread task: its process is its transaction's thread host, shared with others."""
+    """Its processes are shared with other tasks (a Thread task's host): counted once."""
 
     def pids(self) -> list[int]:
         if self.handle is not None:
@@ -79,15 +79,10 @@ class _Target:
 
 def _task_target(task: TaskRecord) -> _TaskTarget:
     view = task.view()
-    if not task.is_up:
-        return _TaskTarget(view, None, None, task.is_thread)
-    handle = task.handle
-    pid = task.pid
-    if task.is_thread:
-        host = task.thread.host if task.thread is not None else None
-        handle = host.handle if host is not None else None
-        pid = host.pid if host is not None else pid
-    return _TaskTarget(view, pid, handle, task.is_thread)
+    handle = task.handle if task.is_up else None
+    if handle is None:
+        return _TaskTarget(view, task.pid if task.is_up else None, None, False)
+    return _TaskTarget(view, handle.pid, handle, handle.shared)
 
 
 def _target(record: TransactionRecord) -> _Target:
@@ -121,7 +116,8 @@ class MonitorService:
         self._pass_lock = asyncio.Lock()
         self._cpu = CpuTracker()
         self._streamed: set[str] = set()
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self._jobs = Jobs("monitor")
+        """The answers to ``top`` requests in flight."""
 
     # --- demand ------------------------------------------------------------------
 
@@ -234,9 +230,7 @@ class MonitorService:
         """Answer ``state``/``top``; True when the message was the monitor's."""
         if message.topic != protocol.Topic.STATE or message.action != TOP_ACTION:
             return False
-        job = asyncio.get_running_loop().create_task(self._answer_top(message), name="top")
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        self._jobs.spawn(self._answer_top(message), "top")
         return True
 
     async def _answer_top(self, request: protocol.Message) -> None:
@@ -259,11 +253,8 @@ class MonitorService:
         self.publish(protocol.Message(protocol.Topic.STATE, header, content))
 
     async def close(self) -> None:
-        for job in list(self._jobs):
-            job.cancel()
-        for job in list(self._jobs):
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
+        """Drop the ``top`` answers in flight (the daemon is closing: nobody gets them)."""
+        await self._jobs.cancel_all()
 
 
 def top_options(content: Mapping[str, Any]) -> MonitorOptions:

@@ -21,12 +21,12 @@ import signal as signals
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from zsvc.hostwire import (
     INVOCATION_ENV as INVOCATION_ENV,  # re-export for zsvc/daemon (until the manager split lands)
 )
-from zsvc.procs import descendants
+from zsvc.procs import descendants, find_invocation
 from zsvc.states import Result
 
 TaskKey = tuple[str, str]
@@ -52,10 +52,19 @@ class LaunchSpec:
     """True when argv runs zsvc's task host: a runner may fork it from a warm process."""
     watchdog_sec: float | None = None
     """Kill the task (result ``watchdog``) when it sends no WATCHDOG=1 for this long."""
+    service_name: str = ""
+    thread_host: LaunchSpec | None = None
+    """Set for a Thread task: the launch of the process that runs its transaction's Thread
+    tasks (:mod:`zsvc.runners.threads`); the task itself is a thread in it."""
 
     @property
     def key(self) -> TaskKey:
         return (self.transaction, self.task_id)
+
+    @property
+    def invocation(self) -> str:
+        """This run's unique id (also in its environment): finds a run whose pid was lost."""
+        return self.env.get(INVOCATION_ENV, "")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,9 @@ class TaskHandle(abc.ABC):
     spec: LaunchSpec
     pid: int
     exit_info: ExitInfo | None = field(default=None, init=False)
+    shared: ClassVar[bool] = False
+    """True when the task's process is shared with other tasks (a Thread task's host):
+    the monitor then does not count its resources once per task."""
 
     @property
     def key(self) -> TaskKey:
@@ -194,6 +206,22 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     async def adopt(self, spec: LaunchSpec, description: Mapping[str, Any]) -> TaskHandle | None:
         """Find a task started by an earlier daemon; None when it is gone."""
+
+    def find_unsaved_run(self, invocation: str) -> dict[str, Any] | None:
+        """A run whose description never reached the table (the daemon died between the
+        start and the save), found by its invocation id: what :meth:`TaskHandle.describe`
+        would have said, enough for :meth:`adopt`; None when it is not found.
+
+        This default looks for the id in the processes' environments
+        (:data:`~zsvc.hostwire.INVOCATION_ENV`), which every executed task carries; a
+        runner that records its runs some other way looks there first.
+        """
+        return find_invocation(invocation) if invocation else None
+
+    def run_saved(self, handle: TaskHandle) -> None:  # noqa: B027 - a hook: most keep nothing
+        """The daemon has persisted ``handle.describe()``: whatever the runner kept so that
+        a successor could find the run without it (:meth:`find_unsaved_run`) may go.
+        Nothing, by default."""
 
     async def forget(self, transaction: str) -> None:  # noqa: B027 - a hook: most hold nothing
         """The daemon forgot *transaction* (its tasks are all down): release what the

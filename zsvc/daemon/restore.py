@@ -1,0 +1,109 @@
+"""After a daemon restart: the table read back, and every run that was up found again.
+
+A daemon may stop (an upgrade, a crash, SIGKILL) while its tasks run on.
+The next one rebuilds its records from SQLite and asks the runner to
+re-adopt each run the table says is up, by what the last daemon persisted
+(pid, start time, cgroup or unit) or, for a run whose pid never reached the
+table, by its invocation id (a marker file the local runner writes at spawn,
+or the process environment). What is found is adopted; what is not is
+recorded as ``lost`` by the manager, which owns every state change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from zsvc.config.model import Context
+from zsvc.daemon.launch import Launcher
+from zsvc.daemon.model import TaskRecord, TransactionRecord
+from zsvc.daemon.table import Table
+from zsvc.errors import ZsvcError
+from zsvc.paths import RuntimeLayout
+from zsvc.procs import find_invocation, process_start_time
+from zsvc.runners.base import Runner, TaskHandle
+from zsvc.runners.threads import NotAdoptable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Found:
+    """What became of one run that the table says is up."""
+
+    task: TaskRecord
+    handle: TaskHandle | None
+    """The re-adopted run, or None when it is gone."""
+    lost: str = ""
+    """What became of it, for the daemon's log (when *handle* is None)."""
+    detail: str = ""
+    """How its run ended, for its ``last_exit`` (when *handle* is None)."""
+
+
+def load_records(table: Table, load: Callable[[str, str], Context]) -> Iterator[TransactionRecord]:
+    """Every stored transaction whose context still loads, with its tasks' last rows."""
+    for row in list(table.transactions()):
+        try:
+            context = load(row.context_text, row.context_path)
+        except ZsvcError as exc:
+            log.error("transaction %s: its stored context no longer loads: %s", row.id, exc)
+            continue
+        record = TransactionRecord.new(row.id, context, row.context_text)
+        record.created = row.created
+        record.stopping = row.stopping  # an interrupted stop: no trigger fires meanwhile
+        for task_row in table.tasks(row.id):
+            task = record.tasks.get(task_row.task_id)
+            if task is not None:
+                task.load_row(task_row)
+        yield record
+
+
+async def find_runs(
+    record: TransactionRecord, runner: Runner, launcher: Launcher, runtime: RuntimeLayout
+) -> list[Found]:
+    """Ask the runner for each run of *record* that the table says is up."""
+    found = []
+    for task in record.tasks.values():
+        if task.is_up:
+            found.append(await _find_run(record, task, runner, launcher, runtime))
+    return found
+
+
+async def _find_run(
+    record: TransactionRecord,
+    task: TaskRecord,
+    runner: Runner,
+    launcher: Launcher,
+    runtime: RuntimeLayout,
+) -> Found:
+    description = dict(task.runner_data)
+    invocation = str(description.get("invocation", ""))
+    if task.pid is None:
+        unsaved = find_unsaved_run(runtime, invocation)
+        if unsaved is not None:
+            description.update(unsaved)
+    launch = launcher.task(record.id, record.context, task.spec, invocation, crashing=False)
+    try:
+        handle = await runner.adopt(launch, description) if description.get("pid") else None
+    except NotAdoptable as exc:
+        return Found(task, None, str(exc), str(exc))
+    if handle is None:
+        was = f"process {task.pid}" if task.pid else "its process"
+        lost = f"{was} ended while the daemon was not running"
+        return Found(task, None, lost, "ended while the daemon was down")
+    return Found(task, handle)
+
+
+def find_unsaved_run(runtime: RuntimeLayout, invocation: str) -> dict[str, Any] | None:
+    """A run started just before a crash, whose pid never reached the table."""
+    if not invocation:
+        return None
+    marker = runtime.spawned(invocation)
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(marker.read_text())
+        marker.unlink()
+        return {"pid": pid, "pgid": pid, "start_time": process_start_time(pid)}
+    return find_invocation(invocation)
