@@ -1,5 +1,10 @@
 """Settings shared by every test tier.
 
+An illegal move of a task's state (``zsvc/daemon/lifecycle.py``) is only
+logged in production; every test runs with ``ZSVC_STRICT_STATES=1`` so that
+it raises instead, in this process and in every daemon a test starts (they
+inherit the environment): the whole suite checks the transition table.
+
 Hypothesis' default 200 ms deadline and its too-slow health check are timing
 assertions: on a loaded CI machine one slow example fails a correct test
 ("Unreliable test timings"). Speed is measured in ``bench/``, never asserted
@@ -7,7 +12,13 @@ in tests, so the profile every run loads switches both off. Examples stay
 random (a new run may find a new bug); a failure prints its reproduction blob.
 """
 
+import os
+
 from hypothesis import HealthCheck, settings
+
+from zsvc.daemon.lifecycle import STRICT_ENV
+
+os.environ.setdefault(STRICT_ENV, "1")
 
 settings.register_profile(
     "zsvc",

@@ -146,7 +146,7 @@ def test_new_transaction_waits_for_triggered_tasks() -> None:
 def busy_task(task_id: str = "ts_1") -> TaskRecord:
     """A task with every persisted field away from its default."""
     task = TaskRecord(transaction="T1", spec=spec(task_id))
-    task.set_state(State.FAILED, SubState.FAILED, Result.EXIT_CODE)
+    task.state, task.sub_state, task.result = State.FAILED, SubState.FAILED, Result.EXIT_CODE
     task.pid = 77
     task.status_text = "gave up"
     task.last_action = LastAction.FAILED
@@ -216,14 +216,15 @@ def test_rows_round_trip_through_sqlite(tmp_path: Path) -> None:
         table.close()
 
 
-def test_set_state_moves_since_only_on_change() -> None:
-    """since changes when (state, sub_state) changes, not when only the result is set."""
+def test_change_state_moves_since_only_on_change() -> None:
+    """since changes when (state, sub_state) changes, not when only a field is set."""
     task = TaskRecord(transaction="T1", spec=spec("ts_1"), since=1.0)
-    task.set_state(State.INACTIVE, SubState.DEAD, Result.TIMEOUT)
-    assert task.since == 1.0 and task.result is Result.TIMEOUT
-    task.set_state(State.ACTIVE, SubState.RUNNING)
+    task.state, task.sub_state = State.ACTIVE, SubState.RUNNING
+    assert task.change_state(State.ACTIVE, SubState.RUNNING, action=LastAction.UPDATED)
+    assert task.since == 1.0 and task.last_action is LastAction.UPDATED
+    assert task.change_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
     assert task.since > 1.0
-    assert task.result is Result.TIMEOUT
+    assert task.result is Result.SUCCESS and task.last_action is LastAction.UPDATED
 
 
 # --------------------------------------------------------------------------- views
