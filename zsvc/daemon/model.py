@@ -26,7 +26,6 @@ from zsvc.states import (
     HAS_PROCESS,
     LastAction,
     Result,
-    ServiceType,
     State,
     SubState,
     TransactionState,
@@ -34,60 +33,6 @@ from zsvc.states import (
 )
 
 log = logging.getLogger(__name__)
-
-THREAD_HOST_ID = "@threads"
-"""The runner key's task id of a transaction's thread host (never a task id: ``@`` is not
-allowed in one). Its unit is ``unit_name(transaction, THREAD_HOST_ID)``, its log
-``<transaction>/@threads.log``."""
-
-
-@dataclass(eq=False)
-class ThreadHost:
-    """The one process that runs a transaction's Thread tasks (:mod:`zsvc.task.threads`).
-
-    Internal: not a task, not in ``zsvc status``. At most one per transaction at
-    a time; a start that finds it stopping waits for its end.
-    """
-
-    transaction: str
-    invocation: str
-    ended: asyncio.Future[ExitInfo]
-    """Resolved with how the host process ended (or could not be launched)."""
-    handle: TaskHandle | None = None
-    pid: int | None = None
-    ready: bool = False
-    """The host joined the bus (READY=1) and takes orders."""
-    stopping: bool = False
-    waiting: list[str] = field(default_factory=list)
-    """Thread tasks launched before the host was ready: ordered to start at its READY=1."""
-    status_text: str = ""
-    """The host's own last STATUS= (why it could not start, say)."""
-
-    def describe(self) -> dict[str, Any]:
-        """What a thread task's runner data keeps about its host (for a daemon restart)."""
-        described: dict[str, Any] = {"invocation": self.invocation}
-        if self.handle is not None:
-            described.update(self.handle.describe())
-        return described
-
-
-@dataclass(eq=False)
-class ThreadRun:
-    """One run of a Thread task in its transaction's thread host."""
-
-    run: str
-    """A fresh id per run: orders and reports carry it, so a late report of an earlier run
-    is never taken for the current one."""
-    host: ThreadHost
-    done: asyncio.Future[ExitInfo]
-    """Resolved when the run has ended (a report, a timeout or the host's end)."""
-    start_timer: asyncio.TimerHandle | None = None
-
-    def cancel_timer(self) -> None:
-        if self.start_timer is not None:
-            self.start_timer.cancel()
-            self.start_timer = None
-
 
 @dataclass(eq=False)
 class TaskRecord:
@@ -121,8 +66,6 @@ class TaskRecord:
     often after the task's first bus message: these wait, so that on_start
     always fires before on_update, whichever runner is used.
     """
-    thread: ThreadRun | None = None
-    """A Thread task's current run, from its launch to its end; not persisted."""
 
     def cancel_restart(self) -> bool:
         """Drop a pending automatic restart; True when there was one."""
@@ -139,11 +82,6 @@ class TaskRecord:
     @property
     def is_up(self) -> bool:
         return self.state in HAS_PROCESS
-
-    @property
-    def is_thread(self) -> bool:
-        """A ``serviceType="Thread"`` task: it runs in its transaction's thread host."""
-        return self.spec.service_type is ServiceType.THREAD
 
     def begin_run(self, loop: asyncio.AbstractEventLoop) -> TaskRow:
         """Reset what belongs to one run and count it; the row to restore if it cannot start."""
@@ -289,18 +227,11 @@ class TransactionRecord:
     """Bumped by every stop: an ordered start in progress checks it before each wave."""
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    thread_host: ThreadHost | None = None
-    """The process of the Thread tasks, while it exists; not persisted."""
 
     @functools.cached_property
     def triggers(self) -> dict[str, Mapping[TriggerEvent, Trigger]]:
         """The trigger table (task id → its triggers): fixed by the context, built once."""
         return {spec.id: spec.triggers for spec in self.context.tasks}
-
-    @property
-    def threads_up(self) -> bool:
-        """True while some Thread task is up (its host is still needed)."""
-        return any(task.is_thread and task.is_up for task in self.tasks.values())
 
     @classmethod
     def new(cls, transaction: str, context: Context, context_text: str) -> TransactionRecord:
