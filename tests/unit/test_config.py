@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zsvc.builtin import BUILTIN_LOCATION
 from zsvc.config import BusEndpoints, Context, TaskSpec, Trigger, load_context, load_context_text
 from zsvc.config.model import RestartPolicy
 from zsvc.errors import ConfigError
@@ -290,6 +291,44 @@ def test_location_relative_absolute_and_default(tmp_path: Path) -> None:
     assert absolute.location == Path("/opt/svc").resolve()
     assert default.location == (tmp_path / "Services").resolve()
     assert "location" not in relative.configuration
+
+
+MONITOR = 'id="ts000" instance="Monitor"'
+MONITOR_SERVICE = "<service><endpoint>tcp://127.0.0.1:5999</endpoint>{}</service>"
+
+
+def test_a_builtin_instance_is_zsvcs_own_task(tmp_path: Path) -> None:
+    """instance="Monitor" names zsvc's built-in Monitor (zsvc.builtin), not a user package."""
+    task = load(ctx(attrs=MONITOR, config=MONITOR_SERVICE.format("")), tmp_path / "Conf" / "c.xml")
+    assert task.tasks[0].location == BUILTIN_LOCATION
+
+
+def test_a_package_of_that_name_in_the_task_location_wins(tmp_path: Path) -> None:
+    """The user's own Monitor is theirs: neither replaced nor held to the built-in's settings."""
+    own = tmp_path / "Services" / "Monitor"
+    own.mkdir(parents=True)
+    (own / "ServiceMonitor.py").write_text("")
+    task = load(ctx(attrs=MONITOR), tmp_path / "Conf" / "c.xml").tasks[0]
+    assert task.location == (tmp_path / "Services").resolve()
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            "",
+            "ctx.xml:9:1: task 'ts000': Monitor configuration.service: a Monitor needs"
+            " <service> with <endpoint>, <frequency_s> and <type>",
+        ),
+        (
+            MONITOR_SERVICE.format("<frequency_s>0</frequency_s>"),
+            "ctx.xml:10:1: task 'ts000': Monitor configuration.service.frequency_s:"
+            " 0 is out of range; expected 0.1 to 86400 s",
+        ),
+    ],
+)
+def test_a_builtin_tasks_configuration_is_checked_at_its_line(config: str, expected: str) -> None:
+    assert errors(ctx(attrs=MONITOR, config=config)) == [expected]
 
 
 def test_device_action_is_lifted_and_stays_text() -> None:
