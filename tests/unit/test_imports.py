@@ -222,7 +222,6 @@ def test_the_task_side_never_loads_the_daemon_or_the_runners(graph: Graph) -> No
     assert not found, "\n".join(found)
 
 
-@pytest.mark.xfail(strict=False, reason="until the manager split lands")
 def test_the_daemon_never_imports_the_task_host(graph: Graph) -> None:
     """The daemon talks to task hosts through zsvc.hostwire, never their implementation."""
     found = [

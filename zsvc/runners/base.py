@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from zsvc.hostwire import (
-    INVOCATION_ENV as INVOCATION_ENV,  # re-export for zsvc/daemon (until the manager split lands)
-)
+from zsvc.hostwire import INVOCATION_ENV
 from zsvc.procs import descendants, find_invocation
 from zsvc.states import Result
 

@@ -42,7 +42,6 @@ import zmq
 
 from zsvc import protocol
 from zsvc.client import BusClient
-from zsvc.hostwire import ENDS as ENDS  # re-export for zsvc/daemon (until the manager split lands)
 from zsvc.hostwire import (
     ORDER_KEY,
     ORDER_START,
