@@ -10,6 +10,8 @@ zsvc's local runner plays systemd's part, so this module holds:
 
 * :func:`sd_notify` and :func:`watchdog_interval`, the client side, used by task
   processes and by the daemon itself when systemd supervises it;
+* :func:`tell_supervisor`, the daemon's own notifications (READY, STATUS,
+  WATCHDOG, RELOADING, STOPPING), with the daemon's one error policy;
 * :func:`parse_notification` and :class:`Notification`, the pure wire format;
 * :class:`NotifyServer`, the daemon's notify socket.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno as errno_module
+import logging
 import os
 import re
 import socket
@@ -37,8 +40,11 @@ __all__ = [
     "NotifyServer",
     "parse_notification",
     "sd_notify",
+    "tell_supervisor",
     "watchdog_interval",
 ]
+
+log = logging.getLogger(__name__)
 
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
@@ -53,6 +59,9 @@ systemd itself only reads ``PIPE_BUF`` (4096) bytes; zsvc is more generous with
 
 RECEIVE_BUFFER_BYTES = 1 << 20
 """``SO_RCVBUF`` asked for, so a burst of notifications is queued rather than dropped."""
+
+SUPERVISOR_TIMEOUT = 1.0
+"""Seconds the daemon waits for room in its supervisor's queue (:func:`tell_supervisor`)."""
 
 SCM_MAX_FD = 253
 """The kernel's limit of descriptors in one ``SCM_RIGHTS`` message: room for all of them."""
@@ -126,6 +135,29 @@ def sd_notify(
         sock.connect(_socket_address(address))
         sock.send(payload, socket.MSG_NOSIGNAL)
     return True
+
+
+def tell_supervisor(*assignments: str) -> None:
+    """The daemon tells its own supervisor (systemd, or ``zsvc daemon --detach``) how it is.
+
+    The policy, one for every notification the daemon sends: a notification
+    never stops the daemon, which must go on serving its tasks whatever
+    became of its supervisor.
+
+    * no ``$NOTIFY_SOCKET`` (started by hand): nothing is sent, silently;
+    * the socket is gone or refuses (``--detach`` returned and closed its
+      socket, systemd is being restarted): silently, as that is expected;
+    * any other failure (a full queue past :data:`SUPERVISOR_TIMEOUT`,
+      permissions): logged as a warning, and the daemon goes on;
+    * an assignment the protocol cannot carry (a newline) raises ValueError:
+      that is a bug in the daemon, not a state of the world.
+    """
+    try:
+        sd_notify(*assignments, timeout=SUPERVISOR_TIMEOUT)
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
 
 
 def _encode_assignments(assignments: tuple[str, ...]) -> bytes:

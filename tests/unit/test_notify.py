@@ -31,6 +31,7 @@ from zsvc.notify import (
     NotifyServer,
     parse_notification,
     sd_notify,
+    tell_supervisor,
     watchdog_interval,
 )
 
@@ -189,6 +190,56 @@ def test_invalid_assignments_raise_and_send_nothing(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         sd_notify(*assignments, environ=env_for(server))
+    assert not is_readable(server.fileno())
+
+
+# --------------------------------------------------------------------------- the daemon's policy
+
+
+def test_tell_supervisor_sends_one_datagram(
+    server: NotifyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", server.path)
+    tell_supervisor("READY=1", "STATUS=2 transactions, 3 tasks up")
+    assert receive_one(server).fields == {"READY": "1", "STATUS": "2 transactions, 3 tasks up"}
+
+
+def test_tell_supervisor_without_a_supervisor_is_silent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    tell_supervisor("READY=1")
+    assert not caplog.records
+
+
+def test_a_supervisor_gone_away_is_not_the_daemons_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'zsvc daemon --detach' returned (its socket removed) or no longer reads (refused)."""
+    refusing = tmp_path / "refusing"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(refusing))  # closed at once: the file stays, connect() is refused
+    for path in (tmp_path / "absent", refusing):
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        tell_supervisor("WATCHDOG=1")
+    assert not caplog.records
+
+
+def test_any_other_failure_is_logged_and_the_daemon_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "relative/path")  # EINVAL
+    tell_supervisor("STOPPING=1")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "sd_notify failed" in caplog.records[0].getMessage()
+
+
+def test_an_assignment_the_protocol_cannot_carry_is_a_bug_and_raises(
+    server: NotifyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", server.path)
+    with pytest.raises(ValueError, match="newline"):
+        tell_supervisor("STATUS=two\nlines")
     assert not is_readable(server.fileno())
 
 
