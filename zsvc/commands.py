@@ -17,7 +17,7 @@ Wire format (one JSON object per ZMQ message, DEALER → ROUTER)::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,54 @@ COMMANDS: dict[str, Command] = {
         Command("shutdown", "Stop every task, then the daemon."),
     )
 }
+
+
+CONTEXT_ACTIONS: Mapping[str, str] = {
+    "start": "start",
+    "stop": "stop",
+    "restart": "restart",
+    "exit": "shutdown",
+}
+"""The seed's context actions (its conf_command's ``--service_name context --action X``)
+and the control command each one is."""
+
+BUS_CONTEXT_ACTIONS = ("start", "stop", "restart")
+"""The context actions the bus may carry (``[bus] context_commands``): ``exit`` stays on
+the control socket, whose permissions say who may stop the daemon."""
+
+
+def context_request(
+    action: str,
+    transaction: str | None,
+    services: Sequence[str] = (),
+    context: tuple[str, str] | None = None,
+    allowed: Collection[str] = tuple(CONTEXT_ACTIONS),
+) -> tuple[Command, dict[str, Any]]:
+    """The control request a seed context command stands for: its command and full args.
+
+    Both ways in take this one translation: ``zsvc send --service_name context``
+    (the CLI, over the control socket) and a command on the bus's ``context``
+    topic (the daemon). A start keeps the seed's meaning: it returns once every
+    task is ready (``block``), with no timeout but the tasks' own. *context* is
+    a start's ``(path, text)``; *allowed* the actions this way in accepts.
+
+    Raises :class:`BadRequest` for an action outside *allowed*, or a stop or
+    restart that names no transaction.
+    """
+    name = CONTEXT_ACTIONS.get(action) if action in allowed else None
+    if name is None:
+        raise BadRequest(f"unknown context action {action!r}; known: {', '.join(allowed)}")
+    command = COMMANDS[name]
+    raw: dict[str, Any] = {}
+    if name != "shutdown":
+        if not transaction and name != "start":
+            raise BadRequest(f"context {action} needs a transaction")
+        raw = {"transaction": transaction, "services": list(services), "timeout": None}
+    if name == "start":
+        raw["block"] = True
+        if context is not None:
+            raw["context_path"], raw["context_text"] = context
+    return command, command.parse_args(raw)
 
 
 def encode_request(request_id: str, command: str, args: Mapping[str, Any]) -> bytes:

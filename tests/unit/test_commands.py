@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zsvc.commands import (
+    BUS_CONTEXT_ACTIONS,
     COMMANDS,
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
     Command,
     Param,
+    context_request,
     decode_request,
     encode_reply,
     encode_request,
@@ -321,3 +323,56 @@ def test_decode_request_never_raises_for_bytes(data: bytes) -> None:
 def test_decode_request_never_raises_for_request_like_json(data: bytes) -> None:
     """JSON shaped like a request, with arbitrary values, is decoded or refused, never raises."""
     _check_decoded(data)
+
+
+# --- the seed's context commands ----------------------------------------------------------
+
+
+def test_a_context_start_is_a_blocking_start_of_the_context_file() -> None:
+    """The seed's start returns once every task is ready, with no timeout but the tasks'."""
+    command, args = context_request("start", None, ["ts_1"], ("/c/Context-T.xml", "<xml/>"))
+    assert command is COMMANDS["start"]
+    assert args == {
+        "transaction": None,
+        "context_path": "/c/Context-T.xml",
+        "context_text": "<xml/>",
+        "services": ["ts_1"],
+        "block": True,
+        "timeout": None,
+        "keep_going": False,
+    }
+
+
+@pytest.mark.parametrize("action", ["stop", "restart"])
+def test_a_context_stop_or_restart_names_its_transaction(action: str) -> None:
+    command, args = context_request(action, "T1", [])
+    assert command is COMMANDS[action]
+    assert args == {"transaction": "T1", "services": [], "timeout": None}
+    for missing in (None, ""):
+        with pytest.raises(BadRequest, match=f"context {action} needs a transaction"):
+            context_request(action, missing, [])
+
+
+def test_a_context_exit_is_a_shutdown() -> None:
+    command, args = context_request("exit", "ignored", ["ignored"])
+    assert (command, args) == (COMMANDS["shutdown"], {})
+
+
+def test_an_unknown_context_action_lists_the_known_ones() -> None:
+    with pytest.raises(BadRequest, match="unknown context action 'reboot'; known: start, stop"):
+        context_request("reboot", "T1")
+
+
+def test_the_bus_may_not_stop_the_daemon() -> None:
+    """exit stays on the control socket, whose permissions say who may stop zsvc."""
+    assert "exit" not in BUS_CONTEXT_ACTIONS
+    with pytest.raises(BadRequest, match="unknown context action 'exit'; known: start, stop"):
+        context_request("exit", "T1", allowed=BUS_CONTEXT_ACTIONS)
+
+
+@pytest.mark.parametrize("action", BUS_CONTEXT_ACTIONS)
+def test_every_context_request_is_a_valid_control_request(action: str) -> None:
+    """What the translation makes, the daemon's own validation accepts unchanged."""
+    command, args = context_request(action, "T1", ["ts_1"])
+    request_id, decoded, parsed = decode_request(encode_request("r1", command.name, args))
+    assert (request_id, decoded, parsed) == ("r1", command, args)

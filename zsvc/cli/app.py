@@ -223,28 +223,7 @@ def send(
     from zsvc.cli import send as sender
 
     if service_name == "context":
-        if action == "exit":
-            _call("shutdown")
-            typer.echo("daemon stopping")
-            return
-        if action not in ("start", "stop", "restart"):
-            typer.echo(f"zsvc: unknown context action {action!r}", err=True)
-            raise typer.Exit(ExitCode.BAD_INPUT)
-        args: dict[str, Any] = {"transaction": transaction, "services": list(task_id)}
-        if action == "start":
-            if context_file is not None:
-                try:
-                    args["context_path"], args["context_text"] = actions.read_context(context_file)
-                except actions.CommandFailed as failed:
-                    raise typer.Exit(failed.code) from None
-            args["block"] = True
-            args["timeout"] = None
-        elif transaction is None:
-            typer.echo(f"zsvc: context {action} needs --transaction", err=True)
-            raise typer.Exit(ExitCode.BAD_INPUT)
-        else:
-            args["timeout"] = None
-        actions.show_transaction(_call(action, wait=310.0, **args), as_json=False)
+        _context_command(action, transaction, task_id, context_file)
         return
     try:
         reply = sender.send_on_bus(
@@ -263,6 +242,31 @@ def send(
         raise typer.Exit(ExitCode.UNREACHABLE) from None
     if reply is not None:
         _print_json(reply)
+
+
+def _context_command(
+    action: str, transaction: str | None, task_ids: list[str], context_file: Path | None
+) -> None:
+    """``send --service_name context``: the control request it stands for, run and shown."""
+    from zsvc.commands import context_request
+    from zsvc.errors import BadRequest
+
+    context = None
+    if action == "start" and context_file is not None:
+        try:
+            context = actions.read_context(context_file)
+        except actions.CommandFailed as failed:
+            raise typer.Exit(failed.code) from None
+    try:
+        command, args = context_request(action, transaction, task_ids, context)
+    except BadRequest as exc:
+        typer.echo(f"zsvc: {exc.message}", err=True)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    if command.name == "shutdown":
+        _call("shutdown")
+        typer.echo("daemon stopping")
+        return
+    actions.show_transaction(_call(command.name, wait=310.0, **args), as_json=False)
 
 
 # --- files and the daemon ------------------------------------------------------------------
