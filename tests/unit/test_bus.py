@@ -8,6 +8,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from zsvc import protocol
 from zsvc.daemon.bus import BindError, BindPlan, BusDevice, plan_bind
 
 
@@ -78,5 +79,47 @@ def test_subscriptions_are_counted_and_forgotten_when_nobody_wants_them(tmp_path
             subscriber.close()
             await device.close()
             context.term()
+
+    asyncio.run(scenario())
+
+
+def test_messages_are_observed_only_once_someone_handles_them(tmp_path) -> None:
+    """The daemon starts the bus before its manager exists and sets the handler once it
+    does: until then messages are forwarded to subscribers but not observed."""
+
+    async def scenario() -> None:
+        context = zmq.asyncio.Context()
+        device = BusDevice(context)
+        pub, sub = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/sub"
+        device.bind(pub, sub)
+        device.start()
+        subscriber = context.socket(zmq.SUB)
+        publisher = context.socket(zmq.PUB)
+        for sock in (subscriber, publisher):
+            sock.setsockopt(zmq.LINGER, 0)
+        subscriber.connect(sub)
+        subscriber.setsockopt(zmq.SUBSCRIBE, b"control")
+        publisher.connect(pub)
+        observed: list[protocol.Message] = []
+        try:
+            async with asyncio.timeout(5.0):
+                while device.subscribers(b"control") == 0:
+                    await asyncio.sleep(0.005)  # polls a condition, bounded by the timeout
+                for action in ("before", "after"):
+                    message = protocol.make_message(protocol.Topic.CONTROL, action)
+                    while not await subscriber.poll(50):  # the publisher's first may be lost
+                        await publisher.send_multipart(protocol.encode(message))
+                    while await subscriber.poll(200):  # every copy sent, forwarded
+                        received = protocol.decode(await subscriber.recv_multipart())
+                        assert received.action == action
+                    device.on_message = observed.append
+                while not observed:
+                    await asyncio.sleep(0.005)
+        finally:
+            subscriber.close()
+            publisher.close()
+            await device.close()
+            context.term()
+        assert {message.action for message in observed} == {"after"}
 
     asyncio.run(scenario())

@@ -122,11 +122,13 @@ class BusDevice:
     def __init__(
         self,
         context: zmq.Context[Any],
-        on_message: MessageHandler,
+        on_message: MessageHandler | None = None,
         keys: ServerKeys | None = None,
         open_commands: bool = False,
     ):
         self.on_message = on_message
+        """Called with each observed message (:data:`OBSERVED_TOPICS`); until it is set
+        (the daemon sets it once every part exists), they are forwarded, not observed."""
         self.keys = keys
         self.open_commands = open_commands
         # Plain sockets (also from an asyncio context): the device drains them itself.
@@ -277,6 +279,8 @@ class BusDevice:
         return moved
 
     def _observe(self, frames: list[bytes]) -> None:
+        if self.on_message is None:
+            return
         try:
             message = protocol.decode(frames)
         except protocol.ProtocolError as exc:

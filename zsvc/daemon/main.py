@@ -9,6 +9,7 @@ socket — the same protocol systemd uses, so no polling and no sleep.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import subprocess
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     # The daemon never speaks TLS, but asyncio imports ssl (and OpenSSL, ~4 MB of
     # resident memory) when it can; asyncio runs fine without it.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-    from zsvc.daemon.server import DaemonOptions, run_daemon
+    from zsvc.daemon.server import DaemonOptions
+    from zsvc.daemon.startup import run_daemon
 
     contexts = [path.absolute() for path in args.contexts]
     options = DaemonOptions(
@@ -84,28 +86,31 @@ def main(argv: list[str] | None = None) -> int:
         curve_keys=settings.curve_keys,
         context_commands=bool(settings.context_commands),
     )
+    return run_daemon(
+        options, functools.partial(reexec, argv), functools.partial(reload_problem, args.config)
+    )
 
-    def reexec() -> NoReturn:
-        """A reload: this process becomes a new daemon with the same arguments (and code
-        from disk, so a package upgrade takes effect without stopping any task)."""
-        os.execv(sys.executable, [sys.executable, "-m", "zsvc.daemon", *argv])
 
-    def check_reload() -> str | None:
-        """Why the new daemon would refuse to start: the settings it would read."""
+def reexec(argv: list[str]) -> NoReturn:
+    """A reload: this process becomes a new daemon with the same arguments (and code
+    from disk, so a package upgrade takes effect without stopping any task)."""
+    os.execv(sys.executable, [sys.executable, "-m", "zsvc.daemon", *argv])
+
+
+def reload_problem(config: Path | None) -> str | None:
+    """Why a new daemon would refuse to start: the settings it would read (None: no reason)."""
+    try:
+        new = load_settings(config, is_root=os.geteuid() == 0)
+    except ConfigError as exc:
+        return f"invalid settings:\n{exc}"
+    if new.curve_keys is not None:
+        from zsvc import curve
+
         try:
-            new = load_settings(args.config, is_root=os.geteuid() == 0)
-        except ConfigError as exc:
-            return f"invalid settings:\n{exc}"
-        if new.curve_keys is not None:
-            from zsvc import curve
-
-            try:
-                curve.load_server(new.curve_keys)
-            except curve.KeysError as exc:
-                return f"the bus's CURVE keys: {exc}"
-        return None
-
-    return run_daemon(options, reexec, check_reload)
+            curve.load_server(new.curve_keys)
+        except curve.KeysError as exc:
+            return f"the bus's CURVE keys: {exc}"
+    return None
 
 
 def detach(runtime: Path, state: Path, argv: list[str]) -> int:

@@ -1,0 +1,126 @@
+"""The control socket: where ``zsvc`` commands reach the daemon, and who may send them.
+
+A ROUTER socket on the runtime directory's ``control`` path. Each request
+(:mod:`zsvc.commands`) is answered in a job of its own, so a ``start`` that
+waits for readiness does not hold up a ``status`` behind it; every request
+gets exactly one reply, also when the handler fails or the daemon closes
+under it. Who may connect is decided by the file system: the socket is
+mode 0660 in a directory of mode 0750, both of group ``zsvc`` when the
+daemon runs as root (:func:`share_with_group`).
+
+The daemon's commands are not here: each decoded request goes to a
+*handler* (``Daemon.call``), which the bus's context commands use too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zsvc import commands
+from zsvc.errors import ErrorCode, OperationFailed, ZsvcError
+from zsvc.jobs import Jobs
+from zsvc.paths import RuntimeLayout
+
+log = logging.getLogger("zsvc.daemon")
+
+CONTROL_GROUP = "zsvc"
+"""Members of this group may control a daemon run by root (DESIGN §2)."""
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""Runs one command: its name and its checked arguments; returns the result."""
+
+
+def share_with_group(path: Path) -> None:
+    """Give *path* to group ``zsvc`` when we are root and the group exists.
+
+    The runtime directory's mode (0750) and group decide who may reach the
+    control socket: membership is the permission.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        gid = grp.getgrnam(CONTROL_GROUP).gr_gid
+    except KeyError:
+        return
+    os.chown(path, 0, gid)
+
+
+class ControlServer:
+    """The daemon's control socket: decodes requests, runs them through *handler*, replies.
+
+    Made before the daemon starts (nothing listens yet); :meth:`start` binds it
+    once the daemon can answer, the last step before READY=1, so a client that
+    reaches the socket always meets a daemon that has re-adopted its tasks.
+    """
+
+    def __init__(self, context: zmq.asyncio.Context, runtime: RuntimeLayout):
+        self.runtime = runtime
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self._bound = False
+        self._jobs = Jobs("control")
+        """The serving loop and one job per request in flight."""
+
+    def start(self, handler: Handler) -> None:
+        """Bind the socket (mode 0660, group ``zsvc``) and serve requests through *handler*."""
+        self.socket.bind(self.runtime.control_endpoint)
+        self._bound = True
+        os.chmod(self.runtime.control, 0o660)
+        share_with_group(self.runtime.control)
+        self._jobs.spawn(self._serve(handler), "serve")
+
+    async def close(self) -> None:
+        """Answer the requests in flight with an error, then close and remove the socket."""
+        await self._jobs.cancel_all()
+        self.socket.close()
+        if self._bound:
+            with contextlib.suppress(FileNotFoundError):
+                self.runtime.control.unlink()
+
+    async def _serve(self, handler: Handler) -> None:
+        while True:
+            frames = await self.socket.recv_multipart()
+            if len(frames) != 2:
+                log.warning("ignored a control message of %d frames", len(frames))
+                continue
+            identity, payload = frames
+            self._jobs.spawn(self._answer(handler, identity, payload), "request")
+
+    async def _answer(self, handler: Handler, identity: bytes, payload: bytes) -> None:
+        """Reply once to one request, whatever happens to it; a bug is logged, never fatal."""
+        request_id, command, args = commands.decode_request(payload)
+        request_id = request_id or ""
+        if isinstance(args, ZsvcError):
+            log.warning("bad control request: %s", args)
+            reply = commands.encode_reply(request_id, error=args.to_wire())
+        else:
+            assert command is not None  # decode_request gives args only with their command
+            try:
+                result = await handler(command.name, args)
+                reply = commands.encode_reply(request_id, result=result)
+            except ZsvcError as exc:
+                reply = commands.encode_reply(request_id, error=exc.to_wire())
+            except asyncio.CancelledError:
+                # The daemon is closing: say so rather than leave the client waiting.
+                error = OperationFailed("the daemon stopped before the command finished")
+                await self._send(identity, commands.encode_reply(request_id, error=error.to_wire()))
+                raise
+            except Exception as exc:  # a bug must not kill the daemon nor hang the client
+                log.exception("internal error in %s", command.name)
+                error = ZsvcError(f"internal error: {exc!r}", code=ErrorCode.INTERNAL)
+                reply = commands.encode_reply(request_id, error=error.to_wire())
+        await self._send(identity, reply)
+
+    async def _send(self, identity: bytes, reply: bytes) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            await self.socket.send_multipart([identity, reply])

@@ -1,0 +1,273 @@
+"""Building the daemon whole, and the life of the process that runs it.
+
+:func:`open_daemon` opens the parts in order, each on what the previous one
+made: take the runtime directory's lock (one daemon per directory), load
+the contexts given on the command line, open the table, bind and start the
+bus, choose and open the runner, make the manager and the monitor, and make
+(not bind) the control socket. Whatever it opened is closed again in the
+reverse order, by the :class:`~contextlib.AsyncExitStack` it hands to the
+:class:`~zsvc.daemon.server.Daemon` (or closes itself when a step fails),
+so a daemon is never half made: every part it holds exists.
+
+:func:`run_daemon` is the process around it: the open-files limit, the
+event loop, and the re-execution a reload asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import zmq.asyncio
+
+from zsvc.config.model import Context
+from zsvc.daemon.bus import BindError, BusDevice
+from zsvc.daemon.control import ControlServer, share_with_group
+from zsvc.daemon.manager import Manager
+from zsvc.daemon.monitor import MonitorService
+from zsvc.daemon.server import Daemon, DaemonError, DaemonOptions
+from zsvc.daemon.table import Table
+from zsvc.errors import ZsvcError
+from zsvc.paths import RuntimeLayout, StateLayout
+from zsvc.runners.base import Runner, RunnerUnavailable
+from zsvc.runners.choose import choose_runner
+from zsvc.runners.threads import ThreadRunner
+
+if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
+    from zsvc.curve import ServerKeys
+
+log = logging.getLogger("zsvc.daemon")
+
+Endpoints = list[tuple[str, str]]
+"""Bus pairs: (publishers' endpoint, subscribers' endpoint)."""
+
+
+async def open_daemon(
+    options: DaemonOptions, check_reload: Callable[[], str | None] | None = None
+) -> Daemon:
+    """A daemon with every part open, ready to :meth:`~zsvc.daemon.server.Daemon.run`.
+
+    Raises :class:`DaemonError` (after closing what was opened) when a part
+    cannot be had: another daemon holds the directory, a context does not
+    load, an endpoint cannot be bound, the chosen runner is unavailable.
+    """
+    runtime = RuntimeLayout(options.runtime_dir)
+    state = StateLayout(options.state_dir)
+    async with contextlib.AsyncExitStack() as parts:
+        parts.callback(os.close, take_lock(runtime))
+        contexts = [_load_file(path) for path in options.contexts]
+        fixed = [(runtime.bus_pub_endpoint, runtime.bus_sub_endpoint)]
+        fixed += [(c.endpoints.pub_bind, c.endpoints.sub_bind) for c in contexts]
+        context = zmq.asyncio.Context()
+        parts.callback(context.term)
+        table = Table(state.database, durable=options.durable)
+        parts.callback(table.close)
+        bus = BusDevice(
+            context,
+            keys=_start_authenticator(context, options, parts),
+            open_commands=options.context_commands,
+        )
+        parts.push_async_callback(_close_bus, bus, runtime)
+        _bind(bus, fixed)
+        bus.start()
+        # Thread tasks run in one host per transaction; every other task goes to the
+        # process runner chosen here, which the thread runner wraps.
+        runner = ThreadRunner(await _choose_runner(options, runtime), bus.publish)
+        parts.push_async_callback(runner.close)
+        manager = Manager(runner, table, bus.publish, runtime, state, listened=bus.subscribers)
+        await runner.open(manager)
+        monitor = MonitorService(manager, bus.publish, bus.subscribers)
+        parts.push_async_callback(monitor.close)
+        control = ControlServer(context, runtime)
+        parts.push_async_callback(control.close)
+        return Daemon(
+            options,
+            runner=runner,
+            bus=bus,
+            manager=manager,
+            monitor=monitor,
+            control=control,
+            fixed_endpoints=fixed,
+            parts=parts.pop_all(),
+            check_reload=check_reload,
+        )
+
+
+def take_lock(runtime: RuntimeLayout) -> int:
+    """Create the runtime directory and lock it for this daemon; returns the lock's fd.
+
+    The lock file holds the daemon's pid, so that a second daemon can say
+    which one is in its way. The lock lasts as long as the fd stays open.
+    """
+    root = runtime.root
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        share_with_group(root)
+    except OSError as exc:
+        raise DaemonError(f"cannot create the runtime directory {root}: {exc}") from exc
+    fd = os.open(runtime.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DaemonError(
+            f"another zsvc daemon (pid {other}) already runs on {root};"
+            " stop it with 'zsvc shutdown' or choose another --runtime-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _load_file(path: Path) -> Context:
+    """A context named on the command line (lxml is imported only here, on first use)."""
+    from zsvc.config.loader import load_context
+
+    try:
+        return load_context(path)
+    except ZsvcError as exc:
+        raise DaemonError(str(exc)) from exc
+
+
+def _start_authenticator(
+    context: zmq.asyncio.Context, options: DaemonOptions, parts: contextlib.AsyncExitStack
+) -> ServerKeys | None:
+    """Load the CURVE keys, if any, and admit their clients (ZAP, in this loop)."""
+    if options.curve_keys is None:
+        return None
+    from zsvc import curve
+
+    if not curve.curve_available():
+        raise DaemonError("curve_keys is set, but this libzmq has no CURVE support")
+    try:
+        keys = curve.load_server(options.curve_keys)
+    except curve.KeysError as exc:
+        raise DaemonError(f"the bus's CURVE keys: {exc}") from exc
+    from zmq.auth.asyncio import AsyncioAuthenticator
+
+    authenticator = AsyncioAuthenticator(context)
+    authenticator.start()
+    parts.callback(authenticator.stop)
+    authenticator.configure_curve(domain="*", location=str(keys.clients))
+    admitted = curve.admitted(options.curve_keys)
+    log.info(
+        "bus CURVE keys from %s; clients admitted: %s",
+        keys.clients.parent,
+        ", ".join(admitted) or "none",
+    )
+    return keys
+
+
+def _bind(bus: BusDevice, pairs: Endpoints) -> None:
+    """Bind the daemon's own bus pair and its contexts' (a port in use stops the daemon)."""
+    try:
+        for pub, sub in pairs:
+            bus.bind(pub, sub)
+    except BindError as exc:
+        raise DaemonError(str(exc)) from exc
+
+
+async def _close_bus(bus: BusDevice, runtime: RuntimeLayout) -> None:
+    """Close the bus and remove its ipc:// socket files (the next daemon binds them anew)."""
+    await bus.close()
+    for path in (runtime.bus_pub, runtime.bus_sub):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+async def _choose_runner(options: DaemonOptions, runtime: RuntimeLayout) -> Runner:
+    try:
+        return await choose_runner(options.runner, runtime, task_fd_limit=options.task_fd_limit)
+    except RunnerUnavailable as exc:
+        raise DaemonError(str(exc)) from exc
+
+
+# --- the process ----------------------------------------------------------------------
+
+
+FD_LIMIT_FALLBACK = 1 << 20
+"""The soft open-files limit asked for when the hard one is unlimited (Linux's nr_open)."""
+
+
+def raise_fd_limit() -> int | None:
+    """Lift the soft limit on open files to the hard one, as a daemon of many tasks must.
+
+    Every running task holds daemon fds (its pidfd; a Python task also its
+    two bus connections): with Debian's default soft limit of 1024, for a
+    shell and a systemd service alike, about 330 Python tasks exhausted it,
+    and libzmq aborts the whole daemon on EMFILE. The daemon waits with epoll
+    and poll only (never select(), which cannot go past 1024), so a high
+    limit is safe here.
+
+    Its tasks must not inherit it: a program that uses select() breaks on an
+    fd of 1024 or more, which is why systemd raises its own limit but gives
+    its services a soft limit of 1024. So the soft limit the daemon was
+    started with is returned when it was raised (None when nothing changed):
+    the local runner gives it back to every task (:mod:`zsvc.runners.local`),
+    and the daemon sets it again before a reload executes it anew
+    (:func:`run_daemon`), so the new daemon starts from the same limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_LIMIT_FALLBACK if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, wanted, exc)
+        return None
+    return soft
+
+
+def restore_fd_limit(soft: int) -> None:
+    """Set the soft open-files limit back to *soft* (what :func:`raise_fd_limit` returned)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot set the open-files limit back to %d: %s", soft, exc)
+
+
+def run_daemon(
+    options: DaemonOptions,
+    reexec: Callable[[], NoReturn] | None = None,
+    check_reload: Callable[[], str | None] | None = None,
+) -> int:
+    """Run the daemon in this process until it is told to stop; returns the exit status.
+
+    After a reload (SIGHUP) everything is closed but the tasks, and *reexec*
+    replaces this process with a new daemon (same PID, so systemd and the
+    tasks' parent stay the same), which re-adopts them. It does so under the
+    open-files limit this daemon was started with: the new one raises it
+    again, and knows what its tasks get back. *check_reload* says why a reload
+    would fail (None: it would not); such a reload is refused.
+    """
+    started_with = raise_fd_limit()
+    options = dataclasses.replace(options, task_fd_limit=started_with)
+    try:
+        reload = asyncio.run(_serve(options, check_reload))
+    except DaemonError as exc:
+        log.error("%s", exc)
+        return 1
+    if reload and reexec is not None:
+        logging.shutdown()
+        if started_with is not None:
+            restore_fd_limit(started_with)
+        reexec()
+    return 0
+
+
+async def _serve(options: DaemonOptions, check_reload: Callable[[], str | None] | None) -> bool:
+    """Open a daemon and run it; True when it stopped for a reload."""
+    daemon = await open_daemon(options, check_reload)
+    await daemon.run()
+    return daemon.reexec
