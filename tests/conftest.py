@@ -10,10 +10,17 @@ assertions: on a loaded CI machine one slow example fails a correct test
 ("Unreliable test timings"). Speed is measured in ``bench/``, never asserted
 in tests, so the profile every run loads switches both off. Examples stay
 random (a new run may find a new bug); a failure prints its reproduction blob.
+
+Tiers: every test under ``tests/integration``, ``tests/system`` and
+``tests/package`` is marked ``integration`` by its directory (a new file
+cannot forget it), so ``-m "not integration"`` (``./dev test --unit``) runs
+the unit tier alone: no daemon, no box, in under a minute.
 """
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 from zsvc.daemon.lifecycle import STRICT_ENV
@@ -27,3 +34,14 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("zsvc")
+
+TESTS = Path(__file__).resolve().parent
+INTEGRATION_TIERS = tuple(TESTS / tier for tier in ("integration", "system", "package"))
+"""The tiers that run real daemons, processes or a systemd box."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of an integration tier ``integration``, by where its file is."""
+    for item in items:
+        if any(item.path.is_relative_to(tier) for tier in INTEGRATION_TIERS):
+            item.add_marker(pytest.mark.integration)
