@@ -32,7 +32,7 @@ from typing import Any
 from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context
-from zsvc.daemon import engine, launch, restore, selection
+from zsvc.daemon import engine, launch, lifecycle, restore, selection
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.daemon.reports import Reporter
@@ -47,6 +47,7 @@ from zsvc.jobs import Jobs
 from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.base import ExitInfo, LaunchError, Runner, TaskHandle, TaskKey
 from zsvc.states import (
+    SIGNALLABLE,
     LastAction,
     Result,
     State,
@@ -203,8 +204,8 @@ class Manager:
                 continue
             if future in pending:
                 failures[task.id] = "is not ready within the --timeout"
-            elif (info := future.result()) is not None:
-                failures[task.id] = selection.failure(task, info.describe())
+            elif future.result() is not None:
+                failures[task.id] = task.last_exit
         return failures
 
     async def stop(
@@ -344,7 +345,7 @@ class Manager:
         spec = self.launcher.task(record.id, record.context, task.spec, invocation, crashing)
         before = task.begin_run(asyncio.get_running_loop())
         task.runner_data = {"invocation": invocation}
-        task.set_state(State.ACTIVATING, SubState.START, Result.SUCCESS)
+        task.change_state(*lifecycle.STARTING)
         try:
             self._save(task)  # with the invocation id, before the process exists
         except StorageError:
@@ -370,18 +371,17 @@ class Manager:
 
     async def _stop_task(self, task: TaskRecord, timeout: float | None) -> None:
         if task.cancel_restart() or task.sub_state is SubState.AUTO_RESTART:
-            task.set_state(State.INACTIVE, SubState.DEAD)
-            task.last_action = LastAction.STOPPED
+            task.change_state(*lifecycle.STOPPED_BEFORE_RESTART)
             self._save(task)
             return
         if task.handle is None:
-            if task.sub_state is SubState.WAITING or not task.is_up:
+            if task.sub_state not in SIGNALLABLE:
                 return
             # Up according to the table but without a process handle: nothing to signal.
             self._ended(task, ExitInfo(Result.LOST, detail="no process to stop"))
             return
         task.stop_requested = True
-        task.set_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
+        task.change_state(*lifecycle.STOPPING)
         self._save(task)
         await task.handle.stop(timeout)
 
@@ -393,10 +393,9 @@ class Manager:
 
     def on_ready(self, key: TaskKey) -> None:
         task = self._task(key)
-        if task is None or task.state is not State.ACTIVATING:
+        if task is None or task.sub_state is not SubState.START:
             return
-        task.set_state(State.ACTIVE, SubState.RUNNING, Result.SUCCESS)
-        task.last_action = LastAction.STARTED
+        task.change_state(*lifecycle.READY)
         self._save(task)
         if task.ready is not None and not task.ready.done():
             task.ready.set_result(None)
@@ -408,15 +407,15 @@ class Manager:
 
     def on_status(self, key: TaskKey, text: str) -> None:
         task = self._task(key)
-        if task is not None and text != task.status_text:
+        if task is not None and task.sub_state in SIGNALLABLE and text != task.status_text:
             task.status_text = text
             self._save(task)
             self.reports.record_changed(task.transaction)
 
     def on_stopping(self, key: TaskKey) -> None:
         task = self._task(key)
-        if task is not None and task.state is State.ACTIVE:
-            task.set_state(State.DEACTIVATING, SubState.STOP_SIGTERM)
+        if task is not None and task.sub_state is SubState.RUNNING:
+            task.change_state(*lifecycle.STOPPING)
             self._save(task)
 
     def on_main_pid(self, key: TaskKey, pid: int, description: dict[str, Any]) -> None:
@@ -435,20 +434,9 @@ class Manager:
         """Record how a run ended, then report it, fire its triggers and apply its policy."""
         task.handle = None
         pid, task.pid = task.pid, None
-        task.last_exit = info.describe()
-        if task.stop_requested:
-            action = LastAction.STOPPED
-            if info.clean:
-                task.set_state(State.INACTIVE, SubState.DEAD, Result.SUCCESS)
-            else:
-                task.set_state(State.FAILED, SubState.FAILED, info.result)
-        elif info.clean:
-            action = LastAction.EXITED
-            task.set_state(State.INACTIVE, SubState.EXITED, Result.SUCCESS)
-        else:
-            action = LastAction.FAILED
-            task.set_state(State.FAILED, SubState.FAILED, info.result)
-        task.last_action = action
+        end = task.end_run(info)
+        action = end.action
+        stopped = action is LastAction.STOPPED
         self._save(task)
         if task.ready is not None and not task.ready.done():
             task.ready.set_result(info)
@@ -458,13 +446,13 @@ class Manager:
             task.restart_state,
             task.spec.restart,
             info.result,
-            stop_requested=task.stop_requested,
+            stop_requested=stopped,
             now=self._clock(),
             rand=random.random(),
         )
         task.restart_state = decision.state  # the crash streak counts every run's end
         self._fire(task, action)
-        if not task.stop_requested:
+        if not stopped:
             self._apply_restart_policy(task, info, decision)
 
     # --- triggers and the restart policy (decided by zsvc.daemon.engine) ----------------
@@ -523,8 +511,8 @@ class Manager:
         if decision.verdict is engine.Verdict.LIMIT:
             self._start_limit_hit(task, f"restart={task.spec.restart.mode}", decision.limit)
         elif decision.verdict is engine.Verdict.RESTART:
-            task.set_state(State.ACTIVATING, SubState.AUTO_RESTART)
-            task.status_text = f"restarting in {decision.delay:.2f} s: {info.describe()}"
+            note = f"restarting in {decision.delay:.2f} s: {info.describe()}"
+            task.change_state(*lifecycle.AUTO_RESTART_PENDING, note=note)
             self._save(task)
             loop = asyncio.get_running_loop()
             task.restart_timer = loop.call_later(
@@ -537,9 +525,8 @@ class Manager:
     def _start_limit_hit(self, task: TaskRecord, cause: str, limit: str) -> None:
         """End a task ``failed/start-limit-hit``: *limit* says which limit, *cause* who asked."""
         task.cancel_restart()
-        task.set_state(State.FAILED, SubState.FAILED, Result.START_LIMIT_HIT)
-        task.status_text = f"start limit hit: {limit} ({cause}); 'zsvc start' resets it"
-        task.last_action = LastAction.FAILED
+        note = f"start limit hit: {limit} ({cause}); 'zsvc start' resets it"
+        task.change_state(*lifecycle.START_LIMIT_HIT, note=note)
         self._save(task)
         log.warning("%s/%s: %s", task.transaction, task.id, task.status_text)
         # Reported once on the bus; its triggers do not fire for it: an on_fail that
@@ -565,7 +552,7 @@ class Manager:
     def _updated(self, task: TaskRecord) -> None:
         """The task published an update while up: record it, and fire its on_update."""
         if task.last_action is not LastAction.UPDATED:
-            task.last_action = LastAction.UPDATED
+            task.change_state(*lifecycle.updated((task.state, task.sub_state)))
             self._save(task)
         self._fire(task, LastAction.UPDATED)
 
@@ -594,10 +581,9 @@ class Manager:
 
     def _adopted(self, task: TaskRecord, handle: TaskHandle) -> None:
         """A run of the last daemon, alive: watched again, and stopped if it was stopping."""
-        if task.state is State.ACTIVATING:
+        if task.sub_state is SubState.START:
             # Its READY=1, if any, went to the dead daemon; the process is alive.
-            task.set_state(State.ACTIVE, SubState.RUNNING)
-            task.last_action = LastAction.STARTED
+            task.change_state(*lifecycle.READY)
         task.stop_requested = task.state is State.DEACTIVATING
         self._attach(task, handle)
         log.info("%s/%s: re-adopted pid %d", task.transaction, task.id, handle.pid)

@@ -95,14 +95,6 @@ class TaskRecord:
         self.starts += 1
         return self.to_row()
 
-    def set_state(self, state: State, sub_state: SubState, result: Result | None = None) -> None:
-        """Unguarded: kept only until the manager calls :meth:`change_state` everywhere."""
-        if (state, sub_state) != (self.state, self.sub_state):
-            self.since = time.time()
-        self.state, self.sub_state = state, sub_state
-        if result is not None:
-            self.result = result
-
     def change_state(
         self,
         state: State,

@@ -26,6 +26,7 @@ from zsvc.paths import RuntimeLayout
 from zsvc.procs import find_invocation, process_start_time
 from zsvc.runners.base import Runner, TaskHandle
 from zsvc.runners.threads import NotAdoptable
+from zsvc.states import SIGNALLABLE
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ async def _find_run(
     launcher: Launcher,
     runtime: RuntimeLayout,
 ) -> Found:
+    if task.sub_state not in SIGNALLABLE:  # up, but without a run: a restart was due
+        return Found(task, None, "its restart was due", "ended while the daemon was down")
     description = dict(task.runner_data)
     invocation = str(description.get("invocation", ""))
     if task.pid is None:

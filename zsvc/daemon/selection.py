@@ -84,8 +84,3 @@ def may_replace(existing: TransactionRecord, text: str) -> bool:
             code=ErrorCode.EXISTS,
         )
     return True
-
-
-def failure(task: TaskRecord, how: str) -> str:
-    """Why a task did not become ready, with its last STATUS= (often its own exception)."""
-    return f"{how} [status: {task.status_text}]" if task.status_text else how
