@@ -34,6 +34,7 @@ from zsvc.states import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(eq=False)
 class TaskRecord:
     """One task of one transaction: its configuration, its state and its process."""
