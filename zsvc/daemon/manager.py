@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
-import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context
 from zsvc.daemon import engine, launch, lifecycle, restore, selection
+from zsvc.daemon.automatic import AutomaticStarts
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.daemon.reports import Reporter
@@ -52,7 +53,6 @@ from zsvc.states import (
     Result,
     State,
     SubState,
-    TaskAction,
     new_transaction_id,
 )
 
@@ -83,6 +83,16 @@ class Manager:
         self._views: dict[str, bytes] = {}
         """Encoded ``status`` views, dropped whenever the transaction's stored state changes."""
         self._clock: Callable[[], float] = time.monotonic
+        self.automatic = AutomaticStarts(
+            self.transactions,
+            self.jobs,
+            lambda: self._clock(),
+            stop=lambda transaction, ids: self.stop(transaction, ids, None, automatic=True),
+            launch_run=self._launch,
+            ended=self._ended,
+            save=self._save,
+            report=self.reports.task_event,
+        )
 
     # --- persistence ------------------------------------------------------------
 
@@ -90,16 +100,45 @@ class Manager:
         self._views.pop(record.id, None)
         self.table.save_transaction(record.to_row())
 
+    def _set_stopping(self, record: TransactionRecord, stopping: bool) -> None:
+        """Stored before it is true in memory: a refused write leaves both as they were."""
+        self._views.pop(record.id, None)
+        self.table.save_transaction(dataclasses.replace(record.to_row(), stopping=stopping))
+        record.stopping = stopping
+
     def _save(self, task: TaskRecord) -> None:
+        """Commit the task's record; a refused change is undone in memory, then raised.
+
+        An event that already happened (an exit) is not undone: the record
+        keeps it in memory and the next successful write of this task stores it.
+        """
         self._views.pop(task.transaction, None)
+        row = task.to_row()
         try:
-            self.table.save_task(task.to_row())
+            self.table.save_task(row)
         except StorageError:
-            if task.is_up:
-                raise
-            # An event (an exit) is not lost by a failed write: the record keeps it in
-            # memory and the next successful write of this task stores it.
-            log.exception("could not persist %s/%s", task.transaction, task.id)
+            if not task.is_up:
+                log.exception("could not persist %s/%s", task.transaction, task.id)
+                return
+            if task.committed is not None:
+                task.load_row(task.committed)
+            raise
+        task.committed = row
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, target: str | TransactionRecord) -> AsyncIterator[TransactionRecord]:
+        """The transaction's lock, held; refused when it was forgotten while this waited.
+
+        Commands on one transaction queue on its lock: one queued behind a
+        ``forget`` (or behind a start that replaced the record with a new
+        context) must find the transaction unknown, not act on a record the
+        table no longer has.
+        """
+        record = self._get(target) if isinstance(target, str) else target
+        async with record.lock:
+            if self.transactions.get(record.id) is not record:
+                raise UnknownTransaction(f"unknown transaction {record.id!r} (forgotten meanwhile)")
+            yield record
 
     # --- commands ---------------------------------------------------------------
 
@@ -128,10 +167,9 @@ class Manager:
             if transaction not in self.transactions:
                 selection.check_new(context, services)
             record = self._create(transaction, context, context_text or "")
-        async with record.lock:
+        async with self._locked(record):
             chosen = selection.choose(record, services, default=selection.entry_tasks(record))
-            record.stopping = False
-            self._save_transaction(record)
+            self._set_stopping(record, False)
             for task in chosen:
                 if not task.is_up:
                     launch.preflight(task.spec)
@@ -161,7 +199,7 @@ class Manager:
         problems: list[str] = []
         blocked: set[str] = set()
         for wave in engine.start_waves(record.context.tasks, chosen):
-            async with record.lock:
+            async with self._locked(record):
                 if record.epoch != epoch:
                     raise OperationFailed(f"transaction {record.id} was stopped while it started")
                 batch = [record.tasks[task_id] for task_id in wave if task_id not in blocked]
@@ -214,17 +252,21 @@ class Manager:
         services: list[str],
         timeout: float | None,
         quiet: bool = False,
+        automatic: bool = False,
     ) -> dict:
-        """Stop tasks in reverse ``after`` order; *quiet* also silences their triggers."""
-        record = self._get(transaction)
-        async with record.lock:
+        """Stop tasks in reverse ``after`` order; *quiet* also silences their triggers.
+
+        A stop by hand aborts a start of the transaction in progress; an
+        *automatic* one (a trigger's) does not: it is part of that start.
+        """
+        async with self._locked(transaction) as record:
             whole = not services
             chosen = selection.choose(record, services, default=list(record.tasks.values()))
-            record.epoch += 1
             silent = whole or quiet
             if silent:
-                record.stopping = True
-                self._save_transaction(record)
+                self._set_stopping(record, True)
+            if not automatic:
+                record.epoch += 1
             try:
                 for wave in engine.stop_order(record.context.tasks, [t.id for t in chosen]):
                     await asyncio.gather(
@@ -232,8 +274,7 @@ class Manager:
                     )
             finally:
                 if silent:
-                    record.stopping = False
-                    self._save_transaction(record)
+                    self._set_stopping(record, False)
                 self.reports.record_changed(record.id)
         return record.view()
 
@@ -279,8 +320,7 @@ class Manager:
         return list(entries.values())
 
     async def forget(self, transaction: str) -> dict[str, Any]:
-        record = self._get(transaction)
-        async with record.lock:
+        async with self._locked(transaction) as record:
             if any(task.is_up for task in record.tasks.values()):
                 raise OperationFailed(
                     f"transaction {transaction} still has running tasks: stop it first"
@@ -343,7 +383,8 @@ class Manager:
         invocation = uuid.uuid4().hex
         crashing = task.restart_state.crashes > 0
         spec = self.launcher.task(record.id, record.context, task.spec, invocation, crashing)
-        before = task.begin_run(asyncio.get_running_loop())
+        before = task.to_row()
+        task.begin_run(asyncio.get_running_loop())
         task.runner_data = {"invocation": invocation}
         task.change_state(*lifecycle.STARTING)
         try:
@@ -380,9 +421,9 @@ class Manager:
             # Up according to the table but without a process handle: nothing to signal.
             self._ended(task, ExitInfo(Result.LOST, detail="no process to stop"))
             return
-        task.stop_requested = True
         task.change_state(*lifecycle.STOPPING)
         self._save(task)
+        task.stop_requested = True
         await task.handle.stop(timeout)
 
     # --- runner events -------------------------------------------------------------
@@ -400,7 +441,7 @@ class Manager:
         if task.ready is not None and not task.ready.done():
             task.ready.set_result(None)
         self.reports.task_event(task, LastAction.STARTED)
-        self._fire(task, LastAction.STARTED)
+        self.automatic.fire(task, LastAction.STARTED)
         early, task.early_updates = task.early_updates, 0
         for _ in range(early):
             self._updated(task)
@@ -436,103 +477,12 @@ class Manager:
         pid, task.pid = task.pid, None
         end = task.end_run(info)
         action = end.action
-        stopped = action is LastAction.STOPPED
         self._save(task)
         if task.ready is not None and not task.ready.done():
             task.ready.set_result(info)
         log.info("%s/%s %s", task.transaction, task.id, info.describe())
         self.reports.task_event(task, action, info, pid)
-        decision = engine.on_exit(
-            task.restart_state,
-            task.spec.restart,
-            info.result,
-            stop_requested=stopped,
-            now=self._clock(),
-            rand=random.random(),
-        )
-        task.restart_state = decision.state  # the crash streak counts every run's end
-        self._fire(task, action)
-        if not stopped:
-            self._apply_restart_policy(task, info, decision)
-
-    # --- triggers and the restart policy (decided by zsvc.daemon.engine) ----------------
-
-    def _fire(self, task: TaskRecord, action: LastAction) -> None:
-        """Run the triggers an event fires: once per event, never while the transaction stops."""
-        record = self.transactions.get(task.transaction)
-        if record is None:
-            return
-        event = engine.TaskEvent(record.id, task.id, action)
-        for triggered in engine.fire(event, record.triggers, record.stopping):
-            log.info("%s: %s", record.id, triggered.describe())
-            self.jobs.spawn(self._carry_out(record, triggered), triggered.describe())
-
-    async def _carry_out(
-        self, record: TransactionRecord, triggered: engine.TriggeredAction
-    ) -> None:
-        target = record.tasks.get(triggered.target)
-        if target is None or record.stopping:
-            return
-        if triggered.action in (TaskAction.STOP, TaskAction.RESTART) and target.is_up:
-            await self.stop(record.id, [target.id], None)
-        if triggered.action in (TaskAction.START, TaskAction.RESTART):
-            await self._start_automatically(record, target, f"{triggered.describe()}")
-
-    async def _start_automatically(
-        self, record: TransactionRecord, task: TaskRecord, cause: str
-    ) -> None:
-        """A start nobody typed (a trigger or the restart policy): bounded by the start limit."""
-        async with record.lock:
-            if record.stopping or (task.is_up and task.sub_state is not SubState.AUTO_RESTART):
-                return
-            task.restart_timer = None
-            now = self._clock()
-            limit = engine.limit_reached(task.restart_state, now, task.spec.restart)
-            allowed, task.restart_state = engine.note_start(
-                task.restart_state, now, automatic=True, policy=task.spec.restart
-            )
-            if not allowed:
-                self._start_limit_hit(task, cause, limit)
-                return
-            try:
-                launch.preflight(task.spec)
-            except OperationFailed as exc:
-                self._ended(task, ExitInfo(Result.RESOURCES, detail=exc.message))
-                return
-            await self._launch(record, task)
-
-    def _apply_restart_policy(
-        self, task: TaskRecord, info: ExitInfo, decision: engine.RestartDecision
-    ) -> None:
-        """Carry out the policy's verdict on a run that ended on its own."""
-        record = self.transactions.get(task.transaction)
-        if record is None or record.stopping or task.is_up:
-            return  # stopping, or a trigger already started it again
-        if decision.verdict is engine.Verdict.LIMIT:
-            self._start_limit_hit(task, f"restart={task.spec.restart.mode}", decision.limit)
-        elif decision.verdict is engine.Verdict.RESTART:
-            note = f"restarting in {decision.delay:.2f} s: {info.describe()}"
-            task.change_state(*lifecycle.AUTO_RESTART_PENDING, note=note)
-            self._save(task)
-            loop = asyncio.get_running_loop()
-            task.restart_timer = loop.call_later(
-                decision.delay,
-                lambda: self.jobs.spawn(
-                    self._start_automatically(record, task, "restart policy"), "auto-restart"
-                ),
-            )
-
-    def _start_limit_hit(self, task: TaskRecord, cause: str, limit: str) -> None:
-        """End a task ``failed/start-limit-hit``: *limit* says which limit, *cause* who asked."""
-        task.cancel_restart()
-        note = f"start limit hit: {limit} ({cause}); 'zsvc start' resets it"
-        task.change_state(*lifecycle.START_LIMIT_HIT, note=note)
-        self._save(task)
-        log.warning("%s/%s: %s", task.transaction, task.id, task.status_text)
-        # Reported once on the bus; its triggers do not fire for it: an on_fail that
-        # restarts the task would only hit the limit again, forever.
-        info = ExitInfo(Result.START_LIMIT_HIT, detail=cause)
-        self.reports.task_event(task, LastAction.FAILED, info)
+        self.automatic.after_end(task, action, info)
 
     # --- the bus ---------------------------------------------------------------------
 
@@ -554,7 +504,7 @@ class Manager:
         if task.last_action is not LastAction.UPDATED:
             task.change_state(*lifecycle.updated((task.state, task.sub_state)))
             self._save(task)
-        self._fire(task, LastAction.UPDATED)
+        self.automatic.fire(task, LastAction.UPDATED)
 
     # --- restart of the daemon ---------------------------------------------------------
 

@@ -60,6 +60,8 @@ class TaskRecord:
     """The restart policy's memory (starts in the limit window, backoff); not persisted."""
     restart_timer: asyncio.TimerHandle | None = None
     """The pending automatic restart, while the task is ``activating/auto-restart``."""
+    committed: TaskRow | None = None
+    """The last row the table accepted: what a refused write rolls the record back to."""
     early_updates: int = 0
     """``updated`` messages of the current run seen before it was ready; not persisted.
 
@@ -188,6 +190,7 @@ class TaskRecord:
         self.starts = row.restarts + (1 if row.last_action else 0)
         self.since = row.since
         self.runner_data = dict(row.runner_data)
+        self.committed = row
 
     def view(self) -> dict[str, Any]:
         """The task in ``zsvc status --json`` (a documented, stable shape)."""
