@@ -298,26 +298,11 @@ class Manager:
         return view
 
     def live_logs(self) -> list[Path]:
-        """The logs being written now: each up task's (Thread tasks share their host's)."""
-        logs = (
-            self.state.task_log(record.id, launch.log_name(task.spec))
-            for record in self.transactions.values()
-            for task in record.tasks.values()
-            if task.is_up
-        )
-        return list(dict.fromkeys(logs))
+        """The logs being written now (the daemon caps them)."""
+        return selection.live_logs(self.transactions.values(), self.state)
 
     def log_paths(self, transaction: str, services: list[str]) -> list[dict[str, str]]:
-        """Each chosen task's log; Thread tasks share their host's, listed once as ``@threads``."""
-        record = self._get(transaction)
-        chosen = selection.choose(record, services, default=list(record.tasks.values()))
-        entries: dict[str, dict[str, str]] = {}
-        for task in chosen:
-            name = launch.log_name(task.spec)
-            entries.setdefault(
-                name, {"task": name, "path": str(self.state.task_log(record.id, name))}
-            )
-        return list(entries.values())
+        return selection.log_entries(self._get(transaction), services, self.state)
 
     async def forget(self, transaction: str) -> dict[str, Any]:
         async with self._locked(transaction) as record:

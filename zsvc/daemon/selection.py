@@ -9,11 +9,13 @@ from the manager's I/O, so that each is tested on records alone.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from zsvc.config.model import Context
-from zsvc.daemon.launch import chosen_specs, preflight
+from zsvc.daemon.launch import chosen_specs, log_name, preflight
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.errors import BadRequest, ErrorCode, UnknownTask, ZsvcError
+from zsvc.paths import StateLayout
 from zsvc.states import is_valid_id
 
 
@@ -84,3 +86,26 @@ def may_replace(existing: TransactionRecord, text: str) -> bool:
             code=ErrorCode.EXISTS,
         )
     return True
+
+
+def log_entries(
+    record: TransactionRecord, services: list[str], state: StateLayout
+) -> list[dict[str, str]]:
+    """Each chosen task's log; Thread tasks share their host's, listed once as ``@threads``."""
+    chosen = choose(record, services, default=list(record.tasks.values()))
+    entries: dict[str, dict[str, str]] = {}
+    for task in chosen:
+        name = log_name(task.spec)
+        entries.setdefault(name, {"task": name, "path": str(state.task_log(record.id, name))})
+    return list(entries.values())
+
+
+def live_logs(records: Iterable[TransactionRecord], state: StateLayout) -> list[Path]:
+    """The logs being written now: each up task's (Thread tasks share their host's, once)."""
+    logs = (
+        state.task_log(record.id, log_name(task.spec))
+        for record in records
+        for task in record.tasks.values()
+        if task.is_up
+    )
+    return list(dict.fromkeys(logs))
