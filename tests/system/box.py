@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +49,16 @@ LOCK_WAIT = 300.0
 BOOT_TIMEOUT = 60.0
 POWEROFF_TIMEOUT = 30.0
 BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REPO = Path(__file__).resolve().parents[2]
+UNIT_FILE = REPO / "units" / "zsvc.service"
+WORK = "/srv/zsvc-tests"
+"""Inside the box: context files and pid files of the tests and benches (in the box's tmpfs)."""
+ZSVC_START_TIMEOUT = 30.0
+WRAPPER = """#!/bin/sh
+# /usr/bin/zsvc as the .deb installs it, for this checkout and interpreter.
+export PYTHONPATH={repo}
+exec {python} -m zsvc "$@"
+"""
 
 
 class BoxError(Exception):
@@ -393,3 +404,41 @@ def remove_stale_boxes() -> list[Path]:
             teardown(box)
             stale.append(box)
     return stale
+
+
+# --- zsvc.service in a box (the system tier's and bench/systemd.py's) ---------------------
+
+
+def checkout_binds() -> list[Path]:
+    """The checkout and the interpreter, where the box would not see them (under /tmp, /run)."""
+    paths = [REPO]
+    for prefix in {Path(sys.prefix), Path(sys.base_prefix)}:
+        hidden = any(prefix.is_relative_to(p) for p in (Path("/tmp"), Path("/run")))
+        if hidden and not any(prefix.is_relative_to(p) for p in paths):
+            paths.append(prefix)
+    return paths
+
+
+def install_zsvc(box: SystemdBox) -> None:
+    """Install ``units/zsvc.service`` in *box* as the .deb would (``/usr/bin/zsvc``, group
+    ``zsvc``), running this checkout with the running interpreter (see checkout_binds)."""
+    wrapper = box.host_path("/usr/bin/zsvc")
+    wrapper.write_text(WRAPPER.format(repo=REPO, python=sys.executable))
+    wrapper.chmod(0o755)
+    unit = box.host_path("/etc/systemd/system/zsvc.service")
+    unit.write_text(UNIT_FILE.read_text())
+    box.host_path(WORK).mkdir(parents=True, exist_ok=True)
+    box.run("groupadd", "--system", "zsvc", check=True)
+    box.run("systemctl", "daemon-reload", check=True)
+
+
+def start_zsvc(box: SystemdBox) -> None:
+    """``systemctl start zsvc.service`` in *box*; BoxError, with its journal, if it fails."""
+    done = box.run("systemctl", "start", "zsvc.service", timeout=ZSVC_START_TIMEOUT)
+    if done.returncode != 0:
+        raise BoxError(f"zsvc.service did not start: {done.stderr}\n{zsvc_log(box)}")
+
+
+def zsvc_log(box: SystemdBox, lines: int = 60) -> str:
+    """The last *lines* of zsvc.service's journal in *box*."""
+    return box.run("journalctl", "-u", "zsvc.service", "--no-pager", "-n", str(lines)).stdout

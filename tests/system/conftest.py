@@ -15,39 +15,24 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import TaskDef, free_port, render_context
-from tests.system.box import BoxError, SystemdBox, missing_prerequisites
+from tests.system.box import (
+    WORK,
+    SystemdBox,
+    checkout_binds,
+    install_zsvc,
+    missing_prerequisites,
+    start_zsvc,
+    zsvc_log,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-UNIT_FILE = REPO / "units" / "zsvc.service"
-WORK = "/srv/zsvc-tests"
-"""Inside the box: context files and pid files of the tests (in the box's tmpfs)."""
-START_TIMEOUT = 30.0
-
-
-def _binds() -> list[Path]:
-    """The checkout and the interpreter, where the box would not see them (under /tmp, /run)."""
-    paths = [REPO]
-    for prefix in {Path(sys.prefix), Path(sys.base_prefix)}:
-        hidden = any(prefix.is_relative_to(p) for p in (Path("/tmp"), Path("/run")))
-        if hidden and not any(prefix.is_relative_to(p) for p in paths):
-            paths.append(prefix)
-    return paths
-
-
-WRAPPER = """#!/bin/sh
-# /usr/bin/zsvc as the .deb installs it, for this checkout and interpreter.
-export PYTHONPATH={repo}
-exec {python} -m zsvc "$@"
-"""
+__all__ = ["WORK", "Zsvc", "wait_for"]
 
 
 class Zsvc:
@@ -60,24 +45,13 @@ class Zsvc:
     # --- set-up -------------------------------------------------------------------------
 
     def install(self) -> None:
-        wrapper = self.box.host_path("/usr/bin/zsvc")
-        wrapper.write_text(WRAPPER.format(repo=REPO, python=sys.executable))
-        wrapper.chmod(0o755)
-        unit = self.box.host_path("/etc/systemd/system/zsvc.service")
-        unit.write_text(UNIT_FILE.read_text())
-        self.box.host_path(WORK).mkdir(parents=True, exist_ok=True)
-        self.box.run("groupadd", "--system", "zsvc", check=True)
-        self.box.run("systemctl", "daemon-reload", check=True)
+        install_zsvc(self.box)
 
     def start_daemon(self) -> None:
-        done = self.box.run("systemctl", "start", "zsvc.service", timeout=START_TIMEOUT)
-        if done.returncode != 0:
-            raise BoxError(f"zsvc.service did not start: {done.stderr}\n{self.daemon_log()}")
+        start_zsvc(self.box)
 
     def daemon_log(self, lines: int = 60) -> str:
-        return self.box.run(
-            "journalctl", "-u", "zsvc.service", "--no-pager", "-n", str(lines)
-        ).stdout
+        return zsvc_log(self.box, lines)
 
     # --- commands -------------------------------------------------------------------------
 
@@ -152,7 +126,7 @@ def box() -> Iterator[SystemdBox]:
         if os.environ.get("CI"):
             pytest.fail(f"the system tier must run in CI, but {why}")
         pytest.skip(why)
-    box = SystemdBox(binds=_binds())
+    box = SystemdBox(binds=checkout_binds())
     try:
         box.start()
         yield box
