@@ -16,121 +16,46 @@ Scenarios, one daemon each, in a private directory under /tmp:
    thread), after a warm-up of a few samples;
 
 for N = 50 and N = 100. Every wait has a deadline; the daemon is shut down
-(SIGTERM, then SIGKILL of its pid) whatever happens.
+(``zsvc shutdown``, then SIGTERM and SIGKILL of its pid) whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
+from lib.daemon import ZsvcDaemon
+from lib.procs import BenchError, cpu_seconds
+from lib.report import busy_processes, write_results
+from lib.taskpkg import IDLE, task_ids, write_context, write_task_package
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from core import cpu_seconds  # noqa: E402  (bench/, the script's directory)
-
-from zsvc.client import BusClient, ControlClient, socket_listening  # noqa: E402
-from zsvc.paths import RuntimeLayout  # noqa: E402
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-IDLE_TASK = '''\
-"""Bench task: ready at once, then idle (no steps, no messages)."""
-
-from zsvc import Task
-
-
-class ServiceBenchIdle(Task):
-    interval = 86400.0
-'''
 TARGETS = {("idle", 50): 0.1, ("watched", 50): 2.0, ("watched", 100): 4.0, ("idle", 100): 0.1}
-READY_TIMEOUT = 30.0
 START_TIMEOUT = 300.0
 
 
-def context_text(tasks: int) -> str:
-    services = "".join(
-        f"""
-  <TaskService id="t{i:03d}" instance="BenchIdle" serviceType="Process" topic="process">
-    <Task><description>idle</description>
-      <message><header><action>start</action><service_name>idle{i}</service_name></header>
-        <content><configuration/></content></message>
-      <state type="on_start"/></Task>
-  </TaskService>"""
-        for i in range(tasks)
+def start_tasks(daemon: ZsvcDaemon, tasks: int) -> None:
+    """N idle tasks (ready at once, no steps), in one transaction, until all are ready."""
+    write_task_package(daemon.home, IDLE)
+    path, text = write_context(
+        daemon.home / "Conf" / f"Context-Bench{tasks}.xml", "bench", IDLE, task_ids(tasks)
     )
-    return f"""<?xml version="1.0"?>
-<Context><FrontEndEndpoint>ipc://@zsvc-bench-sub-{os.getpid()}</FrontEndEndpoint>
-<BackendEndpoint>ipc://@zsvc-bench-pub-{os.getpid()}</BackendEndpoint>
-<ContextID>bench</ContextID>{services}
-</Context>
-"""
-
-
-class Bench:
-    def __init__(self, work: Path):
-        self.work = work
-        self.runtime = work / "run"
-        self.state = work / "state"
-        self.daemon: subprocess.Popen[bytes] | None = None
-        services = work / "Services" / "BenchIdle"
-        services.mkdir(parents=True)
-        (services / "__init__.py").write_text("")
-        (services / "ServiceBenchIdle.py").write_text(IDLE_TASK)
-        (work / "Conf").mkdir()
-
-    def start_daemon(self) -> psutil.Process:
-        env = dict(os.environ, PYTHONPYCACHEPREFIX=str(self.work / "pyc"))
-        with open(self.work / "daemon.log", "ab") as log:
-            self.daemon = subprocess.Popen(
-                [sys.executable, "-m", "zsvc.daemon", "--runtime-dir", str(self.runtime),
-                 "--state-dir", str(self.state)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-            )  # fmt: skip
-        control = RuntimeLayout(self.runtime).control
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not socket_listening(control):
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start; see {self.work / 'daemon.log'}")
-            time.sleep(0.05)
-        return psutil.Process(self.daemon.pid)
-
-    def start_tasks(self, tasks: int) -> None:
-        path = self.work / "Conf" / f"Context-Bench{tasks}.xml"
-        path.write_text(context_text(tasks))
-        with ControlClient(self.runtime, timeout=START_TIMEOUT) as client:
-            client.call(
-                "start",
-                transaction=f"bench{tasks}",
-                context_path=str(path),
-                context_text=path.read_text(),
-                block=True,
-                timeout=START_TIMEOUT - 10,
-            )
-
-    def stop_daemon(self) -> None:
-        if self.daemon is None or self.daemon.poll() is not None:
-            return
-        with contextlib.suppress(Exception), ControlClient(self.runtime, timeout=10) as client:
-            client.call("shutdown")
-        try:
-            self.daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            self.daemon.send_signal(signal.SIGKILL)
-            self.daemon.wait(30)
+    daemon.call(
+        "start",
+        wait=START_TIMEOUT,
+        transaction=f"bench{tasks}",
+        context_path=str(path),
+        context_text=text,
+        block=True,
+        timeout=START_TIMEOUT - 10,
+    )
 
 
 def measure(process: psutil.Process, window: float) -> float:
@@ -141,50 +66,21 @@ def measure(process: psutil.Process, window: float) -> float:
     return 100.0 * used / elapsed
 
 
-class Watcher:
-    """A ``monitor`` subscriber that drains samples in a thread and counts them."""
-
-    def __init__(self, runtime: Path):
-        layout = RuntimeLayout(runtime)
-        self.bus = BusClient(layout.bus_pub_endpoint, layout.bus_sub_endpoint, topics=["monitor"])
-        self.bus.handshake(10.0)
-        self.samples = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._drain, daemon=True)
-        self.thread.start()
-
-    def _drain(self) -> None:
-        while not self.stop.is_set():
-            if self.bus.receive(0.2) is not None:
-                self.samples += 1
-
-    def wait_samples(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.samples < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fewer than {count} samples within {timeout:g} s")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.bus.close()
-
-
 def run_size(work: Path, tasks: int, window: float) -> list[dict[str, Any]]:
-    bench = Bench(work / f"n{tasks}")
+    daemon = ZsvcDaemon(work / f"n{tasks}", pyc=work / "pyc")
     results = []
     try:
-        daemon = bench.start_daemon()
-        bench.start_tasks(tasks)
+        daemon.start()
+        start_tasks(daemon, tasks)
         time.sleep(2.0)  # let start-up work (logs, table writes) settle before measuring
-        idle = measure(daemon, window)
+        idle = measure(daemon.running, window)
         results.append({"scenario": "idle", "tasks": tasks, "cpu_percent": idle})
-        watcher = Watcher(bench.runtime)
+        watcher = daemon.watch_monitor()
         try:
-            watcher.wait_samples(3, 30.0)
+            if not watcher.wait_samples(3, 30.0):
+                raise BenchError("fewer than 3 samples within 30 s")
             first = watcher.samples
-            watched = measure(daemon, window)
+            watched = measure(daemon.running, window)
             rate = (watcher.samples - first) / window
         finally:
             watcher.close()
@@ -192,26 +88,11 @@ def run_size(work: Path, tasks: int, window: float) -> list[dict[str, Any]]:
             {"scenario": "watched", "tasks": tasks, "cpu_percent": watched, "samples_per_s": rate}
         )
     finally:
-        bench.stop_daemon()
+        daemon.shutdown()
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--window", type=float, default=20.0, help="seconds per measurement")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100])
-    parser.add_argument("--json", type=Path, help="where the results go")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="zbm", dir="/tmp"))
-    busy_before = psutil.cpu_percent(interval=1.0)
-    results: list[dict[str, Any]] = []
-    try:
-        for size in args.sizes:
-            results.extend(run_size(work, size, args.window))
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+def print_results(busy_before: float, results: list[dict[str, Any]]) -> None:
     print(f"machine CPU before the run: {busy_before:.0f} % (of all cores)")
     print(f"{'scenario':<10} {'tasks':>5} {'daemon CPU':>11} {'target':>7}  {'samples/s':>9}")
     for row in results:
@@ -222,10 +103,28 @@ def main() -> int:
             f"{row['scenario']:<10} {row['tasks']:>5} {row['cpu_percent']:>10.2f}%"
             f" {target if target is not None else '':>6}%  {rate:>9}  {verdict}"
         )
-    out = args.json or RESULTS_DIR / f"monitor-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window", type=float, default=20.0, help="seconds per measurement")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100])
+    parser.add_argument("--json", type=Path, help="where the results go")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="zbm", dir="/tmp"))
+    started = datetime.now()
+    busy_before, _ = busy_processes()
+    results: list[dict[str, Any]] = []
+    try:
+        for size in args.sizes:
+            results.extend(run_size(work, size, args.window))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print_results(busy_before, results)
     meta = {"window_s": args.window, "machine_cpu_before": busy_before, "cores": os.cpu_count()}
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    out = write_results("monitor", {"meta": meta, "results": results}, args.json, started)
     print(f"results: {out}")
     return 0
 

@@ -44,232 +44,126 @@ happens. The zsvc processes get a private bytecode cache, as in bench/core.py
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+from lib.daemon import ZsvcDaemon, drain_queued, kill_task, warm_up, zsvc_env
+from lib.procs import BenchError, cpu_seconds
+from lib.report import Metric, Metrics, add_run_options, median, percentile, run_scenario
+from lib.taskpkg import CRASH, SLEEP, task_ids, write_context, write_task_package
 
-# bench/ is the script's directory, so it is on sys.path: share core.py's helpers.
-from core import (
-    IPC_PATH_LIMIT,
-    BenchError,
-    Metric,
-    add_run_options,
-    cpu_seconds,
-    daemon_from_lock,
-    is_gone,
-    kill_leftovers,
-    median,
-    percentile,
-    run_and_report,
-    run_metadata,
-    stop_daemon,
-    zygote_of,
-)
-from core import context_xml as bench_context_xml
+from zsvc.client import BusClient
 
-from zsvc import __version__ as zsvc_version
-from zsvc.client import BusClient, ControlClient
-from zsvc.paths import RuntimeLayout
-
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
-
-SLEEP_INSTANCE = "PolicySleep"
-CRASH_INSTANCE = "PolicyCrash"
 TX_KILL = "pkill"
 TX_CRASH = "pcrash"
 KILL_ID = "victim"
 LIMIT_HIT = "(start-limit-hit)"
 """In ``content.status.reason`` of the ``failed`` report that ends a crash loop."""
-
-SLEEP_TASK = '''\
-"""Policy bench task: setup() sleeps (the peers' workload), then the task idles."""
-
-import time
-
-from zsvc import Task
+PEERS_KILL = "systemd 0.26, circus 0.70, supervisord 1.02 (startsecs=1)"
 
 
-class ServicePolicySleep(Task):
-    interval = 3600.0
+@dataclass
+class Loop:
+    """The crash-loop period: from launching ``zsvc start`` until every task hit its limit."""
 
-    def setup(self, delay_s: float = 0.2, **config):
-        time.sleep(delay_s)
-'''
-
-CRASH_TASK = '''\
-"""Policy bench task: setup() raises at once, so the run fails before READY."""
-
-from zsvc import Task
-
-
-class ServicePolicyCrash(Task):
-    def setup(self, **config):
-        raise RuntimeError("policy bench: crash in setup()")
-'''
+    wall: float = 0.0
+    cpu: float = 0.0
+    zygote_cpu: float = 0.0
+    machine_cpu: float = 0.0
+    cli_wall: float | None = None
+    cli_code: int | None = None
+    cli_tail: str = ""
+    failed: int = 0
+    updates: int = 0
+    update_bytes: int = 0
+    waiting: set[str] = field(default_factory=set)
+    """The tasks not (yet) at their limit."""
 
 
-def context_xml(
-    context_id: str,
-    instance: str,
-    ids: list[str],
-    attributes: dict[str, str],
-    config: dict[str, Any],
-) -> str:
-    """A context of one TaskService per id, with the given restart attributes."""
-    return bench_context_xml(context_id, instance, ids, config, attributes=attributes)
+@dataclass
+class Window:
+    """The window after the loop, nothing sent to the daemon."""
+
+    wall: float
+    cpu: float
+    zygote_cpu: float
+    messages: int
 
 
 class Daemon:
-    """One zsvc daemon in ``<work>/<name>/{r,s}``, with its own contexts and clients."""
+    """One zsvc daemon in ``<work>/<name>/{r,s}``, with its own contexts and task package."""
 
     def __init__(self, bench: Bench, name: str, label: str, zygote: bool):
         self.bench = bench
+        self.args = bench.args
         self.name = name
         self.label = label
         self.zygote_wanted = zygote
-        self.home = bench.work / name
-        self.runtime = self.home / "r"
-        self.state = self.home / "s"
-        self.layout = RuntimeLayout(self.runtime)
-        if len(str(self.layout.bus_sub)) >= IPC_PATH_LIMIT:
-            raise BenchError(f"runtime dir {self.runtime} is too long for ipc sockets")
-        self.env = bench.env_for(self.runtime, self.state, zygote)
-        self.proc: psutil.Process | None = None
+        self.zsvc = ZsvcDaemon(bench.work / name, pyc=bench.pyc, zygote=zygote)
         self.zygote: psutil.Process | None = None
-        self.client: ControlClient | None = None
-        self.tasks_seen: dict[int, psutil.Process] = {}
-        self.conf = self.home / "Conf"
-
-    # --- plumbing ----------------------------------------------------------------------
-
-    def write_contexts(self) -> None:
-        """Contexts per daemon: each daemon binds its contexts' ports, so they must differ."""
-        self.conf.mkdir(parents=True)
-        args = self.bench.args
-        self.kill_path = self.conf / "Context-PolicyKill.xml"
-        self.kill_text = context_xml(
-            TX_KILL,
-            SLEEP_INSTANCE,
-            [KILL_ID],
-            {"restart": "on-failure", "restart_sec": "0", "start_limit_burst": "1000"},
-            {"delay_s": args.delay},
-        )
-        self.kill_path.write_text(self.kill_text)
-        self.crash_ids = [f"c{i:03d}" for i in range(args.crash_tasks)]
-        self.crash_path = self.conf / f"Context-PolicyCrash{args.crash_tasks}.xml"
-        self.crash_text = context_xml(
-            TX_CRASH,
-            CRASH_INSTANCE,
-            self.crash_ids,
-            {"restart": "on-failure", "restart_sec": "0.1"},  # the default start limit
-            {},
-        )
-        self.crash_path.write_text(self.crash_text)
-        # The tasks' code: the contexts' default location is ../Services.
-        shutil.copytree(self.bench.work / "Services", self.home / "Services")
-
-    def cli(self, *args: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
-        argv = [*self.bench.zsvc, *args]
-        try:
-            done = subprocess.run(
-                argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
-        if check and done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BenchError(f"{' '.join(argv)} exited {done.returncode}:\n  " + "\n  ".join(tail))
-        return done
-
-    def call(self, command: str, wait: float = 10.0, **args: Any) -> Any:
-        assert self.client is not None
-        return self.client.call(command, wait=wait, **args)
-
-    def bus(self) -> BusClient:
-        bus = BusClient(self.layout.bus_pub_endpoint, self.layout.bus_sub_endpoint, ["control"])
-        try:
-            bus.handshake(5.0)
-        except BaseException:
-            bus.close()
-            raise
-        return bus
-
-    def remember(self, pid: int | None) -> None:
-        if pid and pid not in self.tasks_seen:
-            with contextlib.suppress(psutil.Error):
-                self.tasks_seen[pid] = psutil.Process(pid)
 
     def add(self, label: str, *args: Any, **kw: Any) -> Metric:
-        return self.bench.add(self.name, f"{label}", *args, **kw)
+        return self.bench.add(self.name, label, *args, **kw)
+
+    def call(self, command: str, wait: float = 10.0, **args: Any) -> Any:
+        return self.zsvc.call(command, wait=wait, **args)
 
     # --- life cycle ----------------------------------------------------------------------
 
+    def write_files(self) -> None:
+        """Contexts per daemon: each daemon binds its contexts' ports, so they must differ."""
+        home, args = self.zsvc.home, self.args
+        write_task_package(home, SLEEP, CRASH)  # the contexts' default location: ../Services
+        self.kill_path, self.kill_text = write_context(
+            home / "Conf" / "Context-PolicyKill.xml",
+            TX_KILL,
+            SLEEP,
+            [KILL_ID],
+            {"delay_s": args.delay},
+            {"restart": "on-failure", "restart_sec": "0", "start_limit_burst": "1000"},
+        )
+        self.crash_ids = task_ids(args.crash_tasks, "c")
+        self.crash_path, _ = write_context(
+            home / "Conf" / f"Context-PolicyCrash{args.crash_tasks}.xml",
+            TX_CRASH,
+            CRASH,
+            self.crash_ids,
+            {},
+            {"restart": "on-failure", "restart_sec": "0.1"},  # the default start limit
+        )
+
     def start(self) -> None:
-        self.write_contexts()
-        argv = [self.bench.python, "-m", "zsvc.daemon", "--detach"]
-        argv += ["--runtime-dir", str(self.runtime), "--state-dir", str(self.state)]
-        begun = time.perf_counter()
-        try:
-            subprocess.run(
-                argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
-        except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
-            raise BenchError(f"daemon {self.name} did not start: {exc}") from exc
-        took = time.perf_counter() - begun
-        info = json.loads(self.cli("ping", timeout=30).stdout)
-        self.proc = psutil.Process(int(info["pid"]))
-        self.client = ControlClient(self.runtime, timeout=10.0)
-        self.zygote = zygote_of(self.proc)
+        self.write_files()
+        detached = self.zsvc.start()
+        self.zygote = self.zsvc.zygote()
+        log = self.zsvc.state / "daemon.log"
         if self.zygote_wanted and self.zygote is None:
-            raise BenchError(f"daemon {self.name} has no zygote (see {self.state}/daemon.log)")
+            raise BenchError(f"daemon {self.name} has no zygote (see {log})")
         if not self.zygote_wanted and self.zygote is not None:
             raise BenchError(f"daemon {self.name} runs a zygote despite ZSVC_ZYGOTE=0")
         self.bench.meta[f"daemon_{self.name}"] = {
-            **info,
+            **self.zsvc.info,
             "label": self.label,
             "zygote_pid": self.zygote.pid if self.zygote else None,
-            "detach_s": round(took, 4),
+            "detach_s": round(detached.wall, 4),
         }
 
     def shutdown(self) -> None:
-        """Stop the daemon and its tasks, bounded; kill by pid whatever outlives that."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        daemon = self.proc or daemon_from_lock(self.layout)
-        if daemon is not None and not is_gone(daemon):
-            shutdown = functools.partial(self.cli, "shutdown", timeout=30, check=False)
-            stop_daemon(daemon, shutdown, self.tasks_seen)
-        leftovers = kill_leftovers(self.tasks_seen)
+        leftovers = self.zsvc.shutdown()  # idempotent: a daemon already gone is skipped
         if leftovers:
             print(f"killed processes left behind by {self.name}: {leftovers}", file=sys.stderr)
 
     # --- 1. SIGKILL to the replacement READY --------------------------------------------
 
     def kill_restart(self) -> None:
-        args = self.bench.args
         self.call(
             "start",
             wait=60,
@@ -284,44 +178,30 @@ class Daemon:
         if task["state"] != "active" or not task["pid"]:
             raise BenchError(f"{self.name}: {TX_KILL}/{KILL_ID} did not start: {task}")
         pid = task["pid"]
-        self.remember(pid)
-        to_ready, to_failed = [], []
-        bus = self.bus()
+        self.zsvc.remember({"tasks": [task]})
+        to_ready: list[float] = []
+        to_failed: list[float] = []
+        bus = self.zsvc.bus(["control"])
         try:
-            for number in range(args.kills):
-                while bus.sub.poll(0):  # drop what came before
-                    bus.sub.recv_multipart()
-                start = time.perf_counter()
-                os.kill(pid, signal.SIGKILL)
-                deadline = start + 10.0
-                failed_at = None
-                while True:
-                    message = bus.receive(max(0.0, deadline - time.perf_counter()))
-                    now = time.perf_counter()
-                    if message is None:
-                        if now >= deadline:
-                            raise BenchError(
-                                f"{self.name}: kill {number + 1}: no new 'started' for"
-                                f" {KILL_ID} within 10 s (failed seen: {failed_at is not None})"
-                            )
-                        continue
-                    if message.service_id != KILL_ID or message.transaction != TX_KILL:
-                        continue
-                    new_pid = message.status.get("pid")
-                    if message.action == "failed" and failed_at is None:
-                        failed_at = now
-                    elif message.action == "started" and new_pid and new_pid != pid:
-                        break
-                to_ready.append(now - start)
-                if failed_at is not None:
-                    to_failed.append(failed_at - start)
-                pid = int(new_pid)
-                self.remember(pid)
+            for _ in range(self.args.kills):
+                kill = kill_task(bus, pid, TX_KILL, KILL_ID, "started", 10.0)
+                assert kill.started is not None and kill.new_pid is not None
+                to_ready.append(kill.started)
+                if kill.failed is not None:
+                    to_failed.append(kill.failed)
+                pid = kill.new_pid
+                self.zsvc.remember({"tasks": [{"pid": pid}]})
         finally:
             bus.close()
         task = self.call("status", transaction=TX_KILL)["tasks"][0]
         if task["state"] != "active" or task["pid"] != pid:
             raise BenchError(f"{self.name}: after the kills the task is not the last run: {task}")
+        self.kill_rows(to_ready, to_failed)
+        self.bench.meta[f"kill_{self.name}_restarts"] = task["restarts"]
+        self.call("stop", wait=60, transaction=TX_KILL, services=[], timeout=None)
+        self.call("forget", wait=30, transaction=TX_KILL)
+
+    def kill_rows(self, to_ready: list[float], to_failed: list[float]) -> None:
         self.add(
             f"SIGKILL to replacement READY{self.label}",
             median(to_ready),
@@ -329,18 +209,12 @@ class Daemon:
             target=0.3,
             samples=to_ready,
             note=(
-                f"median of {len(to_ready)}; p90 {percentile(to_ready, 0.9):.3f} s;"
-                " systemd 0.26, circus 0.70, supervisord 1.02 (startsecs=1)"
+                f"median of {len(to_ready)}; p90 {percentile(to_ready, 0.9):.3f} s; {PEERS_KILL}"
             ),
         )
         ms = [value * 1e3 for value in to_failed]
-        self.add(
-            "  SIGKILL to 'failed' on the bus",
-            median(ms),
-            "ms",
-            samples=ms,
-            note=f"{len(ms)} of {len(to_ready)} seen",
-        )
+        note = f"{len(ms)} of {len(to_ready)} seen"
+        self.add("  SIGKILL to 'failed' on the bus", median(ms), "ms", samples=ms, note=note)
         after = [(r - f) for r, f in zip(to_ready, to_failed, strict=False)]
         if len(to_failed) == len(to_ready):
             self.add(
@@ -348,72 +222,16 @@ class Daemon:
                 median(after),
                 "s",
                 samples=after,
-                note=f"restart_sec=0; setup() sleeps {args.delay:g} s",
+                note=f"restart_sec=0; setup() sleeps {self.args.delay:g} s",
             )
-        task_restarts = task["restarts"]
-        self.bench.meta[f"kill_{self.name}_restarts"] = task_restarts
-        self.call("stop", wait=60, transaction=TX_KILL, services=[], timeout=None)
-        self.call("forget", wait=30, transaction=TX_KILL)
 
     # --- 2. crash loop to the start limit ----------------------------------------------
 
     def crash_loop(self) -> None:
-        args = self.bench.args
-        n = args.crash_tasks
-        waiting = set(self.crash_ids)
-        failed_messages = update_messages = update_bytes = 0
-        bus = self.bus()
+        bus = self.zsvc.bus(["control"])
         try:
-            cpu0, zyg0 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
-            machine0 = psutil.cpu_times()
-            start = time.perf_counter()
-            argv = [*self.bench.zsvc, "start", "--context", str(self.crash_path), "--keep-going"]
-            cli = subprocess.Popen(
-                [*argv, TX_CRASH],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            cli_wall = None
-            deadline = start + args.crash_deadline
-            # Only the bus is read meanwhile: a status call would be daemon work too.
-            while waiting and time.perf_counter() < deadline:
-                if cli_wall is None and cli.poll() is not None:
-                    cli_wall = time.perf_counter() - start
-                message = bus.receive(0.2)
-                if message is None or message.transaction != TX_CRASH:
-                    continue
-                if message.action == "update":
-                    update_messages += 1
-                    update_bytes += len(json.dumps(message.to_dict(), separators=(",", ":")))
-                elif message.action == "failed":
-                    failed_messages += 1
-                    if LIMIT_HIT in str(message.status.get("reason", "")):
-                        waiting.discard(message.service_id)
-            wall = time.perf_counter() - start
-            cpu1, zyg1 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
-            machine1 = psutil.cpu_times()
-            try:
-                out, err = cli.communicate(timeout=60)
-            except subprocess.TimeoutExpired as exc:
-                cli.kill()
-                cli.communicate()
-                raise BenchError(f"{self.name}: zsvc start did not return within 60 s") from exc
-            if cli_wall is None:
-                cli_wall = time.perf_counter() - start
-            # The window after: every task at its limit (or, if the loop did not end, still
-            # looping); the bench sends nothing to the daemon meanwhile.
-            idle0, izyg0 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
-            idle_start = time.perf_counter()
-            time.sleep(args.idle)
-            idle_wall = time.perf_counter() - idle_start
-            idle1, izyg1 = cpu_seconds(self.proc), cpu_seconds(self.zygote)
-            idle_messages = 0
-            while bus.sub.poll(0):  # what the daemon published in that window
-                bus.sub.recv_multipart()
-                idle_messages += 1
+            loop = self.loop_to_limit(bus)
+            window = self.window_after(bus)
         finally:
             bus.close()
         record = self.call("status", transaction=TX_CRASH)
@@ -422,133 +240,164 @@ class Daemon:
             key = f"{task['state']}/{task['sub_state']}/{task['result']}"
             states[key] = states.get(key, 0) + 1
         starts = sum(task["restarts"] + 1 for task in record["tasks"])
-        limit_hit = n - len(waiting)
-        ended = not waiting
         # Whatever still loops is stopped now (a stop cancels pending restarts).
         self.call("stop", wait=120, transaction=TX_CRASH, services=[], timeout=None)
-        cpus = os.cpu_count() or 1
-        busy = machine1.user + machine1.system - machine0.user - machine0.system
+        n = self.args.crash_tasks
         self.bench.meta[f"crash_{self.name}"] = {
-            "all_hit_the_limit": ended,
-            "tasks_at_the_limit": limit_hit,
-            "cli_returncode": cli.returncode,
-            "cli_output_tail": (err or out).strip()[-300:],
-            "failed_messages": failed_messages,
-            "update_messages": update_messages,
-            "update_bytes": update_bytes,
-            "messages_in_window_after": idle_messages,
+            "all_hit_the_limit": not loop.waiting,
+            "tasks_at_the_limit": n - len(loop.waiting),
+            "cli_returncode": loop.cli_code,
+            "cli_output_tail": loop.cli_tail,
+            "failed_messages": loop.failed,
+            "update_messages": loop.updates,
+            "update_bytes": loop.update_bytes,
+            "messages_in_window_after": window.messages,
             "states_after_window": states,
             "task_starts_after_window": starts,
         }
+        self.loop_rows(loop)
+        self.window_row(loop, window, starts)
+
+    def loop_to_limit(self, bus: BusClient) -> Loop:
+        """``zsvc start --keep-going`` until the bus carried every task's limit, or the deadline.
+
+        Only the bus is read meanwhile: a status call would be daemon work too.
+        """
+        loop = Loop(waiting=set(self.crash_ids))
+        cpu0, zyg0 = cpu_seconds(self.zsvc.proc), cpu_seconds(self.zygote)
+        machine0 = psutil.cpu_times()
+        start = time.perf_counter()
+        argv = [*self.zsvc.zsvc, "start", "--context", str(self.crash_path), "--keep-going"]
+        cli = subprocess.Popen(
+            [*argv, TX_CRASH], env=self.zsvc.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = start + self.args.crash_deadline
+        while loop.waiting and time.perf_counter() < deadline:
+            if loop.cli_wall is None and cli.poll() is not None:
+                loop.cli_wall = time.perf_counter() - start
+            self.count(loop, bus.receive(0.2))
+        loop.wall = time.perf_counter() - start
+        loop.cpu = cpu_seconds(self.zsvc.proc) - cpu0
+        loop.zygote_cpu = cpu_seconds(self.zygote) - zyg0
+        machine1 = psutil.cpu_times()
+        loop.machine_cpu = machine1.user + machine1.system - machine0.user - machine0.system
+        try:
+            out, err = cli.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            cli.kill()
+            cli.communicate()
+            raise BenchError(f"{self.name}: zsvc start did not return within 60 s") from exc
+        if loop.cli_wall is None:
+            loop.cli_wall = time.perf_counter() - start
+        loop.cli_code, loop.cli_tail = cli.returncode, (err or out).strip()[-300:]
+        return loop
+
+    @staticmethod
+    def count(loop: Loop, message: Any) -> None:
+        """Count one bus message of the crash loop (None: nothing came)."""
+        if message is None or message.transaction != TX_CRASH:
+            return
+        if message.action == "update":
+            loop.updates += 1
+            loop.update_bytes += len(json.dumps(message.to_dict(), separators=(",", ":")))
+        elif message.action == "failed":
+            loop.failed += 1
+            if LIMIT_HIT in str(message.status.get("reason", "")):
+                loop.waiting.discard(message.service_id)
+
+    def window_after(self, bus: BusClient) -> Window:
+        """The window after: every task at its limit (or, if the loop did not end, still
+        looping); the bench sends nothing to the daemon meanwhile."""
+        idle0, izyg0 = cpu_seconds(self.zsvc.proc), cpu_seconds(self.zygote)
+        start = time.perf_counter()
+        time.sleep(self.args.idle)
+        wall = time.perf_counter() - start
+        idle1, izyg1 = cpu_seconds(self.zsvc.proc), cpu_seconds(self.zygote)
+        messages = drain_queued(bus)  # what the daemon published in that window
+        return Window(wall, idle1 - idle0, izyg1 - izyg0, messages)
+
+    def loop_rows(self, loop: Loop) -> None:
+        n = self.args.crash_tasks
+        limit_hit, ended = n - len(loop.waiting), not loop.waiting
         until = "until all hit the limit" if ended else f"{limit_hit} of {n} hit the limit"
         self.add(
             f"daemon CPU, {n} tasks crash-looping{self.label}",
-            (cpu1 - cpu0) / wall * 100,
+            loop.cpu / loop.wall * 100,
             "%",
             target=10.0,
-            note=f"{cpu1 - cpu0:.2f} s CPU in {wall:.2f} s: zsvc start {until}; % of one core",
+            note=f"{loop.cpu:.2f} s CPU in {loop.wall:.2f} s: zsvc start {until}; % of one core",
         )
         if self.zygote is not None:
             self.add(
                 "  zygote CPU, same period",
-                (zyg1 - zyg0) / wall * 100,
+                loop.zygote_cpu / loop.wall * 100,
                 "%",
-                note=f"{zyg1 - zyg0:.2f} s CPU; forks every task host",
+                note=f"{loop.zygote_cpu:.2f} s CPU; forks every task host",
             )
+        cpus = os.cpu_count() or 1
         self.add(
             "  machine CPU, same period",
-            busy / wall * 100,
+            loop.machine_cpu / loop.wall * 100,
             "%",
             note=f"% of one core, {cpus} cores: daemon + task hosts + everything",
         )
         self.add(
             "  wall time until all hit the limit" if ended else "  wall time, loop not ended",
-            wall,
+            loop.wall,
             "s",
             note=(
                 f"{limit_hit} of {n} at the limit; zsvc start --keep-going returned after"
-                f" {cli_wall:.2f} s (exit {cli.returncode})"
+                f" {loop.cli_wall:.2f} s (exit {loop.cli_code})"
             ),
         )
+        self.start_rows(loop)
+
+    def start_rows(self, loop: Loop) -> None:
+        n = self.args.crash_tasks
+        starts = loop.failed - (n - len(loop.waiting))
         self.add(
             "  task starts",
-            failed_messages - limit_hit,
+            starts,
             "starts",
             note=(
-                f"'failed' exits on the bus; {(failed_messages - limit_hit) / n:g} per task"
+                f"'failed' exits on the bus; {starts / n:g} per task"
                 " (1 manual + 5 automatic when the limit is hit)"
             ),
         )
         self.add(
             "  daemon CPU per task start",
-            (cpu1 - cpu0) / max(1, failed_messages - limit_hit) * 1e3,
+            loop.cpu / max(1, starts) * 1e3,
             "ms",
             note=(
-                f"whole period / starts; {update_messages} context 'update' messages,"
-                f" {update_bytes / 1e6:.1f} MB of JSON"
+                f"whole period / starts; {loop.updates} context 'update' messages,"
+                f" {loop.update_bytes / 1e6:.1f} MB of JSON"
             ),
         )
-        window = "idle at the limit" if ended else "next window, still looping"
+
+    def window_row(self, loop: Loop, window: Window, starts: int) -> None:
+        n = self.args.crash_tasks
+        name = "idle at the limit" if not loop.waiting else "next window, still looping"
         self.add(
-            f"daemon CPU, {n} tasks {window}{self.label}",
-            (idle1 - idle0) / idle_wall * 100,
+            f"daemon CPU, {n} tasks {name}{self.label}",
+            window.cpu / window.wall * 100,
             "%",
             target=10.0,
             note=(
-                f"{idle1 - idle0:.2f} s CPU in {idle_wall:.1f} s"
-                + (f"; zygote {izyg1 - izyg0:.2f} s" if self.zygote else "")
-                + f"; {idle_messages} bus messages; {starts} starts in all"
+                f"{window.cpu:.2f} s CPU in {window.wall:.1f} s"
+                + (f"; zygote {window.zygote_cpu:.2f} s" if self.zygote else "")
+                + f"; {window.messages} bus messages; {starts} starts in all"
             ),
         )
 
 
-class Bench:
+class Bench(Metrics):
     def __init__(self, args: argparse.Namespace):
+        super().__init__()
         self.args = args
-        self.metrics: list[Metric] = []
-        self.meta: dict[str, Any] = {}
         self.work = Path(tempfile.mkdtemp(prefix="zp", dir="/tmp"))
-        self.python = sys.executable
-        script = Path(sys.executable).parent / "zsvc"
-        fallback = [self.python, "-c", "from zsvc.cli import main; main()"]
-        self.zsvc = [str(script)] if script.exists() else fallback
+        self.pyc = None if args.no_pyc_cache else self.work / "pyc"
         self.daemons: list[Daemon] = []
-
-    def env_for(self, runtime: Path, state: Path, zygote: bool) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "ZSVC_ZYGOTE"):
-            env.pop(key, None)
-        env["ZSVC_RUNTIME_DIR"] = str(runtime)
-        env["ZSVC_STATE_DIR"] = str(state)
-        if not zygote:
-            env["ZSVC_ZYGOTE"] = "0"
-        if not self.args.no_pyc_cache:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            env["PYTHONPYCACHEPREFIX"] = str(self.work / "pyc")
-        return env
-
-    def add(self, section: str, label: str, *args: Any, **kw: Any) -> Metric:
-        metric = Metric(section, label, *args, **kw)
-        self.metrics.append(metric)
-        return metric
-
-    def write_services(self) -> None:
-        for instance, source in ((SLEEP_INSTANCE, SLEEP_TASK), (CRASH_INSTANCE, CRASH_TASK)):
-            folder = self.work / "Services" / instance
-            folder.mkdir(parents=True)
-            (folder / "__init__.py").write_text("")
-            (folder / f"Service{instance}.py").write_text(source)
-
-    def warm_up(self) -> None:
-        """Fill the bytecode cache once, so that no sample pays for compiling zsvc."""
-        env = self.env_for(self.work / "w", self.work / "w", True)
-        imports = (
-            "import zmq, psutil, lxml.etree, zsvc.task.host,"
-            " zsvc.daemon.main, zsvc.daemon.server, zsvc.runners.zygote, zsvc.cli.app,"
-            " zsvc.cli.render, zsvc.config.loader"
-        )
-        for argv in ([self.python, "-c", imports], [*self.zsvc, "--help"]):
-            subprocess.run(argv, env=env, capture_output=True, timeout=120, check=True)
 
     def run_daemon(self, name: str, label: str, zygote: bool) -> None:
         daemon = Daemon(self, name, label, zygote)
@@ -562,8 +411,7 @@ class Bench:
             daemon.shutdown()
 
     def main(self) -> None:
-        self.write_services()
-        self.warm_up()
+        warm_up(zsvc_env(self.work / "w", self.work / "w", self.pyc))
         self.run_daemon("zygote", "", zygote=True)
         if not self.args.no_exec_daemon:
             self.run_daemon("exec", ", ZSVC_ZYGOTE=0", zygote=False)
@@ -594,14 +442,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started, meta = run_metadata(args)
-    bench = Bench(args)
-    cpus = meta["cpus"]
-    print(f"zsvc {zsvc_version} policy bench in {bench.work} ({cpus} CPUs)", file=sys.stderr)
-    return run_and_report(
-        bench, args, meta, started, "policy", f"daemon logs: {bench.work}/*/s/daemon.log"
-    )
+    banner = "zsvc {version} policy bench in {work} ({cpus} CPUs)"
+    kept = "daemon logs: {work}/*/s/daemon.log"
+    return run_scenario("policy", parse_args(argv), Bench, banner, kept)[0]
 
 
 if __name__ == "__main__":

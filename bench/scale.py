@@ -33,70 +33,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import secrets
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+from lib.daemon import MIB, ZsvcDaemon, warm_up
+from lib.procs import BenchError, Run, is_gone, poll, remember
+from lib.report import Metrics, add_run_options, median, percentile, run_scenario
+from lib.taskpkg import IDLE, task_ids, write_context, write_task_package
 
-# bench/ is the script's directory, so it is on sys.path: share core.py's helpers.
-from core import (
-    IPC_PATH_LIMIT,
-    BenchError,
-    Metric,
-    add_run_options,
-    daemon_from_lock,
-    is_gone,
-    kill_leftovers,
-    median,
-    percentile,
-    run_and_report,
-    run_metadata,
-    stop_daemon,
-    zygote_of,
-)
-from core import context_xml as bench_context_xml
-
-from zsvc import __version__ as zsvc_version
-from zsvc.client import BusClient, ControlClient
-from zsvc.paths import RuntimeLayout
+from zsvc.client import ControlClient
 from zsvc.runners.cgroup import CANDIDATES, SLICE, task_groups
 
-MIB = 1024 * 1024
-IDLE_INSTANCE = "ScaleIdle"
 SETTLE_S = 10.0
 """How long the daemon's fd count may take to come back (ZeroMQ closes peers' sockets in
 its I/O thread, a moment after the peer went away)."""
-
-IDLE_TASK = '''\
-"""Scale bench task: nothing to set up; after READY the host only waits for messages."""
-
-from zsvc import Task
-
-
-class ServiceScaleIdle(Task):
-    interval = 3600.0
-'''
-
-
-def context_xml(context_id: str, ids: list[str], command: str | None) -> str:
-    """One TaskService per id: a Python task of IDLE_INSTANCE, or *command* (no notify)."""
-    timeouts = {"start_timeout": "300", "stop_timeout": "30"}
-    return bench_context_xml(context_id, IDLE_INSTANCE, ids, {}, timeouts, command)
+TIMEOUTS = {"start_timeout": "300", "stop_timeout": "30"}
 
 
 def still_running(procs: list[psutil.Process]) -> list[int]:
@@ -104,97 +68,50 @@ def still_running(procs: list[psutil.Process]) -> list[int]:
     return [proc.pid for proc in procs if not is_gone(proc)]
 
 
-def poll(predicate: Callable[[], Any], timeout: float) -> Any:
-    """*predicate*'s first true value within *timeout* seconds, else its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.02)
+def leaked(procs: list[psutil.Process]) -> list[int]:
+    """The processes of *procs* still alive 10 s from now (or as soon as none is)."""
+    return [] if poll(lambda: not still_running(procs), 10.0) else still_running(procs)
+
+
+def failures(answers: list[tuple[str, Run]]) -> list[str]:
+    return [f"{what}: exit {r.returncode}: {r.output.strip()[-200:]}" for what, r in answers
+            if r.returncode]  # fmt: skip
 
 
 @dataclass
-class Answer:
-    """One CLI command of the concurrent scenario."""
+class Sampled:
+    """What a ``monitor`` subscriber saw of one transaction."""
 
-    what: str
-    code: int
-    wall: float
-    stdout: str
-    output: str
-    """stdout and stderr, for the checks."""
+    subscribed: float = 0.0
+    full: list[float] = field(default_factory=list)
+    """When each sample covering every task (each with its usage) arrived."""
+    sizes: list[int] = field(default_factory=list)
+    cpu: float | None = None
+    """The daemon's CPU from the first full sample to the last."""
 
 
-class ScaleBench:
+class ScaleBench(Metrics):
     def __init__(self, args: argparse.Namespace):
+        super().__init__()
         self.args = args
-        self.metrics: list[Metric] = []
-        self.meta: dict[str, Any] = {"checks": {}}
+        self.meta["checks"] = {}
         self.failures: list[str] = []
         self.work = Path(tempfile.mkdtemp(prefix="zs", dir="/tmp"))
         self.prefix = f"s{secrets.token_hex(3)}"
         """Of every transaction id: unit and cgroup names are per machine, not per daemon."""
-        self.runtime = self.work / "r"
-        self.state = self.work / "s"
-        self.layout = RuntimeLayout(self.runtime)
-        if len(str(self.layout.bus_sub)) >= IPC_PATH_LIMIT:
-            raise BenchError(f"runtime dir {self.runtime} is too long for ipc sockets")
-        self.python = sys.executable
-        script = Path(sys.executable).parent / "zsvc"
-        fallback = [self.python, "-c", "from zsvc.cli import main; main()"]
-        self.zsvc = [str(script)] if script.exists() else fallback
-        self.env = dict(os.environ)
-        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "ZSVC_ZYGOTE"):
-            self.env.pop(key, None)
-        self.env["ZSVC_RUNTIME_DIR"] = str(self.runtime)
-        self.env["ZSVC_STATE_DIR"] = str(self.state)
-        if not args.no_pyc_cache:  # as bench/core.py: an installed package has its .pyc
-            self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-            self.env["PYTHONPYCACHEPREFIX"] = str(self.work / "pyc")
-        self.daemon: psutil.Process | None = None
-        self.zygote: psutil.Process | None = None
-        self.client: ControlClient | None = None
-        self.tasks_seen: dict[int, psutil.Process] = {}
+        pyc = None if args.no_pyc_cache else self.work / "pyc"
+        self.daemon = ZsvcDaemon(self.work, pyc=pyc, client_timeout=30.0)
         self._seen_lock = threading.Lock()
 
     # --- plumbing ---------------------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float, check: bool = True) -> Answer:
-        argv = [*self.zsvc, *args]
-        start = time.perf_counter()
-        try:
-            done = subprocess.run(
-                argv,
-                env=self.env,
-                cwd=self.work,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise BenchError(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
-        answer = Answer(
-            " ".join(args[:2]),
-            done.returncode,
-            time.perf_counter() - start,
-            done.stdout,
-            done.stdout + done.stderr,
-        )
-        if check and done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-            raise BenchError(f"{' '.join(argv)} exited {done.returncode}:\n  " + "\n  ".join(tail))
-        return answer
+    def cli(self, *args: str, timeout: float, check: bool = True) -> tuple[str, Run]:
+        """``zsvc ARGS``; what it was (the first two words) and how it went."""
+        done = self.daemon.cli(*args, timeout=timeout, ok=(0,) if check else None, cwd=self.work)
+        return " ".join(args[:2]), done
 
     def call(self, command: str, wait: float = 30.0, **args: Any) -> Any:
-        assert self.client is not None
-        return self.client.call(command, wait=wait, **args)
-
-    def add(self, section: str, label: str, *args: Any, **kw: Any) -> Metric:
-        metric = Metric(section, label, *args, **kw)
-        self.metrics.append(metric)
-        return metric
+        return self.daemon.call(command, wait=wait, **args)
 
     def check(self, section: str, label: str, bad: list[Any], note: str = "") -> None:
         """A correctness row: the count of what went wrong, 0 being the only good value."""
@@ -204,185 +121,81 @@ class ScaleBench:
             self.failures.append(f"{section}: {label}: {bad[:5]}")
 
     def remember(self, record: dict[str, Any]) -> list[psutil.Process]:
-        procs = []
-        for task in record["tasks"]:
-            if not task.get("pid"):
-                continue
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(task["pid"])
-                procs.append(proc)
-                with self._seen_lock:
-                    self.tasks_seen.setdefault(proc.pid, proc)
-        return procs
-
-    def fds(self) -> int:
-        assert self.daemon is not None
-        return len(os.listdir(f"/proc/{self.daemon.pid}/fd"))
+        with self._seen_lock:
+            return remember(self.daemon.tasks_seen, [t.get("pid") for t in record["tasks"]])
 
     def settled_fds(self, baseline: int) -> int:
         """The daemon's fd count once back to *baseline*, or after SETTLE_S seconds."""
-        poll(lambda: self.fds() <= baseline, SETTLE_S)
-        return self.fds()
+        poll(lambda: self.daemon.fds() <= baseline, SETTLE_S)
+        return self.daemon.fds()
 
-    def rss(self, proc: psutil.Process | None = None) -> float:
-        proc = proc or self.daemon
-        assert proc is not None
-        return proc.memory_info().rss / MIB
-
-    def cpu(self, proc: psutil.Process | None = None) -> float:
-        proc = proc or self.daemon
-        assert proc is not None
-        times = proc.cpu_times()
-        return times.user + times.system
-
-    def reaped_cpu(self) -> float:
-        """CPU of the processes the daemon reaped (every task: it is their subreaper)."""
-        assert self.daemon is not None
-        times = self.daemon.cpu_times()
-        return times.children_user + times.children_system
+    def check_fds(self, section: str, label: str, before: int, note: str) -> int:
+        after = self.settled_fds(before)
+        bad = list(range(max(0, after - before)))
+        self.check(section, label, bad, note=note.format(before=before, after=after))
+        return after
 
     # --- set-up -------------------------------------------------------------------------
 
     def write_files(self) -> None:
-        folder = self.work / "Services" / IDLE_INSTANCE
-        folder.mkdir(parents=True)
-        (folder / "__init__.py").write_text("")
-        (folder / f"Service{IDLE_INSTANCE}.py").write_text(IDLE_TASK)
-        conf = self.work / "Conf"
-        conf.mkdir()
-        ids = [f"t{i:03d}" for i in range(self.args.tasks)]
+        write_task_package(self.work, IDLE)
+        conf, n = self.work / "Conf", self.args.tasks
+        ids = task_ids(n)
+        sleep = f"{shutil.which('sleep') or '/bin/sleep'} 3600"
         self.contexts = {
-            "python": conf / f"Context-ScalePy{self.args.tasks}.xml",
-            "command": conf / f"Context-ScaleCmd{self.args.tasks}.xml",
-            "small": conf / "Context-ScaleSmall.xml",
-        }
-        self.contexts["python"].write_text(context_xml("scalepy", ids, None))
-        sleep = shutil.which("sleep") or "/bin/sleep"
-        self.contexts["command"].write_text(context_xml("scalecmd", ids, f"{sleep} 3600"))
-        self.contexts["small"].write_text(context_xml("scalesmall", ["a", "b"], f"{sleep} 3600"))
-
-    def warm_up(self) -> None:
-        """Fill the bytecode cache once, so no measured process compiles zsvc."""
-        imports = "import zmq, psutil, lxml.etree, zsvc.task.host, zsvc.daemon.main, zsvc.cli.app"
-        subprocess.run([self.python, "-c", imports], env=self.env, check=True, timeout=120)
-        self.cli("--help", timeout=60)
+            "python": write_context(conf / f"Context-ScalePy{n}.xml", "scalepy", IDLE, ids,
+                                    {}, TIMEOUTS)[0],
+            "command": write_context(conf / f"Context-ScaleCmd{n}.xml", "scalecmd", IDLE, ids,
+                                     {}, TIMEOUTS, sleep)[0],
+            "small": write_context(conf / "Context-ScaleSmall.xml", "scalesmall", IDLE,
+                                   ["a", "b"], {}, TIMEOUTS, sleep)[0],
+        }  # fmt: skip
 
     def start_daemon(self) -> None:
-        argv = [self.python, "-m", "zsvc.daemon", "--detach"]
-        argv += ["--runtime-dir", str(self.runtime), "--state-dir", str(self.state)]
-        try:
-            subprocess.run(argv, env=self.env, capture_output=True, timeout=60, check=True)
-        except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
-            raise BenchError(f"the daemon did not start: {exc}") from exc
-        info = json.loads(self.cli("ping", timeout=30).stdout)
-        self.daemon = psutil.Process(int(info["pid"]))
-        self.zygote = zygote_of(self.daemon)
-        self.client = ControlClient(self.runtime, timeout=30.0)
+        warm_up(self.daemon.env)
+        self.daemon.start()
+        zygote = self.daemon.zygote()
         self.call("ping")  # the bench's own connection is part of every fd count below
-        self.meta["daemon"] = {**info, "zygote_pid": self.zygote.pid if self.zygote else None}
+        self.meta["daemon"] = {**self.daemon.info, "zygote_pid": zygote.pid if zygote else None}
         self.meta["cgroups"] = any((root / SLICE).is_dir() for root in CANDIDATES)
-        self.add("daemon", "daemon RSS, idle", self.rss(), "MiB")
-        self.add("daemon", "daemon fds, idle", float(self.fds()), "")
+        self.add("daemon", "daemon RSS, idle", self.daemon.rss(), "MiB")
+        self.add("daemon", "daemon fds, idle", float(self.daemon.fds()), "")
 
     # --- 1 and 2: one big transaction ------------------------------------------------------
 
     def big(self, kind: str) -> None:
-        n = self.args.tasks
+        n, daemon = self.args.tasks, self.daemon
         section = f"{n} {kind} tasks"
         tx = f"{self.prefix}{kind[:2]}{n}"
-        path = self.contexts[kind]
-        fds_before = self.settled_fds(self.fds())
-        rss_before = self.rss()
-        cpu_before = self.cpu()
-        started = self.cli("start", "--context", str(path), tx, timeout=120 + n)
-        cpu_start = self.cpu() - cpu_before
+        fds_before = self.settled_fds(daemon.fds())
+        rss_before, cpu_before = daemon.rss(), daemon.cpu()
+        _, started = self.cli("start", "--context", str(self.contexts[kind]), tx, timeout=120 + n)
+        cpu_start = daemon.cpu() - cpu_before
         record = self.call("status", transaction=tx)
         procs = self.remember(record)
         inactive = [t["id"] for t in record["tasks"] if t["state"] != "active"]
         self.check(section, "tasks not active after start", inactive)
         groups = task_groups([tx])
-        rss_at, fds_at = self.rss(), self.fds()
-        zygote_rss = self.rss(self.zygote) if self.zygote is not None else None
+        rss_at, fds_at = daemon.rss(), daemon.fds()
+        zygote = daemon.zygote()
+        zygote_rss = zygote.memory_info().rss / MIB if zygote is not None else None
         host_rss = [p.memory_info().rss / MIB for p in procs[:20] if not is_gone(p)]
-
-        # The monitor: subscribing to 'monitor' is what makes the daemon sample.
-        bus = BusClient(self.layout.bus_pub_endpoint, self.layout.bus_sub_endpoint, ["monitor"])
-        full: list[float] = []
-        sizes: list[int] = []
-        try:
-            bus.handshake(10.0)
-            subscribed = time.perf_counter()
-            cpu_mark = 0.0
-            deadline = subscribed + 30.0 + 2.0 * self.args.samples
-            while len(full) <= self.args.samples and time.perf_counter() < deadline:
-                message = bus.receive(max(0.01, deadline - time.perf_counter()))
-                if message is None or message.topic != "monitor":
-                    continue
-                if message.action != "sample" or message.transaction != tx:
-                    continue
-                tasks = message.content.get("tasks", [])
-                if len(tasks) == n and all(task.get("usage") for task in tasks):
-                    full.append(time.perf_counter())
-                    sizes.append(len(json.dumps(message.content)))
-                    if len(full) == 1:
-                        cpu_mark = self.cpu()
-            sampled_cpu = self.cpu() - cpu_mark if len(full) > 1 else None
-        finally:
-            bus.close()
-        self.check(
-            section,
-            "monitor: no sample covering every task",
-            [] if full else [f"none within the deadline ({len(full)} full samples)"],
-        )
-
-        stop_at = time.perf_counter()
-        cpu_before, reaped_before = self.cpu(), self.reaped_cpu()
-        self.cli("stop", tx, timeout=120 + n)
-        stop_wall = time.perf_counter() - stop_at
-        cpu_stop, reaped_stop = self.cpu() - cpu_before, self.reaped_cpu() - reaped_before
-        record = self.call("status", transaction=tx)
-        up = [t["id"] for t in record["tasks"] if t["state"] != "inactive" or t["pid"]]
-        self.check(section, "tasks not inactive after stop", up)
-        leaked = poll(lambda: not still_running(procs), 10.0) or still_running(procs)
-        self.check(section, "leaked task processes", [] if leaked is True else leaked)
-        left = poll(lambda: not any(task_groups([tx]).values()), 10.0)
-        populated = [] if left else [g for g, pids in task_groups([tx]).items() if pids]
-        self.check(section, "leaked processes in task cgroups", populated)
-        groups_after = task_groups([tx])
-        self.cli("forget", tx, timeout=60)
-        fds_after = self.settled_fds(fds_before)
-        self.check(
+        sampled = self.monitor_samples(tx, n)
+        none = f"none within the deadline ({len(sampled.full)} full samples)"
+        missing = [] if sampled.full else [none]
+        self.check(section, "monitor: no sample covering every task", missing)
+        stop = self.stop_and_check(section, tx, procs)
+        fds_after = self.check_fds(
             section,
             "leaked daemon fds (after stop + forget)",
-            list(range(max(0, fds_after - fds_before))),
-            note=f"{fds_before} before start, {fds_after} after forget",
+            fds_before,
+            "{before} before start, {after} after forget",
         )
-        rss_after = self.rss()
-
+        rss_after = daemon.rss()
         self.add(section, f"zsvc start, {n} tasks to all ready", started.wall, "s")
         self.add(section, "  daemon CPU during the start", cpu_start, "s", note="psutil")
-        if full:
-            first = full[0] - subscribed
-            self.add(section, "  subscribe to first full monitor sample", first, "s")
-        if sampled_cpu is not None and len(full) > 1:
-            per = sampled_cpu / (len(full) - 1)
-            span = full[-1] - full[0]
-            self.add(
-                section,
-                "  daemon CPU per monitor sample",
-                per * 1e3,
-                "ms",
-                note=f"{len(full) - 1} samples over {span:.1f} s; {median(sizes) / 1024:.0f} kB",
-            )
-        self.add(section, f"zsvc stop, {n} tasks", stop_wall, "s")
-        self.add(section, "  daemon CPU during the stop", cpu_stop, "s", note="psutil")
-        self.add(
-            section,
-            "  the tasks' CPU, whole life, per task",
-            reaped_stop / n * 1e3,
-            "ms",
-            note="counted at reaping: the daemon's children CPU over the stop",
-        )
+        self.monitor_rows(section, sampled)
+        self.stop_rows(section, stop)
         self.add(section, "daemon RSS before start", rss_before, "MiB")
         self.add(section, f"daemon RSS, {n} tasks running", rss_at, "MiB")
         self.add(section, "daemon RSS after stop + forget", rss_after, "MiB")
@@ -394,45 +207,133 @@ class ScaleBench:
         self.add(section, "daemon fds after stop + forget", float(fds_after), "")
         self.meta[f"big_{kind}"] = {
             "cgroups_at_n": len(groups),
-            "cgroups_left_after_stop": len(groups_after),
-            "full_samples": len(full),
+            "cgroups_left_after_stop": stop["cgroups_left"],
+            "full_samples": len(sampled.full),
         }
+
+    def monitor_samples(self, tx: str, n: int) -> Sampled:
+        """Subscribe to 'monitor' (what makes the daemon sample) until a sample covers all
+        *n* tasks of *tx*, then ``--samples`` more."""
+        sampled = Sampled()
+        bus = self.daemon.bus(["monitor"], handshake=10.0)
+        try:
+            sampled.subscribed = time.perf_counter()
+            cpu_mark = 0.0
+            deadline = sampled.subscribed + 30.0 + 2.0 * self.args.samples
+            while len(sampled.full) <= self.args.samples and time.perf_counter() < deadline:
+                message = bus.receive(max(0.01, deadline - time.perf_counter()))
+                if message is None or message.topic != "monitor":
+                    continue
+                if message.action != "sample" or message.transaction != tx:
+                    continue
+                tasks = message.content.get("tasks", [])
+                if len(tasks) == n and all(task.get("usage") for task in tasks):
+                    sampled.full.append(time.perf_counter())
+                    sampled.sizes.append(len(json.dumps(message.content)))
+                    if len(sampled.full) == 1:
+                        cpu_mark = self.daemon.cpu()
+            if len(sampled.full) > 1:
+                sampled.cpu = self.daemon.cpu() - cpu_mark
+        finally:
+            bus.close()
+        return sampled
+
+    def stop_and_check(
+        self, section: str, tx: str, procs: list[psutil.Process]
+    ) -> dict[str, float]:
+        """``zsvc stop``, the checks that nothing is left, ``zsvc forget``; the figures."""
+        daemon = self.daemon
+        cpu_before, reaped_before = daemon.cpu(), daemon.reaped_cpu()
+        _, stopped = self.cli("stop", tx, timeout=120 + self.args.tasks)
+        figures = {
+            "wall": stopped.wall,
+            "cpu": daemon.cpu() - cpu_before,
+            "reaped": daemon.reaped_cpu() - reaped_before,
+        }
+        record = self.call("status", transaction=tx)
+        up = [t["id"] for t in record["tasks"] if t["state"] != "inactive" or t["pid"]]
+        self.check(section, "tasks not inactive after stop", up)
+        self.check(section, "leaked task processes", leaked(procs))
+        left = poll(lambda: not any(task_groups([tx]).values()), 10.0)
+        populated = [] if left else [g for g, pids in task_groups([tx]).items() if pids]
+        self.check(section, "leaked processes in task cgroups", populated)
+        figures["cgroups_left"] = len(task_groups([tx]))
+        self.cli("forget", tx, timeout=60)
+        return figures
+
+    def monitor_rows(self, section: str, sampled: Sampled) -> None:
+        if sampled.full:
+            first = sampled.full[0] - sampled.subscribed
+            self.add(section, "  subscribe to first full monitor sample", first, "s")
+        if sampled.cpu is not None and len(sampled.full) > 1:
+            count = len(sampled.full) - 1
+            span = sampled.full[-1] - sampled.full[0]
+            self.add(
+                section,
+                "  daemon CPU per monitor sample",
+                sampled.cpu / count * 1e3,
+                "ms",
+                note=f"{count} samples over {span:.1f} s; {median(sampled.sizes) / 1024:.0f} kB",
+            )
+
+    def stop_rows(self, section: str, stop: dict[str, float]) -> None:
+        n = self.args.tasks
+        self.add(section, f"zsvc stop, {n} tasks", stop["wall"], "s")
+        self.add(section, "  daemon CPU during the stop", stop["cpu"], "s", note="psutil")
+        self.add(
+            section,
+            "  the tasks' CPU, whole life, per task",
+            stop["reaped"] / n * 1e3,
+            "ms",
+            note="counted at reaping: the daemon's children CPU over the stop",
+        )
 
     # --- 3: many transactions, many clients ---------------------------------------------------
 
     def concurrent(self) -> None:
         count, clients = self.args.transactions, self.args.clients
         section = f"{count} tx x {clients} CLI clients"
-        path = self.contexts["small"]
         ids = [f"{self.prefix}c{i:03d}" for i in range(count)]
-        fds_before = self.settled_fds(self.fds())
+        fds_before = self.settled_fds(self.daemon.fds())
         procs: list[psutil.Process] = []
-        lock = threading.Lock()
-
-        def start_then_stop(tx: str) -> list[Answer]:
-            answers = [self.cli("start", "--context", str(path), tx, timeout=120, check=False)]
-            with ControlClient(self.runtime, timeout=60.0) as client:
-                record = client.call("status", transaction=tx)
-            seen = self.remember(record)
-            with lock:
-                procs.extend(seen)
-            answers.append(self.cli("stop", tx, timeout=120, check=False))
-            return answers
-
-        def forget(tx: str) -> Answer:
-            return self.cli("forget", tx, timeout=120, check=False)
-
         begun = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
-            answers = [a for batch in pool.map(start_then_stop, ids) for a in batch]
+            batches = pool.map(lambda tx: self.start_then_stop(tx, procs), ids)
+            answers = [answer for batch in batches for answer in batch]
         wall = time.perf_counter() - begun
-        failed = [f"{a.what}: exit {a.code}: {a.output.strip()[-200:]}" for a in answers if a.code]
-        self.check(section, "commands not answered with exit 0", failed)
-        busy = [a.what for a in answers if "busy" in a.output.lower()]
+        self.check(section, "commands not answered with exit 0", failures(answers))
+        busy = [what for what, r in answers if "busy" in r.output.lower()]
         self.check(section, "commands refused as busy", busy)
+        self.check_stopped(section, ids)
+        distinct = {proc.pid for proc in procs}
+        self.check(
+            section,
+            "task processes seen != 2 per transaction",
+            [] if len(distinct) == 2 * count else [f"{len(distinct)} seen"],
+        )
+        self.check(section, "leaked task processes", leaked(procs))
+        populated = [g for g, pids in task_groups(ids).items() if pids]
+        self.check(section, "leaked processes in task cgroups", populated)
+        forget_wall = self.forget_all(section, ids, fds_before)
+        self.concurrent_rows(section, answers, wall, forget_wall)
 
-        status = json.loads(self.cli("status", "--json", timeout=60).stdout)
-        records = {record["transaction"]: record for record in status["transactions"]}
+    def start_then_stop(self, tx: str, procs: list[psutil.Process]) -> list[tuple[str, Run]]:
+        """One client's turn: ``zsvc start``, a status call (the pids), ``zsvc stop``."""
+        path = str(self.contexts["small"])
+        answers = [self.cli("start", "--context", path, tx, timeout=120, check=False)]
+        with ControlClient(self.daemon.runtime, timeout=60.0) as client:
+            record = client.call("status", transaction=tx)
+        seen = self.remember(record)
+        with self._seen_lock:
+            procs.extend(seen)
+        answers.append(self.cli("stop", tx, timeout=120, check=False))
+        return answers
+
+    def check_stopped(self, section: str, ids: list[str]) -> None:
+        """``zsvc status --json`` shows every task stopped, and the SQLite table agrees."""
+        _, status = self.cli("status", "--json", timeout=60)
+        table = json.loads(status.stdout)["transactions"]
+        records = {record["transaction"]: record for record in table}
         wrong = [tx for tx in ids if tx not in records]
         for tx, record in records.items():
             if record["state"] != "stopped":
@@ -448,42 +349,39 @@ class ScaleBench:
             for tx, record in records.items()
             for t in record["tasks"]
         }
-        uri = f"file:{self.state / 'zsvc.sqlite3'}?mode=ro"
+        uri = f"file:{self.daemon.state / 'zsvc.sqlite3'}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as db:
             rows = db.execute("SELECT transaction_id, task_id, state, sub_state, pid FROM tasks")
             stored = {(tx, task): (state, sub, pid) for tx, task, state, sub, pid in rows}
         disagree = sorted(str(key) for key in answered.keys() | stored.keys()
                           if answered.get(key) != stored.get(key))  # fmt: skip
         self.check(section, "status and SQLite table disagree", disagree)
-        distinct = {proc.pid for proc in procs}
-        self.check(
-            section,
-            "task processes seen != 2 per transaction",
-            [] if len(distinct) == 2 * count else [f"{len(distinct)} seen"],
-        )
-        alive = poll(lambda: not still_running(procs), 10.0) or still_running(procs)
-        self.check(section, "leaked task processes", [] if alive is True else alive)
-        populated = [g for g, pids in task_groups(ids).items() if pids]
-        self.check(section, "leaked processes in task cgroups", populated)
 
-        begun_forget = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            forgets = list(pool.map(forget, ids))
-        forget_wall = time.perf_counter() - begun_forget
-        failed = [f"{a.what}: exit {a.code}: {a.output.strip()[-200:]}" for a in forgets if a.code]
-        self.check(section, "forget not answered with exit 0", failed)
+    def forget_all(self, section: str, ids: list[str], fds_before: int) -> float:
+        """``zsvc forget`` of every transaction, ``--clients`` at a time; the wall time."""
+        begun = time.perf_counter()
+        with ThreadPoolExecutor(self.args.clients) as pool:
+            forgets = list(
+                pool.map(lambda tx: self.cli("forget", tx, timeout=120, check=False), ids)
+            )
+        wall = time.perf_counter() - begun
+        self.check(section, "forget not answered with exit 0", failures(forgets))
         remaining = self.call("status")["transactions"]
         self.check(section, "transactions left after forget", [r["transaction"] for r in remaining])
-        fds_after = self.settled_fds(fds_before)
-        self.check(
+        self.check_fds(
             section,
             "leaked daemon fds (after forget)",
-            list(range(max(0, fds_after - fds_before))),
-            note=f"{fds_before} before, {fds_after} after",
+            fds_before,
+            "{before} before, {after} after",
         )
+        return wall
 
-        starts = [a.wall for a in answers if a.what.startswith("start")]
-        stops = [a.wall for a in answers if a.what.startswith("stop")]
+    def concurrent_rows(
+        self, section: str, answers: list[tuple[str, Run]], wall: float, forget_wall: float
+    ) -> None:
+        count, clients = self.args.transactions, self.args.clients
+        starts = [r.wall for what, r in answers if what.startswith("start")]
+        stops = [r.wall for what, r in answers if what.startswith("stop")]
         note = f"{2 * count} CLI commands, {clients} at a time"
         self.add(section, "all started and stopped: wall", wall, "s", note=note)
         for label, values in (("zsvc start", starts), ("zsvc stop", stops)):
@@ -496,33 +394,25 @@ class ScaleBench:
                 note=f"p90 {percentile(values, 0.9):.2f} s, max {max(values):.2f} s",
             )
         self.add(section, f"{count} zsvc forget, {clients} at a time: wall", forget_wall, "s")
-        self.add(section, "daemon RSS after", self.rss(), "MiB")
+        self.add(section, "daemon RSS after", self.daemon.rss(), "MiB")
 
     # --- the whole run ------------------------------------------------------------------------
 
     def main(self) -> None:
         self.write_files()
-        self.warm_up()
         self.start_daemon()
         for kind in self.args.kinds:
             self.big(kind)
         if self.args.transactions:
             self.concurrent()
-        self.add("daemon", "daemon RSS, end of run", self.rss(), "MiB")
-        self.add("daemon", "daemon fds, end of run", float(self.fds()), "")
+        self.add("daemon", "daemon RSS, end of run", self.daemon.rss(), "MiB")
+        self.add("daemon", "daemon fds, end of run", float(self.daemon.fds()), "")
         if self.failures:
             raise BenchError("checks failed: " + "; ".join(self.failures))
 
     def shutdown(self) -> None:
         """Stop the daemon and its tasks, bounded; kill by pid whatever outlives that."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        daemon = self.daemon or daemon_from_lock(self.layout)
-        if daemon is not None and not is_gone(daemon):
-            shutdown = functools.partial(self.cli, "shutdown", timeout=30, check=False)
-            stop_daemon(daemon, shutdown, self.tasks_seen)
-        leftovers = kill_leftovers(self.tasks_seen)
+        leftovers = self.daemon.shutdown()
         # A daemon that died (libzmq aborts on EMFILE) leaves its tasks running, by
         # design; tasks it forked but never reported are found by their cgroups.
         for pids in task_groups([self.prefix], id_prefixes=True).values():
@@ -555,14 +445,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    banner = "zsvc {version} scale bench in {work} ({cpus} CPUs)"
+    kept = "daemon log: {work}/s/daemon.log"
+    memory = round(psutil.virtual_memory().total / MIB)
     args = parse_args(argv)
-    started, meta = run_metadata(args)
-    meta["memory_total_mib"] = round(psutil.virtual_memory().total / MIB)
-    bench = ScaleBench(args)
-    print(f"zsvc {zsvc_version} scale bench in {bench.work} ({meta['cpus']} CPUs)", file=sys.stderr)
-    return run_and_report(
-        bench, args, meta, started, "scale", f"daemon log: {bench.state / 'daemon.log'}"
-    )
+    return run_scenario("scale", args, ScaleBench, banner, kept, memory_total_mib=memory)[0]
 
 
 if __name__ == "__main__":

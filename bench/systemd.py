@@ -39,11 +39,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.conftest import TaskDef, free_port, render_context  # noqa: E402
-from tests.system.box import SystemdBox  # noqa: E402
-from tests.system.conftest import WORK, Zsvc, _binds  # noqa: E402
+from lib.managers import Systemd  # noqa: E402  (bench/, the script's directory)
+from lib.report import write_results  # noqa: E402
+from lib.taskpkg import context_xml, task_ids  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
+from tests.system.box import (  # noqa: E402
+    WORK,
+    SystemdBox,
+    checkout_binds,
+    install_zsvc,
+    start_zsvc,
+)
+
 READY_AT_ONCE = (
     "import os, socket, time;"
     " socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto("
@@ -114,10 +121,10 @@ with ControlClient(runtime, timeout=120) as client:
 """
 
 
-def in_process_start(zsvc: Zsvc, runtime: str, context: str, tx: str) -> float:
+def in_process_start(box: SystemdBox, runtime: str, context: str, tx: str) -> float:
     """The start request alone, from a client already running (no CLI start-up)."""
-    zsvc.box.host_path(f"{WORK}/start_timer.py").write_text(START_TIMER)
-    done = zsvc.box.run(
+    box.host_path(f"{WORK}/start_timer.py").write_text(START_TIMER)
+    done = box.run(
         sys.executable, f"{WORK}/start_timer.py", runtime, context, tx,
         env={"PYTHONPATH": str(REPO)}, timeout=180,
     )  # fmt: skip
@@ -126,27 +133,27 @@ def in_process_start(zsvc: Zsvc, runtime: str, context: str, tx: str) -> float:
     return float(done.stdout)
 
 
-def timed(zsvc: Zsvc, *args: str, env: dict[str, str] | None = None) -> float:
+def timed(box: SystemdBox, *args: str, env: dict[str, str] | None = None) -> float:
     began = time.monotonic()
-    done = zsvc.box.run("zsvc", *args, env=env, timeout=180)
+    done = box.run("zsvc", *args, env=env, timeout=180)
     took = time.monotonic() - began
     if done.returncode != 0:
         raise RuntimeError(f"zsvc {' '.join(args)}: {done.stdout}{done.stderr}")
     return took
 
 
-def write_context(zsvc: Zsvc, name: str, tasks: int) -> str:
+def write_context(box: SystemdBox, name: str, tasks: int) -> str:
+    """N notifying command tasks that are ready at once; the context's path in the box."""
     inside = f"{WORK}/Context-{name}.xml"
     command = f'/usr/bin/python3 -c "{READY_AT_ONCE}"'
-    defs = [TaskDef(f"t{i:02d}", command=command, notify=True) for i in range(tasks)]
-    text = render_context(defs, free_port(), free_port(), context_id=name)
-    zsvc.box.host_path(inside).write_text(text)
+    text = context_xml(name, "BenchReady", task_ids(tasks), command=command, notify=True)
+    box.host_path(inside).write_text(text)
     return inside
 
 
-def systemd_run_round(zsvc: Zsvc, tasks: int, tag: str) -> dict[str, float]:
+def systemd_run_round(systemd: Systemd, tasks: int, tag: str) -> dict[str, float]:
     """``systemd-run --no-block`` of the same programs; until every start job is done."""
-    box = zsvc.box
+    box = systemd.box
     script = box.host_path(f"{WORK}/watcher.py")
     script.write_text(WATCHER)
     prefix = f"bench{tag}-"
@@ -164,7 +171,7 @@ def systemd_run_round(zsvc: Zsvc, tasks: int, tag: str) -> dict[str, float]:
         watcher.stdin.flush()
         began = time.monotonic()
         program = f'/usr/bin/python3 -c "{READY_AT_ONCE}"'
-        box.start_units(prefix, tasks, program, "-p Type=notify")
+        systemd.start_units(prefix, tasks, program, "-p Type=notify")
         loop_s = time.monotonic() - began
         ready_s = float(watcher.stdout.readline())
         watcher.wait(30)
@@ -172,14 +179,14 @@ def systemd_run_round(zsvc: Zsvc, tasks: int, tag: str) -> dict[str, float]:
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait(10)
-    box.remove_units(prefix)
+    systemd.remove_units(prefix)
     return {"loop_s": loop_s, "all_ready_s": ready_s}
 
 
-def status_round_trip(zsvc: Zsvc, runtime: str, calls: int) -> dict[str, float]:
-    script = zsvc.box.host_path(f"{WORK}/status_timer.py")
+def status_round_trip(box: SystemdBox, runtime: str, calls: int) -> dict[str, float]:
+    script = box.host_path(f"{WORK}/status_timer.py")
     script.write_text(STATUS_TIMER)
-    done = zsvc.box.run(
+    done = box.run(
         sys.executable, f"{WORK}/status_timer.py", runtime, str(calls),
         env={"PYTHONPATH": str(REPO)}, timeout=120,
     )  # fmt: skip
@@ -188,46 +195,52 @@ def status_round_trip(zsvc: Zsvc, runtime: str, calls: int) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
-def cli_status(zsvc: Zsvc, samples: int, env: dict[str, str] | None) -> float:
-    return statistics.median(timed(zsvc, "status", "--json", env=env) for _ in range(samples))
+def cli_status(box: SystemdBox, samples: int, env: dict[str, str] | None) -> float:
+    return statistics.median(timed(box, "status", "--json", env=env) for _ in range(samples))
+
+
+def start_daemons(box: SystemdBox) -> list[str]:
+    """zsvc.service (the systemd runner) and a second daemon with the local runner; their
+    runners, as ``zsvc ping`` names them."""
+    install_zsvc(box)
+    start_zsvc(box)
+    local = (
+        "systemd-run --unit=zsvc-local-daemon -p Type=notify"
+        + "".join(f" -E {k}={v}" for k, v in LOCAL_ENV.items())
+        + " /usr/bin/zsvc daemon --runner local"
+    )
+    box.run("sh", "-c", local, check=True, timeout=60)
+    pings = [box.run("zsvc", "ping"), box.run("zsvc", "ping", env=LOCAL_ENV)]
+    return [json.loads(done.stdout)["runner"] for done in pings]
+
+
+def one_round(systemd: Systemd, args: argparse.Namespace, tag: str, ctx: dict[str, str]) -> Any:
+    box, local = systemd.box, LOCAL_ENV["ZSVC_RUNTIME_DIR"]
+    row: dict[str, Any] = {}
+    row["zsvc_systemd_start_s"] = timed(box, "start", "--context", ctx["sd"], f"SD{tag}")
+    row["zsvc_local_start_s"] = timed(
+        box, "start", "--context", ctx["local"], f"LO{tag}", env=LOCAL_ENV
+    )
+    row["systemd_run"] = systemd_run_round(systemd, args.tasks, tag)
+    timed(box, "stop", f"SD{tag}")
+    row["zsvc_systemd_start_inproc_s"] = in_process_start(box, "/run/zsvc", ctx["sd"], f"SD{tag}")
+    row["status_systemd"] = status_round_trip(box, "/run/zsvc", args.status_calls)
+    row["status_local"] = status_round_trip(box, local, args.status_calls)
+    row["status_cli_systemd_s"] = cli_status(box, 5, None)
+    row["status_cli_local_s"] = cli_status(box, 5, LOCAL_ENV)
+    timed(box, "stop", f"SD{tag}")
+    timed(box, "stop", f"LO{tag}", env=LOCAL_ENV)
+    return row
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"tasks": args.tasks, "rounds": []}
-    with SystemdBox(binds=_binds()) as box:
-        zsvc = Zsvc(box)
-        zsvc.install()
-        zsvc.start_daemon()
-        local = (
-            "systemd-run --unit=zsvc-local-daemon -p Type=notify"
-            + "".join(f" -E {k}={v}" for k, v in LOCAL_ENV.items())
-            + " /usr/bin/zsvc daemon --runner local"
-        )
-        box.run("sh", "-c", local, check=True, timeout=60)
-        results["runners"] = [zsvc.ping()["runner"], json.loads(
-            box.run("zsvc", "ping", env=LOCAL_ENV).stdout)["runner"]]  # fmt: skip
-        ctx_sd = write_context(zsvc, "sd", args.tasks)
-        ctx_local = write_context(zsvc, "local", args.tasks)
+    with Systemd(SystemdBox(binds=checkout_binds())) as systemd:
+        box = systemd.box
+        results["runners"] = start_daemons(box)
+        contexts = {name: write_context(box, name, args.tasks) for name in ("sd", "local")}
         for index in range(args.rounds):
-            tag = f"r{index}"
-            row: dict[str, Any] = {}
-            row["zsvc_systemd_start_s"] = timed(zsvc, "start", "--context", ctx_sd, f"SD{tag}")
-            row["zsvc_local_start_s"] = timed(
-                zsvc, "start", "--context", ctx_local, f"LO{tag}", env=LOCAL_ENV
-            )
-            row["systemd_run"] = systemd_run_round(zsvc, args.tasks, tag)
-            timed(zsvc, "stop", f"SD{tag}")
-            row["zsvc_systemd_start_inproc_s"] = in_process_start(
-                zsvc, "/run/zsvc", ctx_sd, f"SD{tag}"
-            )
-            row["status_systemd"] = status_round_trip(zsvc, "/run/zsvc", args.status_calls)
-            row["status_local"] = status_round_trip(
-                zsvc, LOCAL_ENV["ZSVC_RUNTIME_DIR"], args.status_calls
-            )
-            row["status_cli_systemd_s"] = cli_status(zsvc, 5, None)
-            row["status_cli_local_s"] = cli_status(zsvc, 5, LOCAL_ENV)
-            timed(zsvc, "stop", f"SD{tag}")
-            timed(zsvc, "stop", f"LO{tag}", env=LOCAL_ENV)
+            row = one_round(systemd, args, f"r{index}", contexts)
             results["rounds"].append(row)
             print(f"round {index + 1}: {json.dumps(row)}", flush=True)
         box.run("zsvc", "shutdown", "--wait", env=LOCAL_ENV, timeout=60)
@@ -270,16 +283,14 @@ def main() -> int:
     parser.add_argument("--status-calls", type=int, default=500)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    started = datetime.now()
     results = run(args)
     results["summary"] = summarise(results)
     results["when"] = datetime.now().isoformat(timespec="seconds")
     results["load"] = os.getloadavg()
     for name, value, note in results["summary"]:
         print(f"{name:<45} {value:10.4f}  {note}")
-    out = args.json or RESULTS / f"systemd-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"results: {out}")
+    print(f"results: {write_results('systemd', results, args.json, started)}")
     return 0
 
 

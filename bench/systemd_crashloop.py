@@ -41,18 +41,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import cpu_seconds  # noqa: E402  (bench/, the script's directory)
+from lib.managers import Systemd  # noqa: E402  (bench/, the script's directory)
+from lib.procs import cpu_seconds, poll  # noqa: E402
+from lib.report import write_results  # noqa: E402
 
 from tests.system.box import SystemdBox  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 PROGRAM = "/usr/bin/python3 -c 'raise SystemExit(1)'"
-LIMIT_LINE = "Start request repeated too quickly"
 LIMIT_UNITS = "crashloop-limit-"
 ALWAYS_UNITS = "crashloop-always-"
 """Unit name prefixes of the two measurements."""
@@ -60,53 +58,28 @@ POLL = 0.2
 """How often the journal is read while waiting for the last start limit (bounded)."""
 
 
-def journald_of(box: SystemdBox) -> psutil.Process | None:
-    """systemd-journald of the box, as the machine sees it (a child of the box's PID 1)."""
-    assert box.leader is not None
-    for child in psutil.Process(box.leader).children():
-        if child.name() == "systemd-journald":
-            return child
-    return None
-
-
-def limit_times(box: SystemdBox, prefix: str) -> list[float]:
-    """When each unit ``<prefix>*`` hit its start limit (journal timestamps, seconds)."""
-    script = f"journalctl -q -o json --no-pager -u '{prefix}*'"
-    done = box.run("sh", "-c", script, check=True, timeout=60)
-    times = []
-    for line in done.stdout.splitlines():
-        entry = json.loads(line)
-        if LIMIT_LINE in str(entry.get("MESSAGE", "")):
-            times.append(int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
-    return times
-
-
-def restarts(box: SystemdBox, prefix: str) -> int:
-    done = box.run("sh", "-c", f"systemctl show -p NRestarts --value '{prefix}*'", check=True)
-    return sum(int(value) for value in done.stdout.split())
-
-
-def to_the_limit(box: SystemdBox, tasks: int, deadline_s: float) -> dict[str, Any]:
-    assert box.leader is not None
-    pid1, journald = psutil.Process(box.leader), journald_of(box)
+def to_the_limit(systemd: Systemd, tasks: int, deadline_s: float) -> dict[str, Any]:
+    assert systemd.main is not None
+    pid1, journald = systemd.main, systemd.journald()
     properties = "-p Type=notify -p Restart=on-failure -p RestartSec=100ms"
     cpu0, journal0 = cpu_seconds(pid1), cpu_seconds(journald)
     began = time.time()
-    box.start_units(LIMIT_UNITS, tasks, PROGRAM, properties, timeout=300)
+    systemd.start_units(LIMIT_UNITS, tasks, PROGRAM, properties, timeout=300)
     launched = time.time() - began
-    deadline = time.monotonic() + deadline_s
-    hits: list[float] = []
-    while time.monotonic() < deadline:
-        hits = limit_times(box, LIMIT_UNITS)
-        if len(hits) >= tasks:
-            break
-        time.sleep(POLL)  # a bounded poll of a file no event announces
+
+    def all_hit() -> list[float]:
+        times = systemd.limit_times(LIMIT_UNITS)
+        return times if len(times) >= tasks else []
+
+    # A bounded poll of a file no event announces: every unit's "Start request repeated".
+    hits = poll(all_hit, deadline_s, POLL)
     cpu1, journal1 = cpu_seconds(pid1), cpu_seconds(journald)
-    if len(hits) < tasks:
-        raise RuntimeError(f"{len(hits)} of {tasks} units hit the start limit in {deadline_s} s")
-    starts = restarts(box, LIMIT_UNITS) + tasks
+    if not hits:
+        got = len(systemd.limit_times(LIMIT_UNITS))
+        raise RuntimeError(f"{got} of {tasks} units hit the start limit in {deadline_s} s")
+    starts = systemd.restarts(LIMIT_UNITS) + tasks
     wall = max(hits) - began
-    box.remove_units(LIMIT_UNITS)
+    systemd.remove_units(LIMIT_UNITS)
     return {
         "pid1_cpu_s": cpu1 - cpu0,
         "journald_cpu_s": journal1 - journal0,
@@ -118,20 +91,18 @@ def to_the_limit(box: SystemdBox, tasks: int, deadline_s: float) -> dict[str, An
     }
 
 
-def sustained(box: SystemdBox, tasks: int, window: float) -> dict[str, Any]:
-    assert box.leader is not None
+def sustained(systemd: Systemd, tasks: int, window: float) -> dict[str, Any]:
     properties = "-p Type=notify -p Restart=always -p RestartSec=1 -p StartLimitIntervalSec=0"
-    box.start_units(ALWAYS_UNITS, tasks, PROGRAM, properties, timeout=300)
-    deadline = time.monotonic() + 60
-    while restarts(box, ALWAYS_UNITS) < tasks and time.monotonic() < deadline:
-        time.sleep(POLL)  # settling: every unit restarted at least once (bounded)
-    count0 = restarts(box, ALWAYS_UNITS)
-    pid1 = psutil.Process(box.leader)
+    systemd.start_units(ALWAYS_UNITS, tasks, PROGRAM, properties, timeout=300)
+    # Settling: every unit restarted at least once (bounded).
+    poll(lambda: systemd.restarts(ALWAYS_UNITS) >= tasks, 60, POLL)
+    count0 = systemd.restarts(ALWAYS_UNITS)
+    pid1 = systemd.manager_procs()[0]
     cpu0, began = cpu_seconds(pid1), time.monotonic()
     time.sleep(window)  # the measurement window itself
     cpu1, wall = cpu_seconds(pid1), time.monotonic() - began
-    count = restarts(box, ALWAYS_UNITS) - count0
-    box.remove_units(ALWAYS_UNITS)
+    count = systemd.restarts(ALWAYS_UNITS) - count0
+    systemd.remove_units(ALWAYS_UNITS)
     return {
         "pid1_cpu_s": cpu1 - cpu0,
         "wall_s": wall,
@@ -153,25 +124,9 @@ def zsvc_crash_loop(tasks: int) -> list[dict[str, Any]]:
     return [m for m in metrics if any(word in m["label"] for word in wanted)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=100)
-    parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--deadline", type=float, default=120.0, help="for the limit (s)")
-    parser.add_argument("--no-zsvc", action="store_true", help="systemd only")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    results: dict[str, Any] = {"tasks": args.tasks, "when": datetime.now().isoformat()}
-    with SystemdBox() as box:
-        version = box.run("systemctl", "--version").stdout.split("\n")[0]
-        results["systemd"] = version
-        results["to_the_limit"] = to_the_limit(box, args.tasks, args.deadline)
-        results["sustained"] = sustained(box, args.tasks, args.window)
-    if not args.no_zsvc:
-        results["zsvc"] = zsvc_crash_loop(args.tasks)
-    limit, always = results["to_the_limit"], results["sustained"]
-    n = args.tasks
-    print(f"{version}; {n} units")
+def print_results(results: dict[str, Any]) -> None:
+    limit, always, n = results["to_the_limit"], results["sustained"], results["tasks"]
+    print(f"{results['systemd']}; {n} units")
     print(
         f"systemd PID 1, {n} units crash-looping to the limit: {limit['pid1_percent']:.1f} %"
         f" of a core ({limit['pid1_cpu_s']:.2f} s in {limit['wall_s']:.2f} s,"
@@ -184,10 +139,26 @@ def main() -> int:
     )
     for metric in results.get("zsvc", []):
         print(f"zsvc {metric['label']}: {metric['value']:.3f} {metric['unit']}  {metric['note']}")
-    out = args.json or RESULTS / f"systemd-crashloop-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {out}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--deadline", type=float, default=120.0, help="for the limit (s)")
+    parser.add_argument("--no-zsvc", action="store_true", help="systemd only")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    started = datetime.now()
+    results: dict[str, Any] = {"tasks": args.tasks, "when": started.isoformat()}
+    with Systemd(SystemdBox()) as systemd:
+        results["systemd"] = systemd.box.run("systemctl", "--version").stdout.split("\n")[0]
+        results["to_the_limit"] = to_the_limit(systemd, args.tasks, args.deadline)
+        results["sustained"] = sustained(systemd, args.tasks, args.window)
+    if not args.no_zsvc:
+        results["zsvc"] = zsvc_crash_loop(args.tasks)
+    print_results(results)
+    print(f"results: {write_results('systemd-crashloop', results, args.json, started)}")
     return 0
 
 
