@@ -24,8 +24,7 @@ from zsvc.daemon.table import Table
 from zsvc.errors import ZsvcError
 from zsvc.paths import RuntimeLayout
 from zsvc.procs import find_invocation, process_start_time
-from zsvc.runners.base import Runner, TaskHandle
-from zsvc.runners.threads import NotAdoptable
+from zsvc.runners.base import NotAdoptable, Runner, TaskHandle
 from zsvc.states import SIGNALLABLE
 
 log = logging.getLogger(__name__)

@@ -203,7 +203,10 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     async def adopt(self, spec: LaunchSpec, description: Mapping[str, Any]) -> TaskHandle | None:
-        """Find a task started by an earlier daemon; None when it is gone."""
+        """Find a task started by an earlier daemon; None when it is gone.
+
+        Raises :class:`NotAdoptable` when the task cannot be taken over, alive or not.
+        """
 
     def find_unsaved_run(self, invocation: str) -> dict[str, Any] | None:
         """A run whose description never reached the table (the daemon died between the
@@ -241,3 +244,11 @@ class LaunchError(Exception):
     def __init__(self, message: str, info: ExitInfo):
         super().__init__(message)
         self.info = info
+
+
+class NotAdoptable(Exception):
+    """:meth:`Runner.adopt` cannot take this task over, though it may be alive; says why.
+
+    A Thread task's thread, say: its host of the last daemon is stopped, since
+    nobody can know what became of its threads while no daemon listened.
+    """

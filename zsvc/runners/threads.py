@@ -39,6 +39,7 @@ from zsvc.runners.base import (
     ExitInfo,
     LaunchError,
     LaunchSpec,
+    NotAdoptable,
     Runner,
     RunnerEvents,
     TaskHandle,
@@ -51,10 +52,6 @@ log = logging.getLogger(__name__)
 HOST_LINGER = 1.0
 """Seconds an idle thread host waits before it is stopped, when its last thread ended on its
 own: a thread restarted by its restart policy meanwhile runs in the same host."""
-
-
-class NotAdoptable(Exception):
-    """A task of an earlier daemon cannot be taken over; the message says why."""
 
 
 @dataclass(eq=False)
