@@ -84,6 +84,9 @@ class TransactionState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    BROKEN = "broken"
+    """Its stored context no longer loads: its tasks are tracked and may be stopped, not
+    started, until it is started again with a corrected context (or forgotten)."""
 
 
 class TriggerEvent(StrEnum):

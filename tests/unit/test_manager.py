@@ -1372,7 +1372,8 @@ async def test_restore_finishes_an_interrupted_stop_of_a_transaction(rig: Rig) -
 
 
 @scenario(auto_ready=True)
-async def test_restore_skips_a_context_that_no_longer_loads(rig: Rig) -> None:
+async def test_restore_keeps_a_transaction_whose_context_no_longer_loads(rig: Rig) -> None:
+    """Its tasks still run: tracked and stoppable, listed as broken, never started."""
     await rig.start([TaskDef("a")], transaction="T1")
     await rig.start([TaskDef("b")], transaction="T2")
     broken = str(rig.contexts[0])
@@ -1383,13 +1384,22 @@ async def test_restore_skips_a_context_that_no_longer_loads(rig: Rig) -> None:
         return load(text, path)
 
     fake = FakeRunner()
+    alive = rig.task("a", "T1")["pid"]
+    fake.live[alive] = {}
     new = await Rig.open(rig.tmp, fake=fake)
     try:
         assert await new.manager.restore(load_some) == [
             f"T2/b: process {rig.task('b', 'T2')['pid']} ended while the daemon was not running"
         ]
-        assert list(new.manager.transactions) == ["T2"]
-        assert [spec.key for spec, _ in fake.adopts] == [key("b", "T2")]
+        assert sorted(new.manager.transactions) == ["T1", "T2"]
+        t1 = new.status("T1")
+        assert t1["state"] == "broken" and "the file changed" in t1["broken"]
+        assert (t1["tasks"][0]["state"], t1["tasks"][0]["pid"]) == ("active", alive)
+        with pytest.raises(OperationFailed, match="corrected context"):
+            await new.manager.start("T1", None, None, [], True, None)
+        await new.manager.stop("T1", [], None)
+        assert new.fake.order("stop", "T1") == ["a"]
+        assert new.task("a", "T1")["state"] == "inactive"
     finally:
         await new.close()
 

@@ -163,6 +163,12 @@ class Manager:
             if not transaction:
                 raise BadRequest("start: give a transaction id or a context file")
             record = self._get(transaction)
+            if record.broken:
+                raise OperationFailed(
+                    f"transaction {transaction} cannot be started: {record.broken}; stop it,"
+                    " then start it again with a corrected context"
+                    f" (zsvc start -c FILE {transaction})"
+                )
         else:
             if transaction not in self.transactions:
                 selection.check_new(context, services)

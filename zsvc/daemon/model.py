@@ -223,6 +223,9 @@ class TransactionRecord:
     """Bumped by every stop: an ordered start in progress checks it before each wave."""
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    broken: str = ""
+    """Why its stored context no longer loads (empty when it does): see
+    :func:`zsvc.daemon.restore.load_records`."""
 
     @functools.cached_property
     def triggers(self) -> dict[str, Mapping[TriggerEvent, Trigger]]:
@@ -242,6 +245,8 @@ class TransactionRecord:
     @property
     def state(self) -> TransactionState:
         """Derived from the tasks, never stored separately, so it cannot disagree with them."""
+        if self.broken:
+            return TransactionState.BROKEN
         if self.stopping:
             return TransactionState.STOPPING
         states = [task.state for task in self.tasks.values()]
@@ -268,8 +273,8 @@ class TransactionRecord:
         )
 
     def view(self) -> dict[str, Any]:
-        """The transaction in ``zsvc status --json``."""
-        return {
+        """The transaction in ``zsvc status --json`` (``broken`` only when it is)."""
+        view = {
             "transaction": self.id,
             "state": str(self.state),
             "context_id": self.context.context_id,
@@ -278,3 +283,6 @@ class TransactionRecord:
             "created": self.created,
             "tasks": [task.view() for task in self.tasks.values()],
         }
+        if self.broken:
+            view["broken"] = self.broken
+        return view

@@ -15,17 +15,18 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from zsvc.config.model import Context
+from zsvc.config.model import BusEndpoints, Context, TaskSpec
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
-from zsvc.daemon.table import Table
+from zsvc.daemon.table import Table, TaskRow
 from zsvc.errors import ZsvcError
 from zsvc.paths import RuntimeLayout
 from zsvc.procs import find_invocation, process_start_time
 from zsvc.runners.base import NotAdoptable, Runner, TaskHandle
-from zsvc.states import SIGNALLABLE
+from zsvc.states import SIGNALLABLE, ServiceType
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,51 @@ class Found:
 
 
 def load_records(table: Table, load: Callable[[str, str], Context]) -> Iterator[TransactionRecord]:
-    """Every stored transaction whose context still loads, with its tasks' last rows."""
+    """Every stored transaction, with its tasks' last rows.
+
+    One whose stored context no longer loads (a corrupted row, or stricter
+    validation in a newer zsvc) is not dropped: its tasks may still run, and
+    a daemon that forgot them could neither show nor stop them. It comes back
+    *broken*, on a stand-in context made from the table's rows alone.
+    """
     for row in list(table.transactions()):
+        rows = list(table.tasks(row.id))
+        broken = ""
         try:
             context = load(row.context_text, row.context_path)
         except ZsvcError as exc:
-            log.error("transaction %s: its stored context no longer loads: %s", row.id, exc)
-            continue
+            broken = f"its stored context no longer loads: {exc}"
+            log.error("transaction %s: %s; its tasks can be stopped, not started", row.id, broken)
+            context = stand_in_context(row.context_path, rows)
         record = TransactionRecord.new(row.id, context, row.context_text)
         record.created = row.created
         record.stopping = row.stopping  # an interrupted stop: no trigger fires meanwhile
-        for task_row in table.tasks(row.id):
+        record.broken = broken
+        for task_row in rows:
             task = record.tasks.get(task_row.task_id)
             if task is not None:
                 task.load_row(task_row)
         yield record
+
+
+def stand_in_context(path: str, rows: list[TaskRow]) -> Context:
+    """What the table alone says of a context: its tasks, enough to find and stop them.
+
+    A run of a Thread task is recognised by its host in the runner data; any
+    other becomes a command task with no command (it can be adopted and
+    stopped, never started). No endpoints are bound for it, no trigger fires.
+    """
+    tasks = tuple(
+        TaskSpec(
+            id=row.task_id,
+            instance=row.task_id,
+            service_name=row.task_id,
+            service_type=ServiceType.THREAD if "host" in row.runner_data else ServiceType.PROCESS,
+            command=None if "host" in row.runner_data else (),
+        )
+        for row in rows
+    )
+    return Context(Path(path), context_id="", log_name="", endpoints=BusEndpoints(), tasks=tasks)
 
 
 async def find_runs(

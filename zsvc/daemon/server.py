@@ -133,6 +133,8 @@ class Daemon:
         for note in lost:
             log.warning("lost: %s", note)
         for record in self.manager.transactions.values():
+            if record.broken:
+                continue  # a stand-in context: it names no endpoints of its own
             try:
                 self.bus.bind(record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
             except BindError as exc:
@@ -331,6 +333,7 @@ class Daemon:
         in_use = [
             (record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
             for record in self.manager.transactions.values()
+            if not record.broken
         ]
         self.bus.release([*self._fixed_endpoints, *in_use])
 
