@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from zsvc import commands, protocol
-from zsvc.errors import DaemonForbidden, DaemonUnreachable, ErrorCode, ZsvcError
+from zsvc.errors import BadRequest, DaemonForbidden, DaemonUnreachable, ErrorCode, ZsvcError
 from zsvc.paths import RuntimeLayout
 
 if TYPE_CHECKING:  # task hosts import this module: keep zmq.auth out of their start-up
@@ -55,6 +55,24 @@ def socket_listening(path: Path) -> bool:
     return True
 
 
+def _request(command: str, args: dict[str, Any]) -> tuple[str, bytes]:
+    """A new request id and the encoded request; :class:`BadRequest` when it is too large.
+
+    The daemon would refuse an oversized request too: saying so here costs
+    no megabytes on the socket and names the limit before anything is sent.
+    """
+    if command not in commands.COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
+    request_id = uuid.uuid4().hex
+    request = commands.encode_request(request_id, command, args)
+    if len(request) > protocol.MAX_REQUEST_BYTES:
+        raise BadRequest(
+            f"{command}: request too large: {len(request)} bytes exceeds the limit of"
+            f" {protocol.MAX_REQUEST_BYTES} bytes"
+        )
+    return request_id, request
+
+
 class ControlClient:
     """Sends commands over the control socket and waits for their replies."""
 
@@ -86,11 +104,9 @@ class ControlClient:
         Raises :class:`ZsvcError` with the daemon's error code, or
         :class:`DaemonUnreachable` when nothing answers in time.
         """
-        if command not in commands.COMMANDS:
-            raise ValueError(f"unknown command {command!r}")
+        request_id, request = _request(command, args)
         sock = self._connect()
-        request_id = uuid.uuid4().hex
-        sock.send(commands.encode_request(request_id, command, args))
+        sock.send(request)
         limit = self.timeout if wait is None else wait
         deadline = time.monotonic() + limit
         while True:
@@ -114,8 +130,10 @@ class ControlClient:
                     )
                 continue
             reply = json.loads(sock.recv())
-            if reply.get("id") != request_id:
+            if reply.get("id") != request_id and (reply.get("id") or reply.get("ok")):
                 continue  # the late answer to an earlier, timed-out request
+            # An error without an id answers a request of ours the daemon could not read
+            # (this socket is ours alone): raise it rather than wait for the deadline.
             if reply.get("ok"):
                 return reply.get("result")
             error = reply.get("error") or {}

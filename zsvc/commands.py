@@ -17,14 +17,21 @@ Wire format (one JSON object per ZMQ message, DEALER → ROUTER)::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zsvc.errors import BadRequest
+from zsvc.protocol import MAX_REQUEST_BYTES
 
 PROTOCOL_VERSION = 1
-MAX_REQUEST_BYTES = 4 << 20
+HEAD_BYTES = 512
+"""How much of an oversized request is read to find its id (see :func:`head_request_id`)."""
+_HEAD_ID = re.compile(
+    rb'\A\s*\{(?:\s*"[^"\\]{0,64}"\s*:\s*(?:"[^"\\]{0,64}"|-?[0-9]{1,20})\s*,)*?'
+    rb'\s*"id"\s*:\s*"([^"\\\x00-\x1f]{1,256})"'
+)
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,8 @@ def decode_request(data: bytes) -> tuple[str | None, Command | None, dict[str, A
     whenever it could be read so that the client can match the error.
     """
     if len(data) > MAX_REQUEST_BYTES:
-        return None, None, BadRequest(f"request of {len(data)} bytes exceeds {MAX_REQUEST_BYTES}")
+        too_large = f"request too large: {len(data)} bytes exceeds the limit of"
+        return head_request_id(data), None, BadRequest(f"{too_large} {MAX_REQUEST_BYTES} bytes")
     try:
         request = json.loads(data)
     except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, digit limits
@@ -233,6 +241,23 @@ def decode_request(data: bytes) -> tuple[str | None, Command | None, dict[str, A
         return request_id, command, command.parse_args(request.get("args"))
     except BadRequest as exc:
         return request_id, command, exc
+
+
+def head_request_id(data: bytes) -> str | None:
+    """The id of a request too large to parse, read from its head, or None.
+
+    Without it the refusal could not be matched: the client would wait for
+    its timeout and then blame an unreachable daemon. Only a top-level ``id``
+    that comes before any nested value counts (as :func:`encode_request`
+    writes it, second); an id further in is not guessed at.
+    """
+    match = _HEAD_ID.match(data[:HEAD_BYTES])
+    if match is None:
+        return None
+    try:
+        return match.group(1).decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class RawJSON(bytes):

@@ -21,8 +21,23 @@ from typing import Any
 from zsvc.states import is_valid_id
 
 LEGACY_SEPARATOR = b"@@@"
+
+# --- size limits: every cap on what a peer may hand zsvc, in one place ---------------------
+# Documented in docs/control-protocol.md ("Size limits") and docs/bus.md.
+
 MAX_FRAME_BYTES = 1 << 20
 """Larger messages are refused: the bus carries control traffic, not bulk data."""
+MAX_CONTEXT_BYTES = 1 << 20
+"""A context file larger than this is refused by the CLI before it is read (1 MiB: the
+largest shipped context is a few KiB, and one with hundreds of tasks stays far below)."""
+MAX_REQUEST_BYTES = 4 << 20
+"""A control request larger than this is refused, by the client before sending and by
+the daemon (``bad-request`` with the request's id). Room for a context of
+:data:`MAX_CONTEXT_BYTES` in JSON, where non-ASCII text costs up to three times its UTF-8."""
+MAX_REQUEST_WIRE_BYTES = 2 * MAX_REQUEST_BYTES
+"""The control socket drops, unread, a peer that sends a message larger than this (ZMQ's
+``MAXMSGSIZE``): what one message can cost the daemon's memory stays bounded, while
+anything up to it is still read and answered with a ``bad-request`` the client can match."""
 
 PROBE_PREFIX = "_probe."
 """Private topics used by the subscription handshake (see :func:`probe_topic`)."""

@@ -106,6 +106,10 @@ def test_plain_lines_take_the_fast_path_to_the_same_call(
         ["stop"],
         ["stop", "A", "B"],
         ["start", "--timeout", "soon"],
+        ["stop", "TX", "--timeout", "-1"],
+        ["stop", "TX", "--timeout=nan"],
+        ["restart", "TX", "--timeout", "inf"],
+        ["start", "TX", "--timeout", "0"],
         ["start", "--context"],
         ["start", "--json=yes"],
         ["start", "--colour", "red"],
@@ -126,7 +130,8 @@ TOKENS = st.sampled_from(
         "status", "start", "stop", "restart", "TX", "C.xml", "--context", "-c",
         "--context_file", "--service", "-s", "--service-id", "a", "--no-block",
         "--keep-going", "--timeout", "1", "2.5", "x", "--json", "--runtime-dir", "/r",
-        "--timeout=4", "--service=b", "-h", "--", "-",
+        "--timeout=4", "--service=b", "-h", "--", "-", "-1", "0", "nan", "inf",
+        "--timeout=-1",
     ]
 )  # fmt: skip
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zsvc.cli.text import printable
 from zsvc.errors import DaemonUnreachable, ErrorCode, ExitCode, ZsvcError
+from zsvc.protocol import MAX_CONTEXT_BYTES
 
 CONTEXT_OPTION = ("--context", "-c", "--context_file", "--context-file")
 SERVICE_OPTION = ("--service", "-s", "--service_id", "--service-id")
@@ -42,10 +45,58 @@ def wait_budget(timeout: float | None) -> float:
     return (timeout if timeout is not None else DEFAULT_READY_WAIT) + 10.0
 
 
+class FileRefused(Exception):
+    """A file the CLI will not read: not a regular file, or over its size limit."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def read_limited(path: Path, limit: int = MAX_CONTEXT_BYTES) -> bytes:
+    """The bytes of the regular file at *path*, at most *limit* of them.
+
+    ``zsvc start -c /dev/zero`` once read until the OOM killer came, and a
+    FIFO would block for ever: only a regular file is opened (checked before
+    opening, so no device is opened at all, and again on the open file), and
+    no more than *limit* + 1 bytes are read whatever its size says.
+    Raises :class:`FileRefused` or OSError.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise FileRefused(path, f"not a regular file ({_kind(mode)})")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
+            raise FileRefused(path, f"not a regular file ({_kind(info.st_mode)})")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        size = max(info.st_size, len(data))
+        raise FileRefused(path, f"too large: {size} bytes (limit {limit} bytes)")
+    return data
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
 def read_context(path: Path) -> tuple[str, str]:
-    """The context file's absolute path and its text (UTF-8, as zsvc stores contexts)."""
+    """The context file's absolute path and its text (UTF-8, as zsvc stores contexts);
+    refused (exit 2) when it is not a regular file or over MAX_CONTEXT_BYTES."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_limited(path).decode("utf-8")
+    except FileRefused as exc:
+        print(f"zsvc: {printable(str(exc))}", file=sys.stderr)
+        raise CommandFailed(ExitCode.BAD_INPUT) from None
     except OSError as exc:
         print(f"zsvc: cannot read {path}: {exc.strerror}", file=sys.stderr)
         raise CommandFailed(ExitCode.BAD_INPUT) from None
@@ -67,10 +118,11 @@ def call(runtime: str | os.PathLike[str] | None, command: str, wait: float, **ar
         print(f"zsvc: {exc}\n{exc.hint}", file=sys.stderr)
         raise CommandFailed(ExitCode.UNREACHABLE) from None
     except ZsvcError as exc:
+        # A message may quote a task's last words or a file's text: escaped as any task text.
         if exc.code == ErrorCode.INVALID_CONFIG:  # file:line:column lines, as 'zsvc validate'
-            print(exc.message, file=sys.stderr)
+            print(printable(exc.message, keep="\n"), file=sys.stderr)
         else:
-            print(f"zsvc: {exc.message}", file=sys.stderr)
+            print(f"zsvc: {printable(exc.message)}", file=sys.stderr)
         raise CommandFailed(exc.exit_code) from None
 
 

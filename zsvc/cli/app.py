@@ -22,7 +22,8 @@ from typing import Any
 import typer
 
 from zsvc import __version__
-from zsvc.cli import actions
+from zsvc.cli import actions, values
+from zsvc.cli.text import printable
 from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode
 
 app = typer.Typer(
@@ -54,6 +55,23 @@ def main_options(
     _state["runtime_dir"] = runtime_dir
 
 
+def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
+    """A timeout or interval option: positive and finite (:func:`zsvc.cli.values.seconds`),
+    else a usage error naming the option (exit 2)."""
+    try:
+        return values.seconds(value)
+    except values.BadValue as exc:
+        raise typer.BadParameter(str(exc), param=param) from None
+
+
+def _count(param: typer.CallbackParam, value: int | None) -> int | None:
+    """A count option: 0 or more (:func:`zsvc.cli.values.count`), else a usage error (exit 2)."""
+    try:
+        return values.count(value)
+    except values.BadValue as exc:
+        raise typer.BadParameter(str(exc), param=param) from None
+
+
 def _call(command: str, wait: float = 10.0, **args: Any) -> Any:
     """Run *command* in the daemon (:func:`zsvc.cli.actions.call`: one way to report errors)."""
     try:
@@ -77,7 +95,9 @@ def start(
         [], *actions.SERVICE_OPTION, help="Start only these task ids."
     ),
     no_block: bool = typer.Option(False, "--no-block", help="Do not wait for readiness."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for readiness."),
+    timeout: float = typer.Option(
+        None, "--timeout", callback=_seconds, help="Seconds to wait for readiness."
+    ),
     keep_going: bool = typer.Option(
         False, "--keep-going", help="When a task fails to start, leave the others running."
     ),
@@ -109,7 +129,9 @@ def stop(
     service: list[str] = typer.Option(
         [], *actions.SERVICE_OPTION, help="Stop only these task ids."
     ),
-    timeout: float = typer.Option(None, "--timeout", help="Stop timeout per task (seconds)."),
+    timeout: float = typer.Option(
+        None, "--timeout", callback=_seconds, help="Stop timeout per task (seconds)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
 ) -> None:
     """Stop a transaction, or some of its tasks."""
@@ -124,7 +146,9 @@ def restart(
     service: list[str] = typer.Option(
         [], *actions.SERVICE_OPTION, help="Restart only these task ids."
     ),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait per phase."),
+    timeout: float = typer.Option(
+        None, "--timeout", callback=_seconds, help="Seconds to wait per phase."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the transaction as JSON."),
 ) -> None:
     """Stop, then start, a transaction or some of its tasks."""
@@ -148,11 +172,18 @@ def status(
 def monitor(
     transaction: str = typer.Argument(None, help="Only this transaction."),
     interval: float = typer.Option(
-        1.0, "--interval", "-i", min=0.5, help="Seconds between two updates of the view."
+        1.0,
+        "--interval",
+        "-i",
+        min=0.5,
+        callback=_seconds,
+        help="Seconds between two updates of the view.",
     ),
     once: bool = typer.Option(False, "--once", help="Print one sample and exit."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line and sample."),
-    count: int = typer.Option(None, "--count", min=1, help="Exit after this many samples."),
+    count: int = typer.Option(
+        None, "--count", min=1, callback=_count, help="Exit after this many samples."
+    ),
 ) -> None:
     """Live CPU, memory, threads, children and fds of every task, per transaction.
 
@@ -179,7 +210,9 @@ def logs(
     service: list[str] = typer.Option(
         [], "--service", "-s", "--service_id", "--service-id", help="Only these task ids."
     ),
-    lines: int = typer.Option(20, "-n", "--lines", help="How many last lines per task."),
+    lines: int = typer.Option(
+        20, "-n", "--lines", callback=_count, help="How many last lines per task."
+    ),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
 ) -> None:
     """Print the tasks' output (journald under the systemd runner, else the log files)."""
@@ -217,7 +250,9 @@ def send(
     device_action: str = typer.Option(
         None, "--device-action", "--device_action", help="content.configuration.device_action"
     ),
-    timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for a reply."),
+    timeout: float = typer.Option(
+        5.0, "--timeout", callback=_seconds, help="Seconds to wait for a reply."
+    ),
 ) -> None:
     """Send a message as the seed's conf_command did; context actions use the control socket."""
     from zsvc.cli import send as sender
@@ -275,19 +310,31 @@ def _context_command(
 @app.command()
 def validate(files: list[Path] = typer.Argument(..., help="Context files to check.")) -> None:
     """Check context files without a daemon (exit 2 when any is invalid)."""
-    from zsvc.config.loader import load_context
-
-    bad = 0
-    for path in files:
-        try:
-            context = load_context(path)
-        except ConfigError as exc:
-            typer.echo(str(exc), err=True)
-            bad += 1
-            continue
-        typer.echo(f"{path}: ok ({len(context.tasks)} tasks)")
+    bad = sum(not _validate_one(path) for path in files)
     if bad:
         raise typer.Exit(ExitCode.BAD_INPUT)
+
+
+def _validate_one(path: Path) -> bool:
+    """Check one file, read as ``zsvc start`` reads it (a regular file, at most
+    MAX_CONTEXT_BYTES); print ``ok`` or its ``file:line:column`` issues."""
+    from zsvc.config.loader import load_context_text
+    from zsvc.errors import ConfigIssue
+
+    try:
+        context = load_context_text(actions.read_limited(path), path)
+    except actions.FileRefused as exc:
+        typer.echo(printable(str(ConfigIssue(str(path), 0, 0, exc.reason))), err=True)
+        return False
+    except OSError as exc:
+        issue = ConfigIssue(str(path), 0, 0, f"cannot read file: {exc.strerror or exc}")
+        typer.echo(printable(str(issue)), err=True)
+        return False
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        return False
+    typer.echo(f"{path}: ok ({len(context.tasks)} tasks)")
+    return True
 
 
 def _opt(help_text: str, *names: str) -> Any:
@@ -351,7 +398,9 @@ def daemon(ctx: typer.Context) -> None:
 @app.command()
 def shutdown(
     wait: bool = typer.Option(False, "--wait", help="Return once the daemon has exited."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait with --wait."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", callback=_seconds, help="Seconds to wait with --wait."
+    ),
 ) -> None:
     """Stop every task, then the daemon."""
     import time

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zsvc.cli import actions
+from zsvc.cli import actions, values
 from zsvc.errors import ExitCode
 
 FLAG, VALUE, NUMBER, MANY = "flag", "value", "number", "many"
-"""How an option takes its value: none (True), one string, one float, repeatable."""
+"""How an option takes its value: none (True), one string, seconds (a positive finite float:
+the one kind of number the fast path's options take), repeatable."""
 
 _TIMEOUT = {"--timeout": ("timeout", NUMBER)}
 _JSON = {"--json": ("as_json", FLAG)}
@@ -48,7 +49,8 @@ def parse(argv: list[str]) -> tuple[str | None, str, list[str], dict[str, Any]] 
     """``(runtime_dir, command, positionals, options)`` of a plain command line, or None.
 
     None means "let typer do it": any other command, ``--help``, an unknown
-    or incomplete option, a bad number, too many arguments. So the fast path
+    or incomplete option, a bad number (not a number, or one that
+    :mod:`zsvc.cli.values` refuses), too many arguments. So the fast path
     never has to produce a usage error of its own.
     """
     args = list(argv)
@@ -91,6 +93,8 @@ def parse(argv: list[str]) -> tuple[str | None, str, list[str], dict[str, Any]] 
                 options[dest] = float(inline)
             except ValueError:
                 return None
+            if not values.is_seconds(options[dest]):
+                return None  # typer says why (exit 2): one rule, one message
         elif kind == MANY:
             options.setdefault(dest, []).append(inline)
         else:

@@ -13,12 +13,16 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from zsvc.cli.text import printable
+
 FOLLOW_INTERVAL = 0.2
 
 
 def tail(path: Path, count: int) -> list[str]:
+    """The last *count* lines of *path*. Lines end at ``\n`` only: a carriage return is a
+    character of its line, shown escaped by :func:`_emit`, not a line break."""
     try:
-        with path.open("r", errors="replace") as handle:
+        with path.open("r", errors="replace", newline="\n") as handle:
             return list(deque(handle, maxlen=count)) if count > 0 else []
     except FileNotFoundError:
         return []
@@ -42,7 +46,7 @@ def show_logs(entries: list[dict[str, Any]], count: int, follow: bool) -> None:
             if size < start:  # rotated (copytruncate)
                 start = 0
             if size > start:
-                with path.open("r", errors="replace") as handle:
+                with path.open("r", errors="replace", newline="\n") as handle:
                     handle.seek(start)
                     for line in handle:
                         _emit(entry["task"], line, prefix, width)
@@ -77,5 +81,7 @@ def _size(path: Path) -> int:
 
 
 def _emit(task: str, line: str, prefix: bool, width: int) -> None:
-    text = line.rstrip("\n")
+    """One line of a task's output, its control characters escaped (tabs kept): a task's
+    output must not drive the reader's terminal."""
+    text = printable(line.rstrip("\r\n"), keep="\t")
     sys.stdout.write(f"{task:<{width}} | {text}\n" if prefix else f"{text}\n")

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from zsvc import protocol
 from zsvc.cli.monitor_view import STALE_AFTER, MonitorModel, render
+from zsvc.cli.text import printable
 from zsvc.client import BusClient, socket_listening
 from zsvc.errors import DaemonForbidden, DaemonUnreachable, ExitCode
 from zsvc.paths import RuntimeLayout, client_runtime_dir
@@ -95,7 +96,7 @@ def _once(layout: RuntimeLayout, transaction: str | None, as_json: bool, out: Te
         print(f"zsvc: {exc}", file=sys.stderr)
         return ExitCode.UNREACHABLE
     if "error" in content:
-        print(f"zsvc: {content['error']}", file=sys.stderr)
+        print(f"zsvc: {printable(str(content['error']))}", file=sys.stderr)  # a bus peer's text
         return ExitCode.UNKNOWN if transaction else ExitCode.FAILED
     samples = content.get("samples", [])
     if as_json:

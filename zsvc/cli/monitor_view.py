@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zsvc.cli.render import STATE_STYLES, format_duration
+from zsvc.cli.render import STATE_STYLES, format_duration, shown
 from zsvc.states import HAS_PROCESS
 
 HISTORY = 40
@@ -121,7 +121,7 @@ def _cells(
     if use.get("status") in ("zombie", "vanished", "stopped", "disk-sleep"):
         state += f" [red]{use['status']}[/]"
     values = {
-        "task": task["id"] + (" [dim](thread)[/]" if task.get("shared") else ""),
+        "task": shown(task["id"]) + (" [dim](thread)[/]" if task.get("shared") else ""),
         "pid": str(task.get("pid") or "-"),
         "state": state,
         "cpu%": f"{use['cpu_percent']:.1f}" if use else "-",
@@ -131,7 +131,7 @@ def _cells(
         "thr": str(use.get("threads", "-")) if use else "-",
         "chld": str(len(use.get("children", []))) if use else "-",
         "fds": str(use["fds"]) if use and use.get("fds") is not None else "-",
-        "status": task.get("status_text") or task.get("last_exit") or "",
+        "status": shown(task.get("status_text") or task.get("last_exit") or ""),
         "history": sparkline(list(history), SPARK_WIDTH),
     }
     return [values[name] for name in names]
@@ -175,9 +175,9 @@ def transaction_view(
 
     names = [name for name, min_width, _ in COLUMNS if width >= min_width]
     transaction = sample["transaction"]
-    title = f"[bold]{transaction}[/]  {_styled(sample.get('state', ''))}"
+    title = f"[bold]{shown(transaction)}[/]  {_styled(sample.get('state', ''))}"
     if width >= 60:
-        title += f"  [dim]{sample.get('context_id', '')}[/]"
+        title += f"  [dim]{shown(sample.get('context_id', ''))}[/]"
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False, box=None)
     for name, _, justify in COLUMNS:
         if name in names:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from zsvc.cli.text import printable
 from zsvc.states import Result
 
 STATE_STYLES = {
@@ -38,13 +39,21 @@ def _styled(word: str) -> str:
     return f"[{style}]{word}[/]" if style else word
 
 
+def shown(text: Any) -> str:
+    """Text from a task or a peer as rich markup that prints as itself: control characters
+    escaped (:func:`zsvc.cli.text.printable`) and any ``[tag]`` in it shown, not applied."""
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
+
+
 def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
     from rich.table import Table
 
     now = time.time() if now is None else now
     title = (
         f"{record['transaction']}  {_styled(record['state'])}"
-        f"  [dim]{record.get('context_id', '')} {record.get('context', '')}[/]"
+        f"  [dim]{shown(record.get('context_id', ''))} {shown(record.get('context', ''))}[/]"
     )
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("task", "pid", "state", "last", "↺", "since", "status"):
@@ -54,13 +63,13 @@ def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
         if task["result"] != Result.SUCCESS:
             state += f" [red]({task['result']})[/]"
         table.add_row(
-            task["id"],
+            shown(task["id"]),
             str(task["pid"] or "-"),
             state,
-            task["last_action"] or "-",
+            shown(task["last_action"] or "-"),
             str(task["restarts"]),
             format_duration(now - task["since"]),
-            task["status_text"] or task.get("last_exit", "") or "",
+            shown(task["status_text"] or task.get("last_exit", "") or ""),
         )
     return table
 
@@ -93,7 +102,7 @@ def stop_summary(record: dict[str, Any]) -> list[str]:
     lines = [f"{record['transaction']} {record['state']}: {shown or 'no tasks'}"]
     for task in record["tasks"]:
         if task["result"] != Result.SUCCESS:
-            detail = task["status_text"] or task.get("last_exit", "") or ""
+            detail = printable(task["status_text"] or task.get("last_exit", "") or "")
             state = f"{task['state']}/{task['sub_state']} ({task['result']})"
             lines.append(f"  {task['id']}: {state}" + (f": {detail}" if detail else ""))
     return lines

@@ -30,6 +30,7 @@ from zsvc import commands
 from zsvc.errors import ErrorCode, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.paths import RuntimeLayout
+from zsvc.protocol import MAX_REQUEST_WIRE_BYTES
 
 log = logging.getLogger("zsvc.daemon")
 
@@ -67,6 +68,9 @@ class ControlServer:
         self.runtime = runtime
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # Bounds what one message costs before it is read; anything up to it is answered (a
+        # request over MAX_REQUEST_BYTES with a bad-request the client matches by its id).
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_WIRE_BYTES)
         self._bound = False
         self._jobs = Jobs("control")
         """The serving loop and one job per request in flight."""
