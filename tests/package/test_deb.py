@@ -108,6 +108,19 @@ class Inside:
         )
         return done.stdout
 
+    def fresh_user(self, name: str, *groups: str) -> None:
+        """User *name*, new, in *groups* only: one the machine has is in the box too (its
+        root is an overlay of the machine's), so it is made again rather than assumed."""
+        self.ok("sh", "-c", 'if id -u "$1" >/dev/null 2>&1; then userdel "$1"; fi', "sh", name)
+        self.ok(
+            "useradd", "--create-home", *(["--groups", ",".join(groups)] if groups else []), name
+        )
+
+    def without_group(self, name: str) -> None:
+        """No group *name* in the box, as on a machine the package never touched, whatever
+        the machine has (the package must create it, and its purge remove it)."""
+        self.ok("sh", "-c", 'if getent group "$1" >/dev/null; then groupdel "$1"; fi', "sh", name)
+
     def journal(self, *match: str) -> str:
         return self.run("journalctl", "--no-pager", "-o", "cat", *match).stdout
 
@@ -151,6 +164,7 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     # This machine's image forbids starting services from maintainer scripts (a Docker-style
     # /usr/sbin/policy-rc.d that exits 101); a real host has none, and the box is a copy.
     inside.ok("rm", "-f", "/usr/sbin/policy-rc.d")
+    inside.without_group("zsvc")  # set-up that holds on a machine where zsvc was installed
 
     # --- install: the daemon runs, enabled, with its group, settings, manual, completion ---
     inside.ok("apt-get", "install", "-y", "--no-install-recommends", str(first), timeout=300)
@@ -162,8 +176,8 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     assert "zsvc start" in inside.ok("man", "-P", "cat", "zsvc")
 
     # --- a member of group zsvc runs the sample; a user outside it is refused -------------
-    inside.ok("useradd", "--create-home", "--groups", "zsvc", "alice")
-    inside.ok("useradd", "--create-home", "bob")
+    inside.fresh_user("alice", "zsvc")
+    inside.fresh_user("bob")
     context = demo_context(inside, box)
     inside.ok("zsvc", "start", "--context", context, "DEMO", user="alice")
     tasks = inside.status("DEMO", user="alice")["tasks"]

@@ -428,8 +428,20 @@ def install_zsvc(box: SystemdBox) -> None:
     unit = box.host_path("/etc/systemd/system/zsvc.service")
     unit.write_text(UNIT_FILE.read_text())
     box.host_path(WORK).mkdir(parents=True, exist_ok=True)
-    box.run("groupadd", "--system", "zsvc", check=True)
+    ensure_group(box, "zsvc")
     box.run("systemctl", "daemon-reload", check=True)
+
+
+def ensure_group(box: SystemdBox, name: str) -> None:
+    """Group *name* in *box*: a system group, created only when it is missing.
+
+    Every set-up step must succeed when its work is already done: the box's
+    root is an overlay of the machine's, so a group the machine has (zsvc was
+    installed there once, or another check made it) is in the box too, and a
+    bare ``groupadd`` failed on it, erroring the whole tier (issue 19, finding 20).
+    """
+    script = 'getent group "$1" >/dev/null || groupadd --system "$1"'
+    box.run("sh", "-c", script, "sh", name, check=True)
 
 
 def start_zsvc(box: SystemdBox) -> None:
