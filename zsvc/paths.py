@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from zsvc.errors import DaemonUnreachable
 
 SYSTEM_RUNTIME_DIR = Path("/run/zsvc")
 """The system daemon's (zsvc.service, RuntimeDirectory=zsvc): mode 0750, group zsvc."""
@@ -27,7 +30,13 @@ def runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         return SYSTEM_RUNTIME_DIR
     if xdg := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(xdg) / "zsvc"
-    return Path(f"/tmp/zsvc-{os.geteuid()}")
+    return fallback_runtime_dir(os.geteuid())
+
+
+def fallback_runtime_dir(euid: int) -> Path:
+    """A user's runtime directory when there is no XDG one: in /tmp, where anybody may
+    have made it first, so the daemon verifies it (:func:`dir_problem`) before use."""
+    return Path(f"/tmp/zsvc-{euid}")
 
 
 def client_runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -41,9 +50,39 @@ def client_runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     own = runtime_dir(explicit)
     if explicit or os.environ.get("ZSVC_RUNTIME_DIR") or own == SYSTEM_RUNTIME_DIR:
         return own
+    _check_fallback(own)
     if (own / "control").exists() or not SYSTEM_RUNTIME_DIR.is_dir():
         return own
     return SYSTEM_RUNTIME_DIR
+
+
+class UnsafeRuntimeDir(DaemonUnreachable):
+    """The user's fallback runtime directory is not theirs alone: nothing is sent there."""
+
+    hint = (
+        "hint: remove it (as root if need be), or set XDG_RUNTIME_DIR or --runtime-dir"
+        " to a directory only you may write to"
+    )
+
+
+def _check_fallback(path: Path) -> None:
+    """Refuse the fallback in /tmp when another user made it or may write to it.
+
+    Whoever made ``/tmp/zsvc-<uid>`` first can put their own ``control`` socket
+    in it, and the CLI would send them every command, contexts and their
+    secrets included, and believe their answers.
+    """
+    euid = os.geteuid()
+    if path != fallback_runtime_dir(euid):
+        return
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if problem := dir_problem(info, euid, private=True):
+        raise UnsafeRuntimeDir(
+            f"refusing to use {path}: {problem}; another user may be waiting there for commands"
+        )
 
 
 def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -57,6 +96,57 @@ def state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if xdg := os.environ.get("XDG_STATE_HOME"):
         return Path(xdg) / "zsvc"
     return Path.home() / ".local" / "state" / "zsvc"
+
+
+@dataclass(frozen=True)
+class Modes:
+    """The modes a daemon gives its directories and files, whatever its umask.
+
+    The umask it was started with is the caller's (0022 in a shell), not a
+    policy: a root daemon started with ``zsvc daemon --detach`` once left every
+    stored context readable by every user.
+    """
+
+    dir: int
+    file: int
+    group: int | None
+    """The group to give them (None: leave the process's own)."""
+
+
+def plan_modes(euid: int, control_gid: int | None) -> Modes:
+    """The modes for a daemon run by *euid* (pure).
+
+    Root's daemon is the system one: group ``zsvc`` (*control_gid*, when the
+    group exists) may reach its sockets and read its table and logs, as
+    zsvc.service's ``RuntimeDirectoryMode``/``StateDirectoryMode=0750`` and
+    ``UMask=0027`` give. A user's daemon keeps everything to that user.
+    """
+    if euid == 0:
+        return Modes(dir=0o750, file=0o640, group=control_gid)
+    return Modes(dir=0o700, file=0o600, group=None)
+
+
+def dir_problem(info: os.stat_result, euid: int, *, private: bool = False) -> str | None:
+    """Why a directory with the ``lstat()`` *info* is unsafe for *euid*'s daemon (pure;
+    None: safe to use once its mode is set).
+
+    A directory somebody else owns, or may write to, can hold their files where
+    ours should be (a symlinked lock, a fake control socket): it is refused,
+    not repaired. A *private* one (a fallback in /tmp) must also be closed to
+    everyone else already, since it may have been open before we looked.
+    """
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory"
+    if info.st_uid != euid:
+        return f"it belongs to uid {info.st_uid}, not to you (uid {euid})"
+    if mode & 0o022:
+        return f"other users may write to it (mode {mode:04o})"
+    if private and mode & 0o077:
+        return f"other users may enter it (mode {mode:04o}, not 0700)"
+    return None
 
 
 SYSTEM_KEYS_DIR = Path("/etc/zsvc/keys")
@@ -137,6 +227,11 @@ class StateLayout:
     @property
     def database(self) -> Path:
         return self.root / "zsvc.sqlite3"
+
+    @property
+    def lock(self) -> Path:
+        """One daemon per state directory: the table is not shared, whatever the sockets."""
+        return self.root / "daemon.lock"
 
     @functools.cached_property
     def logs(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,44 @@ def test_root_uses_the_system_directory(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(paths.os, "geteuid", lambda: 0)
     monkeypatch.delenv("ZSVC_RUNTIME_DIR", raising=False)
     assert paths.client_runtime_dir() == paths.SYSTEM_RUNTIME_DIR
+
+
+@pytest.fixture
+def fallback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A user without XDG_RUNTIME_DIR, whose fallback directory is *tmp_path*/zsvc-<uid>."""
+    monkeypatch.delenv("ZSVC_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(paths, "SYSTEM_RUNTIME_DIR", tmp_path / "run-zsvc")
+    monkeypatch.setattr(paths, "fallback_runtime_dir", lambda euid: tmp_path / f"zsvc-{euid}")
+    return tmp_path
+
+
+def test_a_fallback_directory_another_user_made_is_refused(
+    fallback: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A squatter's /tmp/zsvc-<uid> with their own control socket gets no command."""
+    owner = os.getuid()
+    monkeypatch.setattr(paths.os, "geteuid", lambda: owner + 1)
+    squatted = fallback / f"zsvc-{owner + 1}"
+    squatted.mkdir(mode=0o700)
+    (squatted / "control").touch()
+    with pytest.raises(paths.UnsafeRuntimeDir, match=f"belongs to uid {owner}, not to you"):
+        paths.client_runtime_dir()
+    assert "XDG_RUNTIME_DIR" in paths.UnsafeRuntimeDir.hint
+
+
+def test_a_fallback_directory_of_ones_own_is_used_once_private(
+    fallback: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = os.getuid() or 4242  # as root, a directory given to a user (root's is /run/zsvc)
+    monkeypatch.setattr(paths.os, "geteuid", lambda: uid)
+    own = fallback / f"zsvc-{uid}"
+    assert paths.client_runtime_dir() == own, "not made yet: nothing to check"
+    own.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(own, uid, -1)
+    own.chmod(0o700)
+    assert paths.client_runtime_dir() == own
+    own.chmod(0o777)
+    with pytest.raises(paths.UnsafeRuntimeDir, match="may write to it"):
+        paths.client_runtime_dir()

@@ -38,11 +38,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from zsvc import protocol
+from zsvc.daemon import fs
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
     from zsvc.curve import ServerKeys
@@ -107,6 +109,13 @@ def plan_bind(endpoint: str, *, curve: bool, open_commands: bool = False) -> Bin
     )
 
 
+def _ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ``ipc://`` endpoint (None: another transport, or abstract)."""
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    return Path(endpoint[len("ipc://") :]).absolute()
+
+
 def _readable(sock: zmq.Socket[bytes]) -> bool:
     """Whether *sock* has a message to read now (``ZMQ_EVENTS``, which also re-arms its FD).
 
@@ -140,6 +149,8 @@ class BusDevice:
             sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         self.pub_endpoints: set[str] = set()
         self.sub_endpoints: set[str] = set()
+        self.socket_files: dict[Path, fs.SocketFile] = {}
+        """The ``ipc://`` socket files this device bound, as bound: only these are removed."""
         self.subscriptions: collections.Counter[bytes] = collections.Counter()
         self.on_subscription: Callable[[bytes], None] | None = None
         """Called with the prefix after each (un)subscription (the monitor wakes on it)."""
@@ -174,7 +185,11 @@ class BusDevice:
     def _bind(self, sock: zmq.Socket, plan: BindPlan) -> None:
         """Bind with CURVE only where planned: libzmq copies the options at each bind."""
         if not plan.curve:
-            sock.bind(plan.endpoint)
+            path = _ipc_path(plan.endpoint)
+            if path is not None:
+                self._bind_ipc(sock, plan.endpoint, path)
+            else:
+                sock.bind(plan.endpoint)
             return
         assert self.keys is not None
         self.keys.apply(sock)
@@ -182,6 +197,29 @@ class BusDevice:
             sock.bind(plan.endpoint)
         finally:
             sock.setsockopt(zmq.CURVE_SERVER, 0)  # the next bind (an ipc://) is plain again
+
+    def _bind_ipc(self, sock: zmq.Socket, endpoint: str, path: Path) -> None:
+        """Bind an ``ipc://`` endpoint unless a live process holds its file (BindError).
+
+        libzmq unlinks the path before binding, so without the probe a second
+        daemon would silently take the first one's endpoint (issue 19).
+        """
+        try:
+            fs.claim_socket_path(path)
+        except fs.SocketBusy as exc:
+            raise BindError(f"cannot bind the bus endpoint {endpoint}: {exc}") from None
+        sock.bind(endpoint)
+        self.socket_files[path] = fs.SocketFile(path)
+
+    def remove_socket_files(self, only: Iterable[str] | None = None) -> None:
+        """Remove the socket files this device bound (of the endpoints *only*, if given),
+        each only if it is still the file bound: a newer daemon's stays."""
+        paths = None if only is None else {_ipc_path(endpoint) for endpoint in only}
+        for path, bound in list(self.socket_files.items()):
+            if paths is None or path in paths:
+                del self.socket_files[path]
+                if not bound.remove() and path.exists():
+                    log.info("left %s alone: it is no longer the socket this daemon bound", path)
 
     def release(self, keep: Iterable[tuple[str, str]]) -> None:
         """Unbind every endpoint but the (publishers', subscribers') pairs in *keep*.
@@ -203,6 +241,7 @@ class BusDevice:
                 except zmq.ZMQError as exc:  # not bound as spelled: nothing to release
                     log.warning("cannot unbind the bus endpoint %s: %s", endpoint, exc)
                 bound.discard(endpoint)
+                self.remove_socket_files([endpoint])
                 log.info("bus released %s", endpoint)
         self._drain_soon()
 

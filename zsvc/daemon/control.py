@@ -27,6 +27,8 @@ import zmq
 import zmq.asyncio
 
 from zsvc import commands
+from zsvc.daemon import fs
+from zsvc.daemon.fs import CONTROL_GROUP
 from zsvc.errors import ErrorCode, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.paths import RuntimeLayout
@@ -34,8 +36,6 @@ from zsvc.protocol import MAX_REQUEST_WIRE_BYTES
 
 log = logging.getLogger("zsvc.daemon")
 
-CONTROL_GROUP = "zsvc"
-"""Members of this group may control a daemon run by root (DESIGN §2)."""
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 """Runs one command: its name and its checked arguments; returns the result."""
@@ -71,25 +71,36 @@ class ControlServer:
         # Bounds what one message costs before it is read; anything up to it is answered (a
         # request over MAX_REQUEST_BYTES with a bad-request the client matches by its id).
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_WIRE_BYTES)
-        self._bound = False
+        self._file: fs.SocketFile | None = None
+        """The control socket file as bound: only that file is removed at close."""
         self._jobs = Jobs("control")
         """The serving loop and one job per request in flight."""
+
+    def claim(self) -> None:
+        """Make sure the control path is free to bind, before the daemon takes any task.
+
+        libzmq unlinks an ``ipc://`` path before binding it: a live daemon's
+        socket there would be stolen. Raises :class:`~zsvc.daemon.fs.SocketBusy`
+        when something answers on it; a stale file is removed.
+        """
+        fs.claim_socket_path(self.runtime.control)
 
     def start(self, handler: Handler) -> None:
         """Bind the socket (mode 0660, group ``zsvc``) and serve requests through *handler*."""
         self.socket.bind(self.runtime.control_endpoint)
-        self._bound = True
         os.chmod(self.runtime.control, 0o660)
         share_with_group(self.runtime.control)
+        self._file = fs.SocketFile(self.runtime.control)
         self._jobs.spawn(self._serve(handler), "serve")
 
     async def close(self) -> None:
-        """Answer the requests in flight with an error, then close and remove the socket."""
+        """Answer the requests in flight with an error, then close and remove the socket
+        (the file this daemon bound only: a newer daemon's at the same path stays)."""
         await self._jobs.cancel_all()
         self.socket.close()
-        if self._bound:
-            with contextlib.suppress(FileNotFoundError):
-                self.runtime.control.unlink()
+        if self._file is not None:
+            self._file.remove()
+            self._file = None
 
     async def _serve(self, handler: Handler) -> None:
         while True:

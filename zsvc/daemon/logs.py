@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,29 @@ class CapSchedule:
         return min(CHECK_INTERVAL, max(BUSY_INTERVAL, max_bytes / fastest))
 
 
+def _open_backup(path: Path, live: os.stat_result) -> BinaryIO:
+    """Open ``<log>.1`` for the tail, with the live log's mode and owner, whatever the umask.
+
+    A backup made with ``open("wb")`` under umask 0022 was 0644, readable by
+    every user, next to a live log of 0640. It is opened without following a
+    symlink, and its mode set on the fd (an existing backup keeps the mode it
+    was made with otherwise).
+    """
+    backup = path.with_name(path.name + ".1")
+    mode = stat.S_IMODE(live.st_mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(backup, flags, mode)
+    try:
+        info = os.fstat(fd)
+        if (info.st_uid, info.st_gid) != (live.st_uid, live.st_gid) and os.geteuid() == 0:
+            os.fchown(fd, live.st_uid, live.st_gid)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
+
+
 def cap_logs(paths: Iterable[Path], max_bytes: int) -> Checked:
     """Rotate every log in *paths* larger than *max_bytes*; returns the sizes seen and
     the logs rotated (a missing log is left out)."""
@@ -81,8 +105,7 @@ def cap_logs(paths: Iterable[Path], max_bytes: int) -> Checked:
             size = sizes[path] = path.stat().st_size
             if size <= max_bytes:
                 continue
-            backup = path.with_name(path.name + ".1")
-            with path.open("rb") as source, backup.open("wb") as target:
+            with path.open("rb") as source, _open_backup(path, os.fstat(source.fileno())) as target:
                 source.seek(size - max_bytes - 1)
                 mid_line = source.read(1) != b"\n"
                 tail = source.read(max_bytes)

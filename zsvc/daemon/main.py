@@ -115,14 +115,18 @@ def reload_problem(config: Path | None) -> str | None:
 
 def detach(runtime: Path, state: Path, argv: list[str]) -> int:
     """Start the daemon in its own session; wait for its READY=1, or report why it died."""
-    state.mkdir(parents=True, exist_ok=True)
     log_path = state / "daemon.log"
+    try:
+        log_fd = _open_log(state, log_path)
+    except (OSError, ValueError) as exc:
+        print(f"zsvc daemon: {exc}", file=sys.stderr)
+        return 1
     child_argv = [a for a in argv if a != "--detach"]
     child_argv += ["--runtime-dir", str(runtime), "--state-dir", str(state)]
     with tempfile.TemporaryDirectory(prefix="zsvc-detach-") as tmp:
         server = NotifyServer(Path(tmp) / "notify")
         env = dict(os.environ, NOTIFY_SOCKET=server.path)
-        with open(log_path, "ab") as log_file:
+        with os.fdopen(log_fd, "ab") as log_file:
             child = subprocess.Popen(
                 [sys.executable, "-m", "zsvc.daemon", *child_argv],
                 env=env,
@@ -135,6 +139,26 @@ def detach(runtime: Path, state: Path, argv: list[str]) -> int:
             return _await_ready(server, child, log_path)
         finally:
             server.close()
+
+
+def _open_log(state: Path, log_path: Path) -> int:
+    """Make the state directory and open ``daemon.log`` with the daemon's modes (not the
+    shell's umask: under 0022 both were readable by every user), never through a symlink.
+
+    Raises OSError, or ValueError with what is unsafe and what to do.
+    """
+    from zsvc.daemon import fs
+
+    modes = fs.daemon_modes()
+    try:
+        fs.prepare_dir(
+            state,
+            modes,
+            advice="give it to this user, writable by nobody else, or choose another --state-dir",
+        )
+        return fs.open_file(log_path, modes, os.O_WRONLY | os.O_APPEND)
+    except fs.UnsafePath as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _await_ready(server: NotifyServer, child: subprocess.Popen[bytes], log_path: Path) -> int:

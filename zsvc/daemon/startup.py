@@ -1,7 +1,8 @@
 """Building the daemon whole, and the life of the process that runs it.
 
 :func:`open_daemon` opens the parts in order, each on what the previous one
-made: take the runtime directory's lock (one daemon per directory), load
+made: make and verify the state and runtime directories and take their
+locks (one daemon per table, one per set of sockets: :func:`take_lock`), load
 the contexts given on the command line, open the table, bind and start the
 bus, choose and open the runner, make the manager and the monitor, and make
 (not bind) the control socket. Whatever it opened is closed again in the
@@ -29,14 +30,15 @@ from typing import TYPE_CHECKING, NoReturn
 import zmq.asyncio
 
 from zsvc.config.model import Context
+from zsvc.daemon import fs
 from zsvc.daemon.bus import BindError, BusDevice
-from zsvc.daemon.control import ControlServer, share_with_group
+from zsvc.daemon.control import ControlServer
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.monitor import MonitorService
 from zsvc.daemon.server import Daemon, DaemonError, DaemonOptions
 from zsvc.daemon.table import Table
 from zsvc.errors import ZsvcError
-from zsvc.paths import RuntimeLayout, StateLayout
+from zsvc.paths import Modes, RuntimeLayout, StateLayout, fallback_runtime_dir
 from zsvc.runners.base import Runner, RunnerUnavailable
 from zsvc.runners.choose import choose_runner
 from zsvc.runners.threads import ThreadRunner
@@ -61,21 +63,23 @@ async def open_daemon(
     """
     runtime = RuntimeLayout(options.runtime_dir)
     state = StateLayout(options.state_dir)
+    modes = fs.daemon_modes()
     async with contextlib.AsyncExitStack() as parts:
-        parts.callback(os.close, take_lock(runtime))
+        for fd in take_lock(runtime, state, modes):
+            parts.callback(os.close, fd)
         contexts = [_load_file(path) for path in options.contexts]
         fixed = [(runtime.bus_pub_endpoint, runtime.bus_sub_endpoint)]
         fixed += [(c.endpoints.pub_bind, c.endpoints.sub_bind) for c in contexts]
         context = zmq.asyncio.Context()
         parts.callback(context.term)
-        table = Table(state.database, durable=options.durable)
+        table = Table(state.database, durable=options.durable, mode=modes.file, group=modes.group)
         parts.callback(table.close)
         bus = BusDevice(
             context,
             keys=_start_authenticator(context, options, parts),
             open_commands=options.context_commands,
         )
-        parts.push_async_callback(_close_bus, bus, runtime)
+        parts.push_async_callback(_close_bus, bus)
         _bind(bus, fixed)
         bus.start()
         # Thread tasks run in one host per transaction; every other task goes to the
@@ -88,6 +92,7 @@ async def open_daemon(
         parts.push_async_callback(monitor.close)
         control = ControlServer(context, runtime)
         parts.push_async_callback(control.close)
+        _claim(control)
         return Daemon(
             options,
             runner=runner,
@@ -101,31 +106,94 @@ async def open_daemon(
         )
 
 
-def take_lock(runtime: RuntimeLayout) -> int:
-    """Create the runtime directory and lock it for this daemon; returns the lock's fd.
+def take_lock(runtime: RuntimeLayout, state: StateLayout, modes: Modes) -> list[int]:
+    """Make and verify both directories, then lock them for this daemon; returns the fds.
 
-    The lock file holds the daemon's pid, so that a second daemon can say
-    which one is in its way. The lock lasts as long as the fd stays open.
+    The state directory's lock makes it one daemon per table, whatever its
+    runtime directory: two daemons on one table both adopted its tasks (a
+    task stopped through one was restarted by the other), also after the
+    runtime directory, with its lock, was removed under a running daemon. The
+    runtime directory's lock keeps a second daemon off the first one's
+    sockets. Each lock file holds the pid and runtime directory of its
+    holder, so that a refused daemon can say who is in its way; a lock lasts
+    as long as its fd stays open.
     """
-    root = runtime.root
+    _prepare_dirs(runtime, state, modes)
+    fds: list[int] = []
     try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o750)
-        share_with_group(root)
+        # The runtime directory's first: a daemon on both says so as it always did.
+        for path, what, other in (
+            (runtime.lock, f"{runtime.root}", "--runtime-dir"),
+            (state.lock, f"the state directory {state.root}", "--state-dir"),
+        ):
+            fds.append(_lock(path, modes, what, other))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    holder = f"{os.getpid()}\n{runtime.root}\n".encode()
+    for fd in fds:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder, 0)
+    return fds
+
+
+def _prepare_dirs(runtime: RuntimeLayout, state: StateLayout, modes: Modes) -> None:
+    """Make (or verify) the state directory, its logs/ and the runtime directory, with
+    the planned modes whatever the umask (:mod:`zsvc.daemon.fs`)."""
+    fallback = runtime.root == fallback_runtime_dir(os.geteuid())
+    if fallback:
+        advice = (
+            "if you did not make it, another user may be waiting there for your commands:"
+            f" have it removed (rm -rf {runtime.root}, as root if need be), or set"
+            " XDG_RUNTIME_DIR or --runtime-dir to a directory only you may write to"
+        )
+    else:
+        advice = "give it to this user, writable by nobody else, or choose another --runtime-dir"
+    state_advice = "give it to this user, writable by nobody else, or choose another --state-dir"
+    for path, private, why in (
+        (state.root, False, state_advice),
+        (state.logs, False, state_advice),
+        (runtime.root, fallback, advice),
+    ):
+        try:
+            fs.prepare_dir(path, modes, private=private, advice=why)
+        except fs.UnsafePath as exc:
+            raise DaemonError(str(exc)) from None
+        except OSError as exc:
+            raise DaemonError(f"cannot create the directory {path}: {exc}") from exc
+
+
+def _lock(path: Path, modes: Modes, what: str, option: str) -> int:
+    """Open and lock the lock file *path* (never through a symlink); DaemonError if held."""
+    try:
+        fd = fs.open_file(path, modes)
+    except fs.UnsafePath as exc:
+        raise DaemonError(str(exc)) from None
     except OSError as exc:
-        raise DaemonError(f"cannot create the runtime directory {root}: {exc}") from exc
-    fd = os.open(runtime.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        raise DaemonError(f"cannot open the lock {path}: {exc}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").split("\n")
         os.close(fd)
+        pid = holder[0].strip() or "unknown"
+        sockets = holder[1].strip() if len(holder) > 1 else ""
+        stop = f"'zsvc --runtime-dir {sockets} shutdown'" if sockets else "'zsvc shutdown'"
+        where = f" (its sockets are in {sockets})" if sockets and sockets != what else ""
         raise DaemonError(
-            f"another zsvc daemon (pid {other}) already runs on {root};"
-            " stop it with 'zsvc shutdown' or choose another --runtime-dir"
+            f"another zsvc daemon (pid {pid}) already runs on {what}{where};"
+            f" stop it with {stop} or choose another {option}"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _claim(control: ControlServer) -> None:
+    """The control socket's path must not be another process's live socket."""
+    try:
+        control.claim()
+    except fs.SocketBusy as exc:
+        raise DaemonError(f"cannot bind the control socket: {exc}") from None
 
 
 def _load_file(path: Path) -> Context:
@@ -176,12 +244,11 @@ def _bind(bus: BusDevice, pairs: Endpoints) -> None:
         raise DaemonError(str(exc)) from exc
 
 
-async def _close_bus(bus: BusDevice, runtime: RuntimeLayout) -> None:
-    """Close the bus and remove its ipc:// socket files (the next daemon binds them anew)."""
+async def _close_bus(bus: BusDevice) -> None:
+    """Close the bus and remove the ipc:// socket files it bound, each only if it is
+    still the file bound (a newer daemon's socket at the same path stays)."""
     await bus.close()
-    for path in (runtime.bus_pub, runtime.bus_sub):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    bus.remove_socket_files()
 
 
 async def _choose_runner(options: DaemonOptions, runtime: RuntimeLayout) -> Runner:

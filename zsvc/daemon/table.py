@@ -14,7 +14,9 @@ and friends whenever it changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +52,27 @@ CREATE TABLE IF NOT EXISTS tasks (
 """
 
 
+def _restrict(path: Path, mode: int, group: int | None, create: bool = True) -> None:
+    """Give the table's file *mode* (and *group*) before SQLite opens it, whatever the umask.
+
+    The table holds every stored context, command lines and their arguments
+    included: a database made under umask 0022 was readable by every user.
+    SQLite gives its WAL and shared-memory files the database's mode. The
+    file is opened without following a symlink, and changed through that fd.
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except IsADirectoryError:
+        return  # not a database: SQLite refuses it with its own words
+    try:
+        if group is not None and os.fstat(fd).st_gid != group:
+            os.fchown(fd, -1, group)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class TransactionRow:
     id: str
@@ -78,12 +101,18 @@ class TaskRow:
 class Table:
     """Read and write the transaction table; every write is its own committed transaction."""
 
-    def __init__(self, path: Path, durable: bool = False):
+    def __init__(
+        self, path: Path, durable: bool = False, mode: int = 0o600, group: int | None = None
+    ):
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _restrict(path, mode, group)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
+            for suffix in ("-wal", "-shm"):  # made by SQLite with the database's mode,
+                with contextlib.suppress(FileNotFoundError):  # or left by an older zsvc
+                    _restrict(path.with_name(path.name + suffix), mode, group, create=False)
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=5000")

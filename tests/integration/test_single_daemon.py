@@ -1,0 +1,289 @@
+"""One daemon per state directory, and the daemon's files safe from other users.
+
+Issue 19: a second daemon with another runtime directory but the same state
+directory started and adopted the same tasks (finding 7), also when started
+with ``zsvc daemon --detach`` after the runtime directory was removed, and the
+old daemon's shutdown then removed the new one's sockets by path; another
+user could squat a user's fallback runtime directory in /tmp (finding 4); a
+daemon started under umask 0022 left its table and logs readable by all
+(finding 12).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.conftest import READY_TIMEOUT, REPO, STOP_TIMEOUT, Daemon
+from zsvc.daemon.fs import daemon_modes
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs daemons as root")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def alongside(workdir: Path, name: str) -> Daemon:
+    """A daemon object in its own subdirectory of *workdir* (dirs adjusted by the test)."""
+    root = workdir / name
+    root.mkdir()
+    return Daemon(root)
+
+
+def wait_exit(daemon: Daemon) -> int:
+    """The exit status of a daemon expected to refuse to start (bounded)."""
+    try:
+        return daemon.wait(READY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the daemon started instead of refusing:\n{daemon.log()}")
+
+
+def detach(runtime: Path, state: Path, umask: int = -1) -> subprocess.CompletedProcess[str]:
+    """``zsvc daemon --detach`` on *runtime* and *state* (under *umask*, if given)."""
+    env = dict(os.environ, ZSVC_RUNTIME_DIR=str(runtime), ZSVC_STATE_DIR=str(state))
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run(
+        [sys.executable, "-m", "zsvc.daemon", "--detach"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT + 30,
+        cwd=REPO,
+        umask=umask,
+    )
+
+
+def test_a_second_daemon_on_the_same_state_is_refused_whatever_its_runtime_dir(
+    daemons: Callable[..., Daemon], workdir: Path
+) -> None:
+    first = daemons()
+    second = alongside(workdir, "second")
+    second.state = first.state
+    try:
+        second.start(expect_ready=False)
+        assert wait_exit(second) == 1
+    finally:
+        second.terminate()
+    assert (
+        f"another zsvc daemon (pid {first.pid()}) already runs on the state directory"
+        f" {first.state} (its sockets are in {first.runtime})"
+    ) in second.log()
+    assert f"'zsvc --runtime-dir {first.runtime} shutdown'" in second.log()
+    first.call("ping")
+    assert not (second.runtime / "control").exists()
+
+
+def test_detach_after_the_runtime_dir_was_removed_is_refused(
+    daemons: Callable[..., Daemon],
+) -> None:
+    """Following the CLI's hint ('zsvc daemon --detach') once made a second daemon."""
+    first = daemons()
+    shutil.rmtree(first.runtime)
+    done = detach(first.runtime, first.state)
+    assert done.returncode == 1, done
+    assert f"another zsvc daemon (pid {first.pid()}) already runs on the state" in done.stderr
+
+
+def test_the_old_daemons_shutdown_leaves_the_new_ones_sockets(
+    daemons: Callable[..., Daemon], workdir: Path
+) -> None:
+    first = daemons()
+    shutil.rmtree(first.runtime)  # its sockets and its runtime lock are gone with it
+    newer = alongside(workdir, "newer")
+    newer.runtime = first.runtime  # the same sockets' paths, a table of its own
+    try:
+        newer.start()
+        sockets = [first.runtime / name for name in ("control", "bus-pub", "bus-sub")]
+        assert all(path.exists() for path in sockets)
+        assert first.terminate() == 0
+        assert [path for path in sockets if not path.exists()] == []
+        newer.call("ping")
+        newer.bus()  # its bus still reachable
+    finally:
+        newer.terminate()
+    assert [path for path in sockets if path.exists()] == [], "its own are removed"
+
+
+# --- modes under umask 0022 -------------------------------------------------------------
+
+
+@pytest.fixture
+def detached(workdir: Path) -> Iterator[Callable[[], int]]:
+    """Start ``zsvc daemon --detach`` under umask 0022 in *workdir*; stopped at teardown."""
+    pids: list[int] = []
+
+    def start() -> int:
+        done = detach(workdir / "run", workdir / "state", umask=0o022)
+        assert done.returncode == 0, done
+        found = re.search(r"zsvc daemon (\d+) ready", done.stdout)
+        assert found, done.stdout
+        pids.append(int(found.group(1)))
+        return pids[-1]
+
+    yield start
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except psutil.TimeoutExpired:
+                process.kill()
+
+
+def test_a_daemon_started_under_umask_0022_keeps_its_files_to_itself(
+    detached: Callable[[], int], workdir: Path
+) -> None:
+    detached()
+    modes = daemon_modes()
+    state, runtime = workdir / "state", workdir / "run"
+    wanted = {
+        state: modes.dir,
+        state / "logs": modes.dir,
+        state / "zsvc.sqlite3": modes.file,
+        state / "daemon.lock": modes.file,
+        state / "daemon.log": modes.file,
+        runtime: modes.dir,
+        runtime / "daemon.lock": modes.file,
+        runtime / "control": 0o660,
+    }
+    wanted.update({path: modes.file for path in state.glob("zsvc.sqlite3-*")})
+    found = {path: mode(path) for path in wanted}
+    assert found == wanted, {str(path): oct(value) for path, value in found.items()}
+    if modes.group is not None:
+        assert {path.stat().st_gid for path in wanted} == {modes.group}
+
+
+# --- a squatted fallback runtime directory ---------------------------------------------
+
+
+def _useradd(name: str) -> int:
+    """A throwaway system user (retried while another useradd holds /etc/passwd's lock)."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode == 0:
+            return pwd.getpwnam(name).pw_uid
+        if time.monotonic() > deadline or "lock" not in done.stderr:
+            pytest.skip(f"cannot add a throwaway user: {done.stderr.strip()}")
+        time.sleep(0.1)  # a back-off while another useradd holds the lock (bounded above)
+
+
+def _remove_user(name: str, uid: int) -> None:
+    for process in psutil.process_iter(["uids"]):
+        with contextlib.suppress(psutil.Error):
+            if process.info["uids"] and process.info["uids"].real == uid:
+                process.kill()
+    subprocess.run(["userdel", name], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def users() -> Iterator[Callable[[str], int]]:
+    """Throwaway users by role; removed (with any process of theirs) at teardown."""
+    made: list[tuple[str, int]] = []
+
+    def make(role: str) -> int:
+        name = f"zt{os.getpid() % 100_000}{role}"
+        made.append((name, _useradd(name)))
+        return made[-1][1]
+
+    yield make
+    for name, uid in made:
+        _remove_user(name, uid)
+
+
+def run_as(
+    uid: int, argv: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run *argv* as *uid* alone (no supplementary group), bounded by *timeout*."""
+    return subprocess.run(
+        argv,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _python_for(uid: int) -> str:
+    """An interpreter with zsvc's dependencies that *uid* may run (this one may be under
+    /root), or skip."""
+    candidates = [sys.executable, str(REPO / ".venv-floor" / "bin" / "python"), "/usr/bin/python3"]
+    for python in candidates:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            env = {"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+            imports = "import zsvc.daemon.main, zsvc.cli.app"
+            probe = run_as(uid, [python, "-c", imports], env, Path("/"), 60)
+            if probe.returncode == 0:
+                return python
+    pytest.skip("no interpreter with zsvc's dependencies that another user may run")
+
+
+def test_a_squatted_fallback_runtime_dir_is_refused(users: Callable[[str], int]) -> None:
+    """Another user made /tmp/zsvc-<uid> first, 0777, its lock a symlink to our file: the
+    daemon refuses the directory (its lock no longer truncates our file), and the CLI
+    sends nothing to a control socket the squatter put there."""
+    victim, squatter = users("v"), users("s")
+    python = _python_for(victim)
+    fallback = Path(f"/tmp/zsvc-{victim}")
+    shutil.rmtree(fallback, ignore_errors=True)  # a throwaway uid's: nobody's
+    home = Path(tempfile.mkdtemp(prefix="zt-victim-", dir="/tmp"))
+    try:
+        os.chown(home, victim, victim)
+        precious = home / "precious"
+        precious.write_text("precious\n")
+        os.chown(precious, victim, victim)
+        fallback.mkdir()
+        os.chown(fallback, squatter, squatter)
+        fallback.chmod(0o777)
+        (fallback / "daemon.lock").symlink_to(precious)
+        os.lchown(fallback / "daemon.lock", squatter, squatter)
+        env = {"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(home)}
+        env.update(ZSVC_STATE_DIR=str(home / "state"), PATH="/usr/bin:/bin", LC_ALL="C.UTF-8")
+        try:
+            daemon = [python, "-m", "zsvc.daemon", "--runner", "local"]
+            done = run_as(victim, daemon, env, home, READY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the daemon started in a directory another user owns")
+        assert done.returncode == 1, done
+        assert (
+            f"refusing to use {fallback}: it belongs to uid {squatter}, not to you (uid {victim})"
+        ) in done.stderr
+        assert f"rm -rf {fallback}" in done.stderr
+        assert precious.read_text() == "precious\n"
+        assert not (fallback / "control").exists()
+        # The squatter's own "daemon" there gets none of the victim's commands either.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fake:
+            fake.bind(str(fallback / "control"))
+            fake.listen()
+            ping = run_as(victim, [python, "-m", "zsvc", "ping"], env, home, 60)
+        assert ping.returncode == 3, ping
+        assert f"refusing to use {fallback}" in ping.stderr
+    finally:
+        shutil.rmtree(fallback, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
