@@ -1,4 +1,4 @@
-"""Size limits against a real daemon (issue 19, finding 10).
+"""Size limits and task text against a real daemon (issue 19, findings 10 and 17).
 
 An oversized request used to be answered with an empty request id: the
 client dropped the answer, waited for its timeout (310 s for ``start``)
@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import zmq
 
-from tests.integration.conftest import Daemon
+from tests.integration.conftest import Daemon, TaskDef, wait_until
 from zsvc import commands, protocol
 from zsvc.paths import RuntimeLayout
 
@@ -69,3 +71,36 @@ def test_the_cli_refuses_a_context_over_the_limit_before_sending(
     assert f"(limit {protocol.MAX_CONTEXT_BYTES} bytes)" in result.stderr
     assert "hint" not in result.stderr and time.monotonic() - started < 10
     assert daemon.cli("status", "BIG").code == 4
+
+
+ESCAPES = "\x1b]0;owned\x07\x1b[31mred\x1b[0m"
+NOISY_TASK = """
+import os, socket, sys, time
+text = {text!r}
+print("out: " + text, flush=True)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(("READY=1\\nSTATUS=" + text).encode(), os.environ["NOTIFY_SOCKET"])
+time.sleep(3600)
+"""
+
+
+def test_a_tasks_terminal_escapes_are_shown_escaped_by_status_and_logs(
+    daemon: Daemon,
+    make_context: Callable[..., Path],
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 17 end to end: STATUS= text and output with escapes, through a real daemon."""
+    monkeypatch.setenv("COLUMNS", "250")  # rich's width off a terminal: no folded cells
+    script = workdir / "noisy.py"
+    script.write_text(NOISY_TASK.format(text=ESCAPES))
+    task = TaskDef("noisy", command=f"python3 {script}", notify=True, location=None)
+    started = daemon.cli("start", "--context", str(make_context([task])), "ESC", "--json")
+    assert started.code == 0, started.stderr
+    assert started.json()["tasks"][0]["status_text"] == ESCAPES  # JSON: the exact text
+    for argv in (("status", "ESC"), ("status",), ("logs", "ESC")):
+        shown = wait_until(
+            lambda a=argv: (out := daemon.cli(*a)).code == 0 and "red" in out.stdout and out
+        )
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout, (argv, shown.stdout)
+        assert "\\x1b]0;owned\\x07\\x1b[31mred" in shown.stdout, (argv, shown.stdout)
