@@ -17,6 +17,7 @@ Wire format (one JSON object per ZMQ message, DEALER → ROUTER)::
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class Param:
     default: Any = None
     help: str = ""
     list_of: type | None = None  # when type is list: the element type
+    positive: bool = False
+    """A number that must be finite and above zero (timeouts): NaN, infinity, 0 or a
+    negative value from a client that is not the CLI is refused, not obeyed."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ def _check_type(command: str, param: Param, value: Any) -> Any:
         value = float(value)
     if not isinstance(value, expected):
         raise BadRequest(f"{command}: argument '{param.name}' must be {_names(expected)}")
+    if param.positive and not (math.isfinite(value) and value > 0):
+        raise BadRequest(f"{command}: argument '{param.name}' must be a finite number above 0")
     if param.list_of is not None:
         for item in value:
             if not isinstance(item, param.list_of):
@@ -96,7 +102,9 @@ def _names(types: tuple[type, ...]) -> str:
 
 _TRANSACTION = Param("transaction", str, help="transaction id")
 _SERVICES = Param("services", list, default=[], list_of=str, help="task ids (default: all)")
-_TIMEOUT = Param("timeout", float, default=None, help="seconds to wait (default: the tasks' own)")
+_TIMEOUT = Param(
+    "timeout", float, default=None, help="seconds to wait (default: the tasks' own)", positive=True
+)
 
 COMMANDS: dict[str, Command] = {
     command.name: command

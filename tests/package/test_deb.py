@@ -157,6 +157,7 @@ def demo_context(inside: Inside, box: SystemdBox) -> str:
     return f"{DEMO}/Conf/Context-EchoAction.xml"
 
 
+@pytest.mark.timeout(900)  # two apt installs in a fresh box: past the suite's 120 s when busy
 def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path]) -> None:
     first, upgrade = debs
     inside = Inside(box)

@@ -376,3 +376,15 @@ def test_every_context_request_is_a_valid_control_request(action: str) -> None:
     command, args = context_request(action, "T1", ["ts_1"])
     request_id, decoded, parsed = decode_request(encode_request("r1", command.name, args))
     assert (request_id, decoded, parsed) == ("r1", command, args)
+
+
+@pytest.mark.parametrize("command", ["start", "stop", "restart"])
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), float("inf"), -0.5])
+def test_the_daemon_refuses_a_timeout_that_is_not_a_finite_positive_number(
+    command: str, timeout: float
+) -> None:
+    """A raw client (not the CLI, which checks too) cannot make every task be SIGKILLed at once."""
+    raw = {"transaction": "T", "timeout": timeout}
+    with pytest.raises(BadRequest, match="'timeout' must be a finite number above 0"):
+        COMMANDS[command].parse_args(raw)
+    assert COMMANDS[command].parse_args({"transaction": "T", "timeout": 2})["timeout"] == 2.0
