@@ -9,7 +9,11 @@ subscriptions come and go (the monitor samples only while someone listens).
 
 One device binds every endpoint: the runtime directory's ``ipc://`` pair,
 which the tasks and the CLI use, and every TCP pair a loaded context names.
-They are views of one bus; messages are scoped by their transaction.
+They are views of one bus; messages are scoped by their transaction. The
+device has two XSUB/XPUB pairs, a trusted one (``ipc://``, CURVE TCP) and a
+public one (TCP without CURVE): the daemon observes only the trusted XSUB and
+sends its private messages only on the trusted XPUB; everything else is
+forwarded between the two (:mod:`zsvc.daemon.trust` says what, and why).
 Binds failing (a port in use) raise, so the error reaches the user instead
 of being lost as in the original's fire-and-forget forwarder.
 
@@ -44,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from zsvc import protocol
-from zsvc.daemon import fs
+from zsvc.daemon import fs, trust
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
     from zsvc.curve import ServerKeys
@@ -76,6 +80,12 @@ class BindPlan:
 
     endpoint: str
     curve: bool
+
+    @property
+    def trusted(self) -> bool:
+        """Whether whoever connects here was vetted: by the file system (``ipc://``) or
+        by a CURVE handshake. Plain TCP is open to every local user: the public side."""
+        return self.curve or self.endpoint.startswith(trust.TRUSTED_TRANSPORTS)
 
 
 def plan_bind(endpoint: str, *, curve: bool, open_commands: bool = False) -> BindPlan:
@@ -125,8 +135,49 @@ def _readable(sock: zmq.Socket[bytes]) -> bool:
     return bool(sock.getsockopt(zmq.EVENTS) & _POLLIN)
 
 
+def _count(subscriptions: collections.Counter[bytes], frame: bytes) -> bytes | None:
+    """Apply an XPUB (un)subscription *frame* to *subscriptions*; its topic, or None.
+
+    A topic nobody wants any more is forgotten: every task host's handshake
+    subscribes to a topic of its own, so keeping zeros would grow without
+    bound and slow down every subscribers() call.
+    """
+    if not frame:
+        return None
+    topic = frame[1:]
+    if frame[0] == 1:
+        subscriptions[topic] += 1
+    elif frame[0] == 0 and topic in subscriptions:
+        subscriptions[topic] -= 1
+        if subscriptions[topic] <= 0:
+            del subscriptions[topic]
+    else:
+        return None
+    return topic
+
+
+def _device_pair(context: zmq.Context[Any]) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """An XSUB and an XPUB as the device uses them: plain sockets (also from an asyncio
+    context), since the device drains them itself, and bounded queues."""
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]] = (
+        zmq.Socket(context, zmq.XSUB),
+        zmq.Socket(context, zmq.XPUB),
+    )
+    for sock in pair:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    return pair
+
+
 class BusDevice:
-    """An XSUB/XPUB forwarder in the event loop, observing what the daemon needs."""
+    """An XSUB/XPUB forwarder in the event loop, observing what the daemon needs.
+
+    Two pairs (:mod:`zsvc.daemon.trust`): what arrives on the trusted XSUB is
+    observed and forwarded to both XPUBs; what arrives on the public XSUB is
+    never observed, forwarded to the public XPUB, and to the trusted one only
+    when :func:`trust.admit_public` allows.
+    """
 
     def __init__(
         self,
@@ -140,15 +191,18 @@ class BusDevice:
         (the daemon sets it once every part exists), they are forwarded, not observed."""
         self.keys = keys
         self.open_commands = open_commands
-        # Plain sockets (also from an asyncio context): the device drains them itself.
-        self.xsub: zmq.Socket[bytes] = zmq.Socket(context, zmq.XSUB)
-        self.xpub: zmq.Socket[bytes] = zmq.Socket(context, zmq.XPUB)
-        for sock in (self.xsub, self.xpub):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-            sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        self.xsub, self.xpub = _device_pair(context)
+        """The trusted side (``ipc://``, CURVE TCP): the daemon reads and speaks here."""
+        self.public_xsub, self.public_xpub = _device_pair(context)
+        """The public side (TCP without CURVE): forwarded, never read by the daemon."""
         self.pub_endpoints: set[str] = set()
         self.sub_endpoints: set[str] = set()
+        self._bound_on: dict[str, zmq.Socket[bytes]] = {}
+        """The device socket each bound endpoint is bound on (release unbinds it there)."""
+        self.public_subscriptions: collections.Counter[bytes] = collections.Counter()
+        """The public XPUB's topics: while empty, nothing is sent to the public side."""
+        self.withheld = 0
+        """Public messages not passed to the trusted side (:func:`trust.admit_public`)."""
         self.socket_files: dict[Path, fs.SocketFile] = {}
         """The ``ipc://`` socket files this device bound, as bound: only these are removed."""
         self.subscriptions: collections.Counter[bytes] = collections.Counter()
@@ -166,8 +220,8 @@ class BusDevice:
                 f"bus endpoints {pub.endpoint} and {sub.endpoint} clash with the other side"
             )
         for sock, plan, bound in (
-            (self.xsub, pub, self.pub_endpoints),
-            (self.xpub, sub, self.sub_endpoints),
+            (self.xsub if pub.trusted else self.public_xsub, pub, self.pub_endpoints),
+            (self.xpub if sub.trusted else self.public_xpub, sub, self.sub_endpoints),
         ):
             if plan.endpoint in bound:
                 continue
@@ -176,7 +230,9 @@ class BusDevice:
             except zmq.ZMQError as exc:
                 raise BindError(f"cannot bind the bus endpoint {plan.endpoint}: {exc}") from exc
             bound.add(plan.endpoint)
-            log.info("bus bound %s%s", plan.endpoint, " (CURVE)" if plan.curve else "")
+            self._bound_on[plan.endpoint] = sock
+            side = " (CURVE)" if plan.curve else "" if plan.trusted else " (public side)"
+            log.info("bus bound %s%s", plan.endpoint, side)
         self._drain_soon()  # binding processed the socket's commands: maybe its FD's signal
 
     def _plan(self, endpoint: str) -> BindPlan:
@@ -231,11 +287,9 @@ class BusDevice:
         """
         pubs = {self._plan(pub).endpoint for pub, _ in keep}
         subs = {self._plan(sub).endpoint for _, sub in keep}
-        for sock, bound, wanted in (
-            (self.xsub, self.pub_endpoints, pubs),
-            (self.xpub, self.sub_endpoints, subs),
-        ):
+        for bound, wanted in ((self.pub_endpoints, pubs), (self.sub_endpoints, subs)):
             for endpoint in sorted(bound - wanted):
+                sock = self._bound_on.pop(endpoint)
                 try:
                     sock.unbind(endpoint)
                 except zmq.ZMQError as exc:  # not bound as spelled: nothing to release
@@ -248,31 +302,43 @@ class BusDevice:
     def start(self) -> None:
         # Publishers filter on their side by the subscriptions XSUB sends them:
         # subscribe to everything so that every message reaches the device.
-        self.xsub.send(b"\x01")
+        for xsub in (self.xsub, self.public_xsub):
+            xsub.send(b"\x01")
         self._loop = asyncio.get_running_loop()
-        for sock in (self.xsub, self.xpub):
+        for sock in self._sockets():
             self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
         self._drain_soon()  # what arrived before the readers were added signals no more
 
+    def _sockets(self) -> tuple[zmq.Socket[bytes], ...]:
+        return (self.xsub, self.xpub, self.public_xsub, self.public_xpub)
+
     async def close(self) -> None:
         if self._loop is not None:
-            for sock in (self.xsub, self.xpub):
+            for sock in self._sockets():
                 self._loop.remove_reader(sock.getsockopt(zmq.FD))
             self._loop = None
-        self.xsub.close()
-        self.xpub.close()
+        for sock in self._sockets():
+            sock.close()
 
     def publish(self, message: protocol.Message) -> None:
-        """Publish the daemon's own message to every subscriber."""
-        self._send(protocol.encode(message))
+        """Publish the daemon's own message: to the trusted side, and to the public side
+        only when it is for every local user's eyes (:func:`trust.is_public`)."""
+        public = trust.is_public(message)
+        self._send(protocol.encode(message), public)
         # Sending processed XPUB's commands: a subscription that came meanwhile may
         # have used up the FD's signal, so look for one unless a drain is coming anyway.
-        if not self._drain_scheduled and _readable(self.xpub):
+        if not self._drain_scheduled and (
+            _readable(self.xpub) or (public and _readable(self.public_xpub))
+        ):
             self._drain_soon()
 
-    def _send(self, frames: list[bytes]) -> None:
+    def _send(self, frames: list[bytes], public: bool) -> None:
+        """Send to the trusted subscribers and, if *public*, to the public ones (if any)."""
         with contextlib.suppress(zmq.Again):
             self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+        if public and self.public_subscriptions:
+            with contextlib.suppress(zmq.Again):
+                self.public_xpub.send_multipart(frames, flags=zmq.NOBLOCK)
 
     def _drain_soon(self) -> None:
         """Drain both sockets at the next loop turn (once, however often asked)."""
@@ -294,6 +360,7 @@ class BusDevice:
         try:
             while budget > 0:
                 moved = self._forward(budget)
+                moved += self._forward_public(budget - moved)
                 moved += self._read_subscriptions(budget - moved)
                 if not moved:
                     return
@@ -307,14 +374,32 @@ class BusDevice:
         self._drain_soon()
 
     def _forward(self, limit: int) -> int:
-        """Forward up to *limit* queued messages from publishers to subscribers."""
+        """Forward up to *limit* messages of trusted publishers to every subscriber,
+        observing those the daemon acts on."""
         moved = 0
         while moved < limit and _readable(self.xsub):
             frames = self.xsub.recv_multipart(zmq.NOBLOCK)
             moved += 1
-            self._send(frames)
+            self._send(frames, True)
             if frames[0].startswith(OBSERVED_TOPICS):
                 self._observe(frames)
+        return moved
+
+    def _forward_public(self, limit: int) -> int:
+        """Forward up to *limit* messages of public publishers, observing none of them:
+        to the public subscribers, and to the trusted ones if :func:`trust.admit_public`."""
+        moved = 0
+        while moved < limit and _readable(self.public_xsub):
+            frames = self.public_xsub.recv_multipart(zmq.NOBLOCK)
+            moved += 1
+            if self.public_subscriptions:
+                with contextlib.suppress(zmq.Again):
+                    self.public_xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+            if trust.admit_public(frames):
+                with contextlib.suppress(zmq.Again):
+                    self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+            else:
+                self.withheld += 1
         return moved
 
     def _observe(self, frames: list[bytes]) -> None:
@@ -331,34 +416,21 @@ class BusDevice:
             log.exception("error while handling a bus message on %r", message.topic)
 
     def _read_subscriptions(self, limit: int) -> int:
-        """Count up to *limit* queued (un)subscriptions; returns how many were read."""
+        """Count up to *limit* queued (un)subscriptions of both sides; returns how many."""
         read = 0
         while read < limit and _readable(self.xpub):
             frame = self.xpub.recv(zmq.NOBLOCK)
             read += 1
-            self._subscription(frame)
+            if (topic := _count(self.subscriptions, frame)) is not None and self.on_subscription:
+                self.on_subscription(topic)
+        while read < limit and _readable(self.public_xpub):
+            _count(self.public_subscriptions, self.public_xpub.recv(zmq.NOBLOCK))
+            read += 1
         return read
 
-    def _subscription(self, frame: bytes) -> None:
-        if not frame:
-            return
-        topic = frame[1:]
-        if frame[0] == 1:
-            self.subscriptions[topic] += 1
-        elif frame[0] == 0 and topic in self.subscriptions:
-            # Forget a topic nobody wants any more: every task host's handshake
-            # subscribes to a topic of its own, so keeping zeros would grow
-            # without bound and slow down every subscribers() call.
-            self.subscriptions[topic] -= 1
-            if self.subscriptions[topic] <= 0:
-                del self.subscriptions[topic]
-        else:
-            return
-        if self.on_subscription is not None:
-            self.on_subscription(topic)
-
     def subscribers(self, topic: bytes) -> int:
-        """How many subscriptions would receive *topic* (prefix match, as ZMQ does)."""
+        """How many trusted subscriptions would receive *topic* (prefix match, as ZMQ does):
+        the daemon's private messages (records, samples) are worth making only for them."""
         return sum(
             count for prefix, count in self.subscriptions.items() if topic.startswith(prefix)
         )
