@@ -155,13 +155,16 @@ def test_a_daemon_started_under_umask_0022_keeps_its_files_to_itself(
     state, runtime = workdir / "state", workdir / "run"
     wanted = {
         state: modes.dir,
-        state / "logs": modes.dir,
+        # Set-group-ID when shared with group zsvc: the task logs under it get the group.
+        state / "logs": modes.dir | (stat.S_ISGID if modes.group is not None else 0),
         state / "zsvc.sqlite3": modes.file,
         state / "daemon.lock": modes.file,
         state / "daemon.log": modes.file,
         runtime: modes.dir,
         runtime / "daemon.lock": modes.file,
         runtime / "control": 0o660,
+        runtime / "bus-pub": 0o660,
+        runtime / "bus-sub": 0o660,
     }
     wanted.update({path: modes.file for path in state.glob("zsvc.sqlite3-*")})
     found = {path: mode(path) for path in wanted}

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from zsvc.cli.text import printable
 
@@ -26,6 +26,18 @@ def tail(path: Path, count: int) -> list[str]:
             return list(deque(handle, maxlen=count)) if count > 0 else []
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        unreadable(path, exc)
+
+
+def unreadable(path: Path, exc: OSError) -> NoReturn:
+    """Exit 1 with one line that says which log and why (a traceback helps nobody)."""
+    why = exc.strerror or str(exc)
+    hint = ""
+    if isinstance(exc, PermissionError):
+        hint = " (a root daemon's task logs are readable by root and group zsvc)"
+    sys.stderr.write(f"zsvc: cannot read {path}: {why.lower()}{hint}\n")
+    raise SystemExit(1)
 
 
 def show_logs(entries: list[dict[str, Any]], count: int, follow: bool) -> None:
@@ -46,11 +58,16 @@ def show_logs(entries: list[dict[str, Any]], count: int, follow: bool) -> None:
             if size < start:  # rotated (copytruncate)
                 start = 0
             if size > start:
-                with path.open("r", errors="replace", newline="\n") as handle:
-                    handle.seek(start)
-                    for line in handle:
-                        _emit(entry["task"], line, prefix, width)
-                    positions[entry["path"]] = handle.tell()
+                try:
+                    with path.open("r", errors="replace", newline="\n") as handle:
+                        handle.seek(start)
+                        for line in handle:
+                            _emit(entry["task"], line, prefix, width)
+                        positions[entry["path"]] = handle.tell()
+                except FileNotFoundError:
+                    pass  # rotated away between the size and the open: read it next time
+                except OSError as exc:
+                    unreadable(path, exc)
         sys.stdout.flush()
         time.sleep(FOLLOW_INTERVAL)  # a user-facing refresh rate, not synchronisation
 

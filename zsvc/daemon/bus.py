@@ -40,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 OBSERVED_TOPICS = (b"control", b"state", b"context")
 HIGH_WATER_MARK = 10_000
 """Per-peer queue bound: a subscriber that never reads costs at most this many messages."""
+SOCKET_MODE = 0o660
+"""The ``ipc://`` socket files' mode: connecting needs write permission."""
 DRAIN_BATCH = 1_000
 """Messages moved per event-loop turn at most: a flood must not starve the control socket."""
 
@@ -124,6 +127,15 @@ def _ipc_path(endpoint: str) -> Path | None:
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
         return None
     return Path(endpoint[len("ipc://") :]).absolute()
+
+
+def _share(path: Path) -> None:
+    """Give a bound ``ipc://`` socket file the control socket's mode and group (0660,
+    group ``zsvc`` of a root daemon): whoever may command zsvc may also use its bus
+    (``zsvc send``, ``zsvc monitor``), and nobody else, whatever the umask."""
+    os.chmod(path, SOCKET_MODE)
+    if (gid := fs.control_gid()) is not None:
+        os.chown(path, -1, gid)
 
 
 def _readable(sock: zmq.Socket[bytes]) -> bool:
@@ -265,6 +277,7 @@ class BusDevice:
         except fs.SocketBusy as exc:
             raise BindError(f"cannot bind the bus endpoint {endpoint}: {exc}") from None
         sock.bind(endpoint)
+        _share(path)
         self.socket_files[path] = fs.SocketFile(path)
 
     def remove_socket_files(self, only: Iterable[str] | None = None) -> None:

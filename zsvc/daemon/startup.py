@@ -23,6 +23,7 @@ import fcntl
 import logging
 import os
 import resource
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -162,6 +163,10 @@ def _prepare_dirs(runtime: RuntimeLayout, state: StateLayout, modes: Modes) -> N
             raise DaemonError(str(exc)) from None
         except OSError as exc:
             raise DaemonError(f"cannot create the directory {path}: {exc}") from exc
+    if modes.group is not None:
+        # Set-group-ID: each transaction's directory and task log made under logs/ gets
+        # the group too, so its members may read them (zsvc logs; issue 19, finding 15).
+        os.chmod(state.logs, stat.S_ISGID | modes.dir)
 
 
 def _lock(path: Path, modes: Modes, what: str, option: str) -> int:
