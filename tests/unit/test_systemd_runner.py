@@ -19,7 +19,8 @@ from zsvc import journal
 from zsvc.naming import unit_name
 from zsvc.runners.base import ExitInfo, LaunchSpec, LogSource, RunnerUnavailable, TaskKey
 from zsvc.runners.choose import choose_runner, systemd_booted
-from zsvc.runners.systemd import SystemdRunner, SystemdTask
+from zsvc.runners.systemd import SystemdRunner
+from zsvc.runners.systemdtask import SystemdTask
 from zsvc.runners.transient import unit_path
 from zsvc.states import Result
 

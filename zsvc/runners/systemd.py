@@ -5,7 +5,8 @@ A task becomes ``zsvc-<transaction>-<task>.service`` in slice
 ``StartTransientUnit``; systemd's cgroups, readiness (``Type=notify``),
 watchdog, kill logic and journald do the supervision. What to send and what
 the answers mean is in :mod:`zsvc.runners.transient` (pure, unit-tested);
-this module is the D-Bus I/O around it.
+one task's handle, fed by its unit's signals, is in :mod:`zsvc.runners.systemdtask`;
+this module is the D-Bus I/O around them: starting units, listening, reconnecting.
 
 **State comes from signals, never from polling.** One match rule per unit
 (its ``PropertiesChanged``) plus one for the manager's ``JobRemoved`` and
@@ -22,7 +23,7 @@ name is used again.
 
 **Events are held until start()/adopt() returned**, so the daemon has the
 handle before it hears that the task is ready or gone (the local runner
-has the same order).
+has the same order): :mod:`zsvc.runners.systemdtask`.
 
 **Re-adoption.** ``describe()`` stores the unit name, its MainPID and
 systemd's InvocationID; after a daemon crash :meth:`SystemdRunner.adopt`
@@ -38,14 +39,12 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from dbus_fast import Message, MessageType
 
-from zsvc import journal
+from zsvc.jobs import Jobs
 from zsvc.naming import slice_name
 from zsvc.runners import transient
 from zsvc.runners.base import (
@@ -56,10 +55,8 @@ from zsvc.runners.base import (
     Runner,
     RunnerEvents,
     RunnerUnavailable,
-    TaskHandle,
 )
-from zsvc.runners.cgroup import cgroup_of, members_of
-from zsvc.runners.exitcodes import EXIT_CHDIR, EXIT_EXEC, KILL_WAIT
+from zsvc.runners.exitcodes import EXIT_CHDIR, EXIT_EXEC
 from zsvc.runners.sdbus import (
     MANAGER,
     MANAGER_MATCH,
@@ -74,6 +71,7 @@ from zsvc.runners.sdbus import (
     unit_match,
     variant,
 )
+from zsvc.runners.systemdtask import SystemdTask, vanished
 from zsvc.states import Result, State
 
 log = logging.getLogger(__name__)
@@ -89,184 +87,6 @@ RECONNECT_WAIT = 5.0
 """How long to try to reach the bus again after losing it, before giving the tasks up."""
 
 
-@dataclass(eq=False)
-class SystemdTask(TaskHandle):
-    """A task running as a transient unit."""
-
-    runner: SystemdRunner | None = None
-    unit: str = ""
-    path: str = ""
-    service_name: str = ""
-    view: transient.UnitView = field(default_factory=transient.UnitView)
-    ready: bool = False
-    stop_requested: bool = False
-    removed: asyncio.Event = field(default_factory=asyncio.Event)
-    _exited: asyncio.Event = field(default_factory=asyncio.Event)
-    _pid_known: asyncio.Event = field(default_factory=asyncio.Event)
-    _start_job_seen: bool = False
-    _returned: bool = False
-    """The daemon has read ``pid``: a later MainPID is news for it (``on_main_pid``)."""
-    _held: list[Callable[[], None]] | None = field(default_factory=list)
-    """Events waiting until the daemon has this handle (None once released)."""
-
-    async def wait(self) -> ExitInfo:
-        await self._exited.wait()
-        assert self.exit_info is not None
-        return self.exit_info
-
-    def send_signal(self, signum: int) -> None:
-        if self.exit_info is None and self.runner is not None:
-            self.runner.bus_send("KillUnit", "ssi", [self.unit, "main", int(signum)])
-
-    def kill(self) -> None:
-        if self.exit_info is None and self.runner is not None:
-            self.runner.bus_send("KillUnit", "ssi", [self.unit, "all", int(signal.SIGKILL)])
-
-    async def stop(self, timeout: float | None = None) -> ExitInfo:
-        """StopUnit: systemd sends SIGTERM, waits TimeoutStopUSec, then SIGKILLs the cgroup."""
-        if self.exit_info is not None:
-            return self.exit_info
-        assert self.runner is not None
-        self.stop_requested = True
-        limit = self.spec.stop_timeout if timeout is None else timeout
-        try:
-            if timeout is not None and timeout != self.spec.stop_timeout:
-                prop = [["TimeoutStopUSec", variant("t", transient.usec(timeout))]]
-                await self.runner.call("SetUnitProperties", "sba(sv)", [self.unit, True, prop])
-            await self.runner.call("StopUnit", "ss", [self.unit, "replace"])
-        except SystemdError as exc:
-            if exc.name != NO_SUCH_UNIT:
-                log.warning("%s/%s: StopUnit: %s", *self.key, exc)
-            elif self.exit_info is None:  # gone, and its end not (yet) seen
-                self._finish(self.view.exit() if self.view.ended else _vanished())
-        if await self._wait_exit(limit + KILL_WAIT):
-            return self.exit_info  # type: ignore[return-value]
-        log.warning("%s/%s: systemd reported no end after %g s: SIGKILL", *self.key, limit)
-        self.kill()
-        if not await self._wait_exit(KILL_WAIT):
-            self._finish(ExitInfo(Result.TIMEOUT, detail="systemd reported no end of the unit"))
-        return self.exit_info  # type: ignore[return-value]
-
-    def describe(self) -> dict[str, Any]:
-        return {"pid": self.pid, "unit": self.unit, "invocation_id": self.view.invocation}
-
-    def processes(self) -> list[int]:
-        """The unit's cgroup is its exact process set (what systemd would kill), so the
-        monitor samples a daemonised grandchild too; the main pid's tree without it."""
-        group = cgroup_of(self.pid) if self.pid else None
-        members = members_of(group) if group else []
-        if not members:
-            return super().processes()
-        return [self.pid, *sorted(pid for pid in members if pid != self.pid)]
-
-    # --- internals ------------------------------------------------------------------
-
-    async def _wait_exit(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._exited.wait(), seconds)
-        return self.exit_info is not None
-
-    def _emit(self, action: Callable[[], None]) -> None:
-        if self._held is not None:
-            self._held.append(action)
-        else:
-            action()
-
-    def _release(self) -> None:
-        """The daemon has the handle now: tell it what happened meanwhile, in order."""
-        held, self._held = self._held or [], None
-        for action in held:
-            action()
-
-    def on_properties(self, interface: str, properties: Mapping[str, Any]) -> None:
-        """One PropertiesChanged (or GetAll) of the unit."""
-        if self.exit_info is not None:
-            return
-        changed = self.view.update(interface, properties)
-        if "main_pid" in changed and self.view.main_pid:
-            news = self._returned and self.view.main_pid != self.pid  # or MAINPID= from the task
-            self.pid = self.view.main_pid
-            self._pid_known.set()
-            if news:
-                self._emit(
-                    self._report(lambda e: e.on_main_pid(self.key, self.pid, self.describe()))
-                )
-        if "status_text" in changed and not self.view.ended:
-            text = self.view.status_text
-            self._emit(self._report(lambda e: e.on_status(self.key, text)))
-        if "active_state" in changed:
-            state = self.view.active_state
-            if state == State.ACTIVE and not self.ready:
-                self._became_ready()
-            elif state == State.DEACTIVATING and self.ready and not self.stop_requested:
-                self._emit(self._report(lambda e: e.on_stopping(self.key)))
-        if self.view.ended:
-            if not self.ready and not self.spec.notify and self.view.exec_succeeded:
-                # Type=exec: it ran, and ended within one systemd loop turn, so "active"
-                # was never signalled. The local runner calls such a task ready at exec.
-                self._became_ready()
-            self._finish(self.view.exit())
-
-    def _became_ready(self) -> None:
-        self.ready = True
-        self._emit(self._report(lambda e: e.on_ready(self.key)))
-        self._journal("ready", journal.INFO)
-
-    def on_job_removed(self, result: str) -> None:
-        """A job of the unit ended. The first one is the start job: ``done`` means ready
-        (READY=1, or exec), even when the unit's "active" was not signalled on its own."""
-        first, self._start_job_seen = not self._start_job_seen, True
-        if not first or self.exit_info is not None:
-            return
-        if result == "done" and not self.ready:
-            self._became_ready()
-        elif result != "done" and not self.view.seen_running:
-            self._finish(ExitInfo(Result.RESOURCES, detail=f"systemd's start job ended: {result}"))
-
-    def on_removed(self) -> None:
-        """systemd unloaded the unit (UnitRemoved).
-
-        Ignored before this run was seen running: it is then the previous run's
-        unit, whose removal was still on its way when this run registered.
-        """
-        if not self.view.seen_running:
-            return
-        if self.exit_info is None and not self.view.ended and self.runner is not None:
-            # A daemon-reload sends UnitRemoved (then UnitNew) for live units too:
-            # ask systemd before believing it.
-            self.runner.spawn(self.runner.resync(self))
-            return
-        if self.exit_info is None:
-            self._finish(self.view.exit())
-        self.removed.set()
-
-    def _report(self, call: Callable[[RunnerEvents], None]) -> Callable[[], None]:
-        def action() -> None:
-            if self.runner is not None and self.runner.events is not None:
-                call(self.runner.events)
-
-        return action
-
-    def _finish(self, info: ExitInfo) -> None:
-        if self.exit_info is not None:
-            return
-        self.exit_info = info
-        self._pid_known.set()
-        self._exited.set()
-        self._journal(info.describe(), journal.INFO if info.clean else journal.WARNING)
-        self._emit(self._report(lambda e: e.on_exit(self.key, info)))
-        if self.runner is not None:
-            self.runner.slice_maybe_idle(self.spec.transaction)
-
-    def _journal(self, what: str, priority: int) -> None:
-        fields = transient.log_fields(self.spec, self.service_name)
-        journal.send(f"{self.spec.task_id} ({self.unit}): {what}", priority, **fields)
-
-
-def _vanished() -> ExitInfo:
-    return ExitInfo(Result.LOST, detail="the unit vanished before its end was seen")
-
-
 class SystemdRunner(Runner):
     """Runs tasks as transient units of systemd's manager (system for root, user otherwise)."""
 
@@ -280,8 +100,8 @@ class SystemdRunner(Runner):
         self.by_path: dict[str, SystemdTask] = {}
         self.unicode_ok = marshals_unicode()
         self.version = ""
-        self._watcher: asyncio.Task[None] | None = None
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self.jobs = Jobs("systemd runner")
+        """Background work: the bus connection's watch, resyncs after a daemon-reload."""
         self._transactions: set[str] = set()
         """Transactions whose units this runner started or adopted (their slices)."""
         self._starting: dict[str, int] = {}
@@ -330,7 +150,7 @@ class SystemdRunner(Runner):
         for path in self.by_path:
             bus.add_match_nowait(unit_match(path))
         await self.call("Subscribe")  # without it systemd may send no signal at all
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_connection(bus))
+        self.jobs.spawn(self._watch_connection(bus), "watch the bus connection")
 
     async def _watch_connection(self, bus: SystemdBus) -> None:
         """The bus went away (dbus restarted, shutdown): reconnect, or give the tasks up."""
@@ -379,7 +199,7 @@ class SystemdRunner(Runner):
             unit = await self.bus.get_all(task.path, UNIT)
         except SystemdError as exc:
             if exc.name == NO_SUCH_UNIT and task.exit_info is None:
-                task._finish(_vanished())  # gone while we did not listen: its status is lost
+                task._finish(vanished())  # gone while we did not listen: its status is lost
                 task.removed.set()
                 self._forget(task)
             return
@@ -411,11 +231,6 @@ class SystemdRunner(Runner):
 
         asyncio.get_running_loop().call_later(SLICE_GRACE, stop_if_idle)
 
-    def spawn(self, coroutine: Any) -> None:
-        job = asyncio.get_running_loop().create_task(coroutine)
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
-
     async def close(self) -> None:
         if self.bus is not None:  # leave no idle slice behind (tasks that run keep theirs)
             for transaction in sorted(self._transactions):
@@ -427,6 +242,7 @@ class SystemdRunner(Runner):
             with contextlib.suppress(SystemdError):
                 await bus.call("Unsubscribe")
             bus.disconnect()
+        await self.jobs.cancel_all()
 
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
         if self.bus is None:
@@ -593,7 +409,8 @@ class SystemdRunner(Runner):
                 if task is not None:
                     task.on_job_removed(str(result))
             elif message.member == "Reloading" and not message.body[0]:
-                self.spawn(self._resync())  # a daemon-reload ended: units may have changed
+                # A daemon-reload ended: units may have changed.
+                self.jobs.spawn(self._resync(), "resync after a daemon-reload")
             elif message.member == "UnitRemoved":
                 task = self.by_path.get(str(message.body[1]))
                 if task is not None and task.unit == message.body[0]:

@@ -1,0 +1,242 @@
+"""One task of the systemd runner: a transient unit, followed through systemd's signals.
+
+:class:`SystemdTask` is the :class:`~zsvc.runners.base.TaskHandle` of the
+systemd runner (:mod:`zsvc.runners.systemd`, which starts units, listens on
+the bus and hands each unit's signals to its task). The task turns those
+signals into the daemon's events, in order:
+
+* **state comes from signals, never from polling**: each ``PropertiesChanged``
+  of the unit (Service and Unit interfaces) is folded into a
+  :class:`~zsvc.runners.transient.UnitView`; with
+  ``CollectMode=inactive-or-failed`` a failed unit is gone the moment it fails,
+  so the exit status is taken from the Service signal that precedes the
+  Unit's ``failed``;
+* **events are held until start()/adopt() returned** (:meth:`SystemdTask._release`),
+  so the daemon has the handle before it hears that the task is ready or gone
+  (the local runner has the same order);
+* **stop** is systemd's ``StopUnit`` (SIGTERM, ``TimeoutStopUSec``, SIGKILL to
+  the cgroup), with a bounded wait for systemd's report of the end.
+
+The daemon's own events for a task go to the journal with the task's fields
+(:mod:`zsvc.journal`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from zsvc import journal
+from zsvc.jobs import Jobs
+from zsvc.runners import transient
+from zsvc.runners.base import ExitInfo, RunnerEvents, TaskHandle
+from zsvc.runners.cgroup import cgroup_of, members_of
+from zsvc.runners.exitcodes import KILL_WAIT
+from zsvc.runners.sdbus import NO_SUCH_UNIT, SystemdError, variant
+from zsvc.states import Result, State
+
+log = logging.getLogger(__name__)
+
+
+class UnitOwner(Protocol):
+    """What a task needs of its runner (:class:`~zsvc.runners.systemd.SystemdRunner`)."""
+
+    events: RunnerEvents | None
+    jobs: Jobs
+    """Where the task's background work runs (a resync after a doubtful UnitRemoved)."""
+
+    async def call(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
+        """A method call on systemd's manager; :class:`SystemdError` when it fails."""
+
+    def bus_send(self, member: str, signature: str, body: list[Any]) -> None:
+        """A method call on systemd's manager whose answer nobody waits for."""
+
+    async def resync(self, task: SystemdTask) -> None:
+        """Read the unit's state anew (after a daemon-reload or a reconnection)."""
+
+    def slice_maybe_idle(self, transaction: str) -> None:
+        """A task of *transaction* ended: its slice may be stopped if none is left."""
+
+
+@dataclass(eq=False)
+class SystemdTask(TaskHandle):
+    """A task running as a transient unit."""
+
+    runner: UnitOwner | None = None
+    unit: str = ""
+    path: str = ""
+    service_name: str = ""
+    view: transient.UnitView = field(default_factory=transient.UnitView)
+    ready: bool = False
+    stop_requested: bool = False
+    removed: asyncio.Event = field(default_factory=asyncio.Event)
+    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _pid_known: asyncio.Event = field(default_factory=asyncio.Event)
+    _start_job_seen: bool = False
+    _returned: bool = False
+    """The daemon has read ``pid``: a later MainPID is news for it (``on_main_pid``)."""
+    _held: list[Callable[[], None]] | None = field(default_factory=list)
+    """Events waiting until the daemon has this handle (None once released)."""
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self.exit_info is not None
+        return self.exit_info
+
+    def send_signal(self, signum: int) -> None:
+        if self.exit_info is None and self.runner is not None:
+            self.runner.bus_send("KillUnit", "ssi", [self.unit, "main", int(signum)])
+
+    def kill(self) -> None:
+        if self.exit_info is None and self.runner is not None:
+            self.runner.bus_send("KillUnit", "ssi", [self.unit, "all", int(signal.SIGKILL)])
+
+    async def stop(self, timeout: float | None = None) -> ExitInfo:
+        """StopUnit: systemd sends SIGTERM, waits TimeoutStopUSec, then SIGKILLs the cgroup."""
+        if self.exit_info is not None:
+            return self.exit_info
+        assert self.runner is not None
+        self.stop_requested = True
+        limit = self.spec.stop_timeout if timeout is None else timeout
+        try:
+            if timeout is not None and timeout != self.spec.stop_timeout:
+                prop = [["TimeoutStopUSec", variant("t", transient.usec(timeout))]]
+                await self.runner.call("SetUnitProperties", "sba(sv)", [self.unit, True, prop])
+            await self.runner.call("StopUnit", "ss", [self.unit, "replace"])
+        except SystemdError as exc:
+            if exc.name != NO_SUCH_UNIT:
+                log.warning("%s/%s: StopUnit: %s", *self.key, exc)
+            elif self.exit_info is None:  # gone, and its end not (yet) seen
+                self._finish(self.view.exit() if self.view.ended else vanished())
+        if await self._wait_exit(limit + KILL_WAIT):
+            return self.exit_info  # type: ignore[return-value]
+        log.warning("%s/%s: systemd reported no end after %g s: SIGKILL", *self.key, limit)
+        self.kill()
+        if not await self._wait_exit(KILL_WAIT):
+            self._finish(ExitInfo(Result.TIMEOUT, detail="systemd reported no end of the unit"))
+        return self.exit_info  # type: ignore[return-value]
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "unit": self.unit, "invocation_id": self.view.invocation}
+
+    def processes(self) -> list[int]:
+        """The unit's cgroup is its exact process set (what systemd would kill), so the
+        monitor samples a daemonised grandchild too; the main pid's tree without it."""
+        group = cgroup_of(self.pid) if self.pid else None
+        members = members_of(group) if group else []
+        if not members:
+            return super().processes()
+        return [self.pid, *sorted(pid for pid in members if pid != self.pid)]
+
+    # --- internals ------------------------------------------------------------------
+
+    async def _wait_exit(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), seconds)
+        return self.exit_info is not None
+
+    def _emit(self, action: Callable[[], None]) -> None:
+        if self._held is not None:
+            self._held.append(action)
+        else:
+            action()
+
+    def _release(self) -> None:
+        """The daemon has the handle now: tell it what happened meanwhile, in order."""
+        held, self._held = self._held or [], None
+        for action in held:
+            action()
+
+    def on_properties(self, interface: str, properties: Mapping[str, Any]) -> None:
+        """One PropertiesChanged (or GetAll) of the unit."""
+        if self.exit_info is not None:
+            return
+        changed = self.view.update(interface, properties)
+        if "main_pid" in changed and self.view.main_pid:
+            news = self._returned and self.view.main_pid != self.pid  # or MAINPID= from the task
+            self.pid = self.view.main_pid
+            self._pid_known.set()
+            if news:
+                self._emit(
+                    self._report(lambda e: e.on_main_pid(self.key, self.pid, self.describe()))
+                )
+        if "status_text" in changed and not self.view.ended:
+            text = self.view.status_text
+            self._emit(self._report(lambda e: e.on_status(self.key, text)))
+        if "active_state" in changed:
+            state = self.view.active_state
+            if state == State.ACTIVE and not self.ready:
+                self._became_ready()
+            elif state == State.DEACTIVATING and self.ready and not self.stop_requested:
+                self._emit(self._report(lambda e: e.on_stopping(self.key)))
+        if self.view.ended:
+            if not self.ready and not self.spec.notify and self.view.exec_succeeded:
+                # Type=exec: it ran, and ended within one systemd loop turn, so "active"
+                # was never signalled. The local runner calls such a task ready at exec.
+                self._became_ready()
+            self._finish(self.view.exit())
+
+    def _became_ready(self) -> None:
+        self.ready = True
+        self._emit(self._report(lambda e: e.on_ready(self.key)))
+        self._journal("ready", journal.INFO)
+
+    def on_job_removed(self, result: str) -> None:
+        """A job of the unit ended. The first one is the start job: ``done`` means ready
+        (READY=1, or exec), even when the unit's "active" was not signalled on its own."""
+        first, self._start_job_seen = not self._start_job_seen, True
+        if not first or self.exit_info is not None:
+            return
+        if result == "done" and not self.ready:
+            self._became_ready()
+        elif result != "done" and not self.view.seen_running:
+            self._finish(ExitInfo(Result.RESOURCES, detail=f"systemd's start job ended: {result}"))
+
+    def on_removed(self) -> None:
+        """systemd unloaded the unit (UnitRemoved).
+
+        Ignored before this run was seen running: it is then the previous run's
+        unit, whose removal was still on its way when this run registered.
+        """
+        if not self.view.seen_running:
+            return
+        if self.exit_info is None and not self.view.ended and self.runner is not None:
+            # A daemon-reload sends UnitRemoved (then UnitNew) for live units too:
+            # ask systemd before believing it.
+            self.runner.jobs.spawn(self.runner.resync(self), f"resync {self.unit}")
+            return
+        if self.exit_info is None:
+            self._finish(self.view.exit())
+        self.removed.set()
+
+    def _report(self, call: Callable[[RunnerEvents], None]) -> Callable[[], None]:
+        def action() -> None:
+            if self.runner is not None and self.runner.events is not None:
+                call(self.runner.events)
+
+        return action
+
+    def _finish(self, info: ExitInfo) -> None:
+        if self.exit_info is not None:
+            return
+        self.exit_info = info
+        self._pid_known.set()
+        self._exited.set()
+        self._journal(info.describe(), journal.INFO if info.clean else journal.WARNING)
+        self._emit(self._report(lambda e: e.on_exit(self.key, info)))
+        if self.runner is not None:
+            self.runner.slice_maybe_idle(self.spec.transaction)
+
+    def _journal(self, what: str, priority: int) -> None:
+        fields = transient.log_fields(self.spec, self.service_name)
+        journal.send(f"{self.spec.task_id} ({self.unit}): {what}", priority, **fields)
+
+
+def vanished() -> ExitInfo:
+    """The end of a unit that went away unseen: its exit status is lost."""
+    return ExitInfo(Result.LOST, detail="the unit vanished before its end was seen")
