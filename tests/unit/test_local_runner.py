@@ -447,7 +447,10 @@ FALLBACK = textwrap.dedent(
         grandchild, watch = await asyncio.wait_for(events.status.get(), 10)
         try:
             info = await asyncio.wait_for(task.stop() if ending == "stop" else task.wait(), 10)
-            gone = watch is None or bool(select.select([watch], [], [], 5)[0])  # ended
+            gone = True
+            if watch is not None:  # waited for in a thread: the runner's second looks at an
+                # orphan caught inside execve are timers of this loop, which select() would block
+                gone = bool((await asyncio.to_thread(select.select, [watch], [], [], 5))[0])
             result = {"subreaper": runner.subreaper.active, "cgroup": task.describe()["cgroup"],
                       "result": str(info.result), "grandchild_gone": gone}
         finally:
