@@ -25,6 +25,7 @@ from zsvc.runners.cgroup import cgroup_of, find_hierarchy
 from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_LIMITS
 from zsvc.runners.local import LocalRunner
 from zsvc.runners.localexec import wrap_exec
+from zsvc.runners.localtask import LocalTask
 from zsvc.states import Result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -314,6 +315,25 @@ def test_the_wrapper_exits_with_systemds_statuses(tmp_path: Path) -> None:
         wrap_exec(["printf", "%s|", "a b", "$HOME"], None, 64), capture_output=True, text=True
     )
     assert (echoed.returncode, echoed.stdout) == (0, "a b|$HOME|")
+
+
+def test_a_run_whose_pid_never_reached_the_table_is_found_by_the_zygotes_marker(
+    tmp_path: Path,
+) -> None:
+    """The runner, not the daemon, knows its marker: found once, then gone; and dropped
+    when the daemon says it saved the run's description."""
+    runner = LocalRunner(RuntimeLayout(tmp_path), use_zygote=False)
+    invocation, me = uuid.uuid4().hex, os.getpid()
+    marker = runner.layout.spawned(invocation)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{me}\n")
+    found = runner.find_unsaved_run(invocation)
+    assert found == {"pid": me, "pgid": me, "start_time": process_start_time(me)}
+    assert not marker.exists()
+    assert runner.find_unsaved_run("") is None
+    marker.write_text(f"{me}\n")
+    runner.run_saved(LocalTask(spec=_spec(tmp_path, ["unused"]), pid=me, invocation=invocation))
+    assert not marker.exists()
 
 
 class _PreviousDaemon:

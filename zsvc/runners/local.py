@@ -69,6 +69,7 @@ process"); what happens when it stays silent is in :mod:`zsvc.runners.localtask`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -87,6 +88,7 @@ from zsvc.runners.base import (
     LaunchSpec,
     Runner,
     RunnerEvents,
+    TaskHandle,
     TaskKey,
 )
 from zsvc.runners.cgroup import Cgroup, CgroupTree, cgroup_of, find_hierarchy
@@ -362,6 +364,24 @@ class LocalRunner(Runner):
         self._watch(task)
         task.arm_watchdog()
         return task
+
+    def find_unsaved_run(self, invocation: str) -> dict[str, Any] | None:
+        """The zygote's marker first: a forked task's environment is the zygote's, so its
+        invocation id cannot be searched for; then the environments, as every runner."""
+        if not invocation:
+            return None
+        marker = self.layout.spawned(invocation)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(marker.read_text())
+            marker.unlink()
+            return {"pid": pid, "pgid": pid, "start_time": process_start_time(pid)}
+        return super().find_unsaved_run(invocation)
+
+    def run_saved(self, handle: TaskHandle) -> None:
+        """The run's pid is in the table now: the zygote's marker for it may go."""
+        if isinstance(handle, LocalTask) and handle.invocation:
+            with contextlib.suppress(FileNotFoundError):
+                self.layout.spawned(handle.invocation).unlink()
 
     async def _kill_remains(self, path: object, invocation: str | None) -> None:
         """KillMode=control-group for a task whose main process ended while the daemon was
