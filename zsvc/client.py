@@ -193,6 +193,8 @@ class BusClient:
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        for sock in (self.pub, self.sub):
+            sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:P too (IPv4 addresses work as before)
         if curve is not None:
             curve.apply(self.pub)
             curve.apply(self.sub)

@@ -50,6 +50,7 @@ import zmq
 
 from zsvc import protocol
 from zsvc.daemon import fs, trust
+from zsvc.daemon.throttle import ThrottledLog
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
     from zsvc.curve import ServerKeys
@@ -215,6 +216,8 @@ class BusDevice:
         """The public XPUB's topics: while empty, nothing is sent to the public side."""
         self.withheld = 0
         """Public messages not passed to the trusted side (:func:`trust.admit_public`)."""
+        self._invalid = ThrottledLog(log)
+        """Invalid messages are logged once per interval: a flood must not fill the log."""
         self.socket_files: dict[Path, fs.SocketFile] = {}
         """The ``ipc://`` socket files this device bound, as bound: only these are removed."""
         self.subscriptions: collections.Counter[bytes] = collections.Counter()
@@ -251,20 +254,26 @@ class BusDevice:
         return plan_bind(endpoint, curve=self.keys is not None, open_commands=self.open_commands)
 
     def _bind(self, sock: zmq.Socket, plan: BindPlan) -> None:
-        """Bind with CURVE only where planned: libzmq copies the options at each bind."""
-        if not plan.curve:
-            path = _ipc_path(plan.endpoint)
-            if path is not None:
-                self._bind_ipc(sock, plan.endpoint, path)
-            else:
-                sock.bind(plan.endpoint)
+        """Bind with CURVE only where planned, and IPv6 only for an IPv6 address (``[::1]``;
+        libzmq refuses one without ``ZMQ_IPV6`` with "No such device"): libzmq copies the
+        options at each bind, so each is set for its bind alone."""
+        path = _ipc_path(plan.endpoint)
+        if path is not None and not plan.curve:
+            self._bind_ipc(sock, plan.endpoint, path)
             return
-        assert self.keys is not None
-        self.keys.apply(sock)
+        ipv6 = plan.endpoint.startswith("tcp://[")
+        if plan.curve:
+            assert self.keys is not None
+            self.keys.apply(sock)
+        if ipv6:
+            sock.setsockopt(zmq.IPV6, 1)
         try:
             sock.bind(plan.endpoint)
-        finally:
-            sock.setsockopt(zmq.CURVE_SERVER, 0)  # the next bind (an ipc://) is plain again
+        finally:  # the next bind (an ipc://, an IPv4 address) is plain again
+            if plan.curve:
+                sock.setsockopt(zmq.CURVE_SERVER, 0)
+            if ipv6:
+                sock.setsockopt(zmq.IPV6, 0)
 
     def _bind_ipc(self, sock: zmq.Socket, endpoint: str, path: Path) -> None:
         """Bind an ``ipc://`` endpoint unless a live process holds its file (BindError).
@@ -421,7 +430,7 @@ class BusDevice:
         try:
             message = protocol.decode(frames)
         except protocol.ProtocolError as exc:
-            log.warning("ignored a bus message: %s", exc)
+            self._invalid.warning("ignored a bus message: %s", exc)
             return
         try:
             self.on_message(message)

@@ -31,6 +31,7 @@ from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import CapSchedule, cap_logs
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.monitor import MonitorService
+from zsvc.daemon.throttle import ThrottledLog
 from zsvc.errors import BadRequest, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.notify import tell_supervisor, watchdog_interval
@@ -103,6 +104,9 @@ class Daemon:
         """Set by SIGHUP: leave the tasks running and execute the daemon anew (a reload)."""
         self.started_at = time.time()
         self._jobs = Jobs("daemon")
+        self._ignored_commands = ThrottledLog(log)
+        """Ignored context commands are logged once per interval (a flood must not fill
+        the log)."""
         bus.on_message = self._on_bus_message
         bus.on_subscription = monitor.subscriptions_changed
 
@@ -213,7 +217,7 @@ class Daemon:
         :func:`zsvc.daemon.bus.plan_bind`).
         """
         if not self.options.context_commands:
-            log.warning(
+            self._ignored_commands.warning(
                 "ignored a '%s' command on the bus's context topic: commands go over the"
                 " control socket (zsvc send --service-name context …), or set"
                 " context_commands = yes in [bus] of the daemon's settings",
