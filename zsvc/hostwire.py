@@ -25,6 +25,7 @@ __all__ = [
     "ENDS",
     "GROUP_KIND",
     "INVOCATION_ENV",
+    "MAX_CONFIGURATION_BYTES",
     "ORDER_KEY",
     "ORDER_START",
     "ORDER_STOP",
@@ -35,6 +36,7 @@ __all__ = [
     "HostSpec",
     "SpecError",
     "ThreadGroupSpec",
+    "configuration_size",
     "is_group",
     "task_module_path",
 ]
@@ -61,6 +63,28 @@ ORDER_STOP = "stop"
 
 REPORT_ACTION = "thread"
 """The ``control`` action of a thread host's reports to the daemon."""
+
+MAX_CONFIGURATION_BYTES = 64 * 1024
+"""The most a task's ``<configuration>`` may take in ``$ZSVC_TASK`` (its compact JSON, as
+:func:`configuration_size` measures it); the Thread tasks of a context share one
+``$ZSVC_TASK``, so the same bound holds for their sum. The loader refuses more.
+
+Why 64 KiB: the spec travels twice and must fit both ways with room for the rest.
+Executed, it is one environment string, which Linux caps at MAX_ARG_STRLEN =
+128 KiB (``ZSVC_TASK=`` and the NUL included: 131,071 characters pass, 131,072 fail
+with E2BIG). Forked, it is one packet on the zygote's SOCK_SEQPACKET socket, which
+Linux caps at the socket's SO_SNDBUF - 32 bytes: 212,960 with Debian's default
+``net.core.wmem_default`` of 212,992 (EMSGSIZE above), and that packet holds the
+spec escaped once more (up to twice its size) beside the daemon's whole environment.
+64 KiB leaves the other fields (ids, paths, endpoints) and the environment 64 KiB in
+the first case and about 80 KiB in the second. A larger value is no task argument:
+put it in a file and pass its path."""
+
+
+def configuration_size(configuration: Mapping[str, Any]) -> int:
+    """Bytes *configuration* takes in ``$ZSVC_TASK``: encoded as :meth:`HostSpec.to_json` does
+    (compact, ASCII), so that what the loader measures is what the daemon sends."""
+    return len(json.dumps(configuration, separators=(",", ":")))
 
 
 class Event:

@@ -21,6 +21,7 @@ from zsvc.builtin import BUILTIN_LOCATION
 from zsvc.config import BusEndpoints, Context, TaskSpec, Trigger, load_context, load_context_text
 from zsvc.config.model import RestartPolicy
 from zsvc.errors import ConfigError
+from zsvc.hostwire import MAX_CONFIGURATION_BYTES, SPEC_ENV, HostSpec, configuration_size
 from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent
 
 CONF = Path(__file__).resolve().parents[2] / "Conf"
@@ -1168,6 +1169,92 @@ def test_text_with_an_encoding_declaration() -> None:
     )
     assert load(text).tasks[0].description == "café"
     assert load(text.encode("iso-8859-1")).tasks[0].description == "café"
+
+
+# --------------------------------------------------------------------------- task spec size
+
+LIMIT_TEXT = f"at most {MAX_CONFIGURATION_BYTES} bytes (64 KiB) reach a task"
+OVERHEAD = len('{"a":""}')
+"""What ``<a>TEXT</a>`` adds to TEXT in the configuration's JSON."""
+
+
+def sized(length: int, char: str = "x") -> str:
+    """A configuration ``{"a": char * length}``."""
+    return f"<a>{char * length}</a>"
+
+
+def test_a_3_mb_configuration_is_refused_at_validation() -> None:
+    """Issue 19, finding 9: it passed, then broke the zygote at start."""
+    size = 3_000_000 + OVERHEAD
+    assert errors(ctx(config=sized(3_000_000))) == [
+        f"{E}:9:1: task 'ts_1': <configuration> is {size} bytes as JSON; {LIMIT_TEXT}"
+    ]
+
+
+def test_the_configuration_limit_is_exact() -> None:
+    at_limit = MAX_CONFIGURATION_BYTES - OVERHEAD
+    assert len(config_of(sized(at_limit))["a"]) == at_limit
+    assert errors(ctx(config=sized(at_limit + 1))) == [
+        f"{E}:9:1: task 'ts_1': <configuration> is {MAX_CONFIGURATION_BYTES + 1} bytes as "
+        f"JSON; {LIMIT_TEXT}"
+    ]
+
+
+def test_the_configuration_is_measured_as_it_travels() -> None:
+    """Non-ASCII text is escaped in ``$ZSVC_TASK`` (``\\u00e9``: 6 bytes), so it is counted so."""
+    count = MAX_CONFIGURATION_BYTES // 6 + 1
+    assert len(sized(count, "é").encode()) < MAX_CONFIGURATION_BYTES
+    assert errors(ctx(config=sized(count, "é"))) == [
+        f"{E}:9:1: task 'ts_1': <configuration> is {count * 6 + OVERHEAD} bytes as JSON; "
+        f"{LIMIT_TEXT}"
+    ]
+
+
+def test_the_thread_tasks_configurations_are_bounded_together() -> None:
+    """They share the thread host's ``$ZSVC_TASK``: reported once, where the sum goes over."""
+    half = MAX_CONFIGURATION_BYTES // 2
+
+    def thread(task_id: str) -> str:
+        return (
+            f'<TaskService id="{task_id}" instance="Other" serviceType="Thread"><Task><message>'
+            "<header><service_name>other</service_name></header><content><configuration>"
+            f"{sized(half)}</configuration></content></message></Task></TaskService>"
+        )
+
+    attrs = 'id="ts_1" instance="Echo" serviceType="Thread"'
+    total = 2 * (half + OVERHEAD)
+    found = errors(ctx(attrs=attrs, config=sized(half), more=thread("t2") + thread("t3")))
+    assert found == [
+        f"{E}:16:1: task 't2': the <configuration>s of the Thread tasks up to this one come to "
+        f"{total} bytes as JSON, and they travel together to the thread host; {LIMIT_TEXT}"
+    ]
+    # As processes, each has its own $ZSVC_TASK: no sum.
+    assert len(load(ctx(config=sized(half), more=other_task("t2"))).tasks) == 2
+
+
+def test_a_command_tasks_configuration_is_not_measured() -> None:
+    """A command task gets no ``$ZSVC_TASK``: nothing of its configuration travels."""
+    spec = task_of(task="<command>sleep 1</command>", config=sized(MAX_CONFIGURATION_BYTES))
+    assert spec.is_command
+
+
+def test_a_spec_at_the_limit_fits_one_environment_string() -> None:
+    """MAX_ARG_STRLEN (128 KiB, ``ZSVC_TASK=`` and the NUL included) with room to spare for
+    the other fields at their longest (ids of 64 characters, paths of 4096)."""
+    long_path = "/" + "p" * 4095
+    spec = HostSpec(
+        transaction="T" * 64,
+        task_id="t" * 64,
+        service_name="s" * 64,
+        instance="I" * 64,
+        location=long_path,
+        bus_pub="ipc://" + long_path,
+        bus_sub="ipc://" + long_path,
+        device_action="d" * 1000,
+        configuration={"a": "\\" * ((MAX_CONFIGURATION_BYTES - OVERHEAD) // 2)},
+    )
+    assert configuration_size(spec.configuration) == MAX_CONFIGURATION_BYTES
+    assert len(f"{SPEC_ENV}={spec.to_json()}".encode()) + 1 < 128 * 1024
 
 
 # --------------------------------------------------------------------------- properties

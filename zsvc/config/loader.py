@@ -46,6 +46,7 @@ from zsvc.config.model import (
     Trigger,
 )
 from zsvc.errors import ConfigError, ConfigIssue
+from zsvc.hostwire import MAX_CONFIGURATION_BYTES, configuration_size
 from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
 from zsvc.xmlsafe import doctype_at, safe_parser
 
@@ -438,6 +439,7 @@ def _build_context(root: _Element, path: Path, issues: _Issues) -> Context:
     base_dir = path.parent
     tasks = tuple(_task_spec(el, known_ids, base_dir, issues) for el in services)
     _check_order_cycles(tasks, known_ids, issues)
+    _check_spec_sizes(tasks, services, issues)
     return Context(
         path=path,
         context_id=context_id,
@@ -1056,6 +1058,39 @@ def _trigger(reader: _TaskReader, event: TriggerEvent, element: _Element) -> Tri
 
 
 # --------------------------------------------------------------------------- configuration
+
+
+def _check_spec_sizes(
+    tasks: tuple[TaskSpec, ...], services: list[_Element], issues: _Issues
+) -> None:
+    """Refuse a configuration too large to reach its task (:data:`MAX_CONFIGURATION_BYTES`).
+
+    Unchecked, a 3 MB value passed validation and failed only at start: the zygote
+    could not take the packet and, executed instead, the environment string was
+    beyond what execve(2) accepts. Thread tasks share their host's ``$ZSVC_TASK``, so
+    their sum is bounded too, reported once, at the one that goes over. Command tasks
+    get no configuration and are not measured.
+    """
+    limit = f"at most {MAX_CONFIGURATION_BYTES} bytes (64 KiB) reach a task"
+    threads = 0
+    for spec, element in zip(tasks, services, strict=True):
+        if spec.is_command:
+            continue
+        size = configuration_size(spec.configuration)
+        found = element.find("Task/message/content/configuration")
+        anchor = element if found is None else found
+        label = f"task '{spec.id}': "
+        if size > MAX_CONFIGURATION_BYTES:
+            issues.at(anchor, f"{label}<configuration> is {size} bytes as JSON; {limit}")
+        elif spec.service_type is ServiceType.THREAD and threads <= MAX_CONFIGURATION_BYTES:
+            threads += size
+            if threads > MAX_CONFIGURATION_BYTES:
+                issues.at(
+                    anchor,
+                    f"{label}the <configuration>s of the Thread tasks up to this one come to "
+                    f"{threads} bytes as JSON, and they travel together to the thread host; "
+                    f"{limit}",
+                )
 
 
 def _configuration(
