@@ -114,10 +114,14 @@ class Subreaper:
                 continue
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-        if self.zygote is not None and self.zygote.proc.poll() is not None:
+        if (
+            self.zygote is not None
+            and not self.zygote.broken
+            and self.zygote.proc.poll() is not None
+        ):
             code = self.zygote.proc.returncode
-            log.warning("the zygote exited (%s): Python tasks will be executed", code)
-            self.zygote.broken = True
+            log.warning("the zygote exited (%s)", code)
+            self.zygote.broken = True  # the client executes tasks until it started a new one
         if self.hunt_orphans:
             self.kill_orphans(self.finished)
 

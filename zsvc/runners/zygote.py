@@ -37,7 +37,12 @@ every task it forks inherits it, at no cost per task.
 Protocol on a SOCK_SEQPACKET socketpair, one JSON object per packet:
 request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "...", "cgroup": "..."}``,
 reply ``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the
-daemon's end closes.
+daemon's end closes. A packet is at most the socket's send buffer less 32 bytes (212,960
+bytes by default): the client refuses a larger request before sending it, and
+the loader caps what makes a request large, a task's configuration
+(:data:`zsvc.hostwire.MAX_CONFIGURATION_BYTES`). A zygote that dies or stops
+answering is replaced by the client, with a backoff
+(:mod:`zsvc.runners.zygote_client`).
 
 With ``cgroup`` (a directory of a cgroup2 hierarchy, or null), the task's
 first act is to join that group, before it runs any task code: everything
@@ -67,6 +72,7 @@ from zsvc.runners.cgroup import join
 from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_CHDIR
 
 MAX_PACKET = 1 << 20
+"""Receive buffer: above any packet the socket can carry (no request is truncated)."""
 
 
 def serve(sock: socket.socket) -> None:
