@@ -166,7 +166,12 @@ def _prepare_dirs(runtime: RuntimeLayout, state: StateLayout, modes: Modes) -> N
     if modes.group is not None:
         # Set-group-ID: each transaction's directory and task log made under logs/ gets
         # the group too, so its members may read them (zsvc logs; issue 19, finding 15).
-        os.chmod(state.logs, stat.S_ISGID | modes.dir)
+        # zsvc.service forbids the bit (RestrictSUIDSGID=yes): there the tasks' output goes
+        # to the journal, not to logs/, and members read it with journalctl.
+        try:
+            os.chmod(state.logs, stat.S_ISGID | modes.dir)
+        except PermissionError as exc:
+            log.info("%s keeps its group bits as they are: %s", state.logs, exc)
 
 
 def _lock(path: Path, modes: Modes, what: str, option: str) -> int:
