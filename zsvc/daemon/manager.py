@@ -390,8 +390,6 @@ class Manager:
             self._ended(task, exc.info)
             return
         self._attach(task, handle)
-        with contextlib.suppress(FileNotFoundError):
-            self.runtime.spawned(invocation).unlink()
         self.reports.record_changed(record.id)
 
     def _attach(self, task: TaskRecord, handle: TaskHandle) -> None:
@@ -400,6 +398,7 @@ class Manager:
         task.pid = handle.pid
         task.runner_data = {**task.runner_data, **handle.describe()}
         self._save(task)
+        self.runner.run_saved(handle)
 
     async def _stop_task(self, task: TaskRecord, timeout: float | None) -> None:
         if task.cancel_restart() or task.sub_state is SubState.AUTO_RESTART:
@@ -504,7 +503,7 @@ class Manager:
         lost: list[str] = []
         for record in restore.load_records(self.table, load):
             self.transactions[record.id] = record
-            runs = await restore.find_runs(record, self.runner, self.launcher, self.runtime)
+            runs = await restore.find_runs(record, self.runner, self.launcher)
             for found in runs:
                 if found.handle is None:
                     lost.append(f"{record.id}/{found.task.id}: {found.lost}")

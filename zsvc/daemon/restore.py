@@ -11,20 +11,16 @@ recorded as ``lost`` by the manager, which owns every state change.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from zsvc.config.model import BusEndpoints, Context, TaskSpec
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.daemon.table import Table, TaskRow
 from zsvc.errors import ZsvcError
-from zsvc.paths import RuntimeLayout
-from zsvc.procs import find_invocation, process_start_time
 from zsvc.runners.base import NotAdoptable, Runner, TaskHandle
 from zsvc.states import SIGNALLABLE, ServiceType
 
@@ -92,14 +88,12 @@ def stand_in_context(path: str, rows: list[TaskRow]) -> Context:
     return Context(Path(path), context_id="", log_name="", endpoints=BusEndpoints(), tasks=tasks)
 
 
-async def find_runs(
-    record: TransactionRecord, runner: Runner, launcher: Launcher, runtime: RuntimeLayout
-) -> list[Found]:
+async def find_runs(record: TransactionRecord, runner: Runner, launcher: Launcher) -> list[Found]:
     """Ask the runner for each run of *record* that the table says is up."""
     found = []
     for task in record.tasks.values():
         if task.is_up:
-            found.append(await _find_run(record, task, runner, launcher, runtime))
+            found.append(await _find_run(record, task, runner, launcher))
     return found
 
 
@@ -108,14 +102,13 @@ async def _find_run(
     task: TaskRecord,
     runner: Runner,
     launcher: Launcher,
-    runtime: RuntimeLayout,
 ) -> Found:
     if task.sub_state not in SIGNALLABLE:  # up, but without a run: a restart was due
         return Found(task, None, "its restart was due", "ended while the daemon was down")
     description = dict(task.runner_data)
     invocation = str(description.get("invocation", ""))
     if task.pid is None:
-        unsaved = find_unsaved_run(runtime, invocation)
+        unsaved = runner.find_unsaved_run(invocation)
         if unsaved is not None:
             description.update(unsaved)
     launch = launcher.task(record.id, record.context, task.spec, invocation, crashing=False)
@@ -128,15 +121,3 @@ async def _find_run(
         lost = f"{was} ended while the daemon was not running"
         return Found(task, None, lost, "ended while the daemon was down")
     return Found(task, handle)
-
-
-def find_unsaved_run(runtime: RuntimeLayout, invocation: str) -> dict[str, Any] | None:
-    """A run started just before a crash, whose pid never reached the table."""
-    if not invocation:
-        return None
-    marker = runtime.spawned(invocation)
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(marker.read_text())
-        marker.unlink()
-        return {"pid": pid, "pgid": pid, "start_time": process_start_time(pid)}
-    return find_invocation(invocation)

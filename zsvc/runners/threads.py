@@ -221,6 +221,17 @@ class ThreadRunner(Runner):
             f"a Thread task is not re-adopted after a daemon restart ({was} is stopped)"
         )
 
+    def find_unsaved_run(self, invocation: str) -> dict[str, Any] | None:
+        return self.processes.find_unsaved_run(invocation)
+
+    def run_saved(self, handle: TaskHandle) -> None:
+        """A Thread task's run is saved with its host's description: the host's run is."""
+        if isinstance(handle, ThreadTask):
+            if handle.host is not None and handle.host.handle is not None:
+                self.processes.run_saved(handle.host.handle)
+        else:
+            self.processes.run_saved(handle)
+
     async def forget(self, transaction: str) -> None:
         host = self._hosts.get(transaction)
         if host is not None:
