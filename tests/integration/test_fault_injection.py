@@ -221,6 +221,44 @@ def test_sigkill_at_random_points_of_start_and_stop_loses_nothing_acknowledged(
     assert task_processes(workdir) == {}
 
 
+def test_sigkill_during_a_stop_forget_start_race_leaves_no_untracked_task(
+    daemons: Callable[..., Daemon], make_context: Callable[..., Path], workdir: Path
+) -> None:
+    """Issue 19, finding 1, under random kills: ``stop``, ``forget`` and ``start`` (no
+    context) of one transaction sent together. Whatever the order they are served in
+    and wherever the daemon dies, no task runs that the table does not know, and a
+    transaction whose forget was acknowledged never comes back."""
+    seed = int(os.environ.get("ZSVC_FAULT_SEED", random.randrange(1 << 32)))
+    rounds = int(os.environ.get("ZSVC_FAULT_ROUNDS", "6"))
+    print(f"kill schedule: ZSVC_FAULT_SEED={seed} ZSVC_FAULT_ROUNDS={rounds}")
+    rng = random.Random(seed)
+    program = workdir / "quick_notify.py"
+    program.write_text(QUICK_NOTIFY)
+    tasks = [TaskDef(f"t{i}", command=f"python3 {program}", notify=True, location=None)
+             for i in "ab"]  # fmt: skip
+    daemon = daemons()
+    for number in range(rounds):
+        name = f"F{number}"
+        context = make_context(tasks)
+        daemon.call("start", transaction=name, context_path=str(context),
+                    context_text=context.read_text())  # fmt: skip
+        calls = [Call(daemon, command, transaction=name) for command in ("stop", "forget")]
+        calls.append(Call(daemon, "start", transaction=name))
+        delay = rng.uniform(0.0, 0.3)
+        calls[0].thread.join(delay)  # the kill point, as in the test above
+        daemon.kill9()
+        stopped, forgotten, started = (call.join() for call in calls)
+        what = f"round {number} (seed {seed}): stop {stopped}, forget {forgotten}, start {started}"
+        print(what, f"(kill after {delay:.3f} s)")
+        daemon = daemons(root=workdir)
+        after = assert_table_agrees_with_reality(daemon, workdir)
+        if forgotten and not started:
+            assert name not in after, f"{what}: the forgotten transaction came back: {after}"
+        for other in after:
+            daemon.call("stop", transaction=other)
+    assert task_processes(workdir) == {}
+
+
 def _essence(tasks: dict[str, dict[str, Any]]) -> dict[str, tuple[str, int | None]]:
     return {task_id: (task["state"], task["pid"]) for task_id, task in tasks.items()}
 
