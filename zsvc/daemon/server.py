@@ -311,7 +311,6 @@ class Daemon:
         return self.manager.status(transaction)
 
     async def cmd_logs(self, transaction: str, services: list[str]) -> Any:
-        assert self.manager is not None
         entries = self.manager.log_paths(transaction, services)
         source = self.runner.log_source
         if not source.journal:
