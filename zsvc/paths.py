@@ -237,5 +237,10 @@ class StateLayout:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def daemon_log(self) -> Path:
+        """Where ``zsvc daemon --detach`` sends the daemon's own output (capped as task logs)."""
+        return self.root / "daemon.log"
+
     def task_log(self, transaction: str, task_id: str) -> Path:
         return self.logs.joinpath(transaction, f"{task_id}.log")

@@ -290,3 +290,27 @@ def test_a_squatted_fallback_runtime_dir_is_refused(users: Callable[[str], int])
     finally:
         shutil.rmtree(fallback, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- the detached daemon's own log ------------------------------------------------------
+
+
+def test_the_detached_daemons_log_is_capped_like_a_tasks(
+    detached: Callable[[], int], workdir: Path
+) -> None:
+    """Issue 19, finding 13: daemon.log grew without bound (29 MB from one flood)."""
+    from zsvc.daemon.server import LOG_CAP_BYTES
+
+    detached()
+    log = workdir / "state" / "daemon.log"
+    backup = log.with_name("daemon.log.1")
+    with log.open("ab") as writer:  # as the daemon's own output would, past the cap
+        line = b"x" * 1023 + b"\n"
+        for _ in range((LOG_CAP_BYTES >> 10) + 1024):
+            writer.write(line)
+    deadline = time.monotonic() + 30.0
+    while not (backup.exists() and log.stat().st_size < LOG_CAP_BYTES):
+        assert time.monotonic() < deadline, f"daemon.log not rotated: {log.stat().st_size} B"
+        time.sleep(0.05)
+    assert backup.stat().st_size <= LOG_CAP_BYTES
+    assert stat.S_IMODE(backup.stat().st_mode) == stat.S_IMODE(log.stat().st_mode)

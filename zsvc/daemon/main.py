@@ -23,7 +23,7 @@ from zsvc.daemon.settings import LOG_LEVELS, RUNNERS, SYSTEM_SETTINGS
 from zsvc.daemon.settings import load as load_settings
 from zsvc.errors import ConfigError, ExitCode
 from zsvc.notify import NotifyServer
-from zsvc.paths import runtime_dir, state_dir
+from zsvc.paths import StateLayout, runtime_dir, state_dir
 
 DETACH_TIMEOUT = 30.0
 
@@ -115,7 +115,7 @@ def reload_problem(config: Path | None) -> str | None:
 
 def detach(runtime: Path, state: Path, argv: list[str]) -> int:
     """Start the daemon in its own session; wait for its READY=1, or report why it died."""
-    log_path = state / "daemon.log"
+    log_path = StateLayout(state).daemon_log
     try:
         log_fd = _open_log(state, log_path)
     except (OSError, ValueError) as exc:

@@ -188,7 +188,9 @@ class Daemon:
         interval = schedule.next_interval({}, [], time.monotonic(), self.options.log_cap_bytes)
         while True:
             await asyncio.sleep(interval)
-            paths = self.manager.live_logs()
+            # The daemon's own log too, when --detach sent it to a file: a flood of invalid
+            # input must not fill the disk through it (issue 19, finding 13).
+            paths = [*self.manager.live_logs(), self.state.daemon_log]
             # In a thread: a rotation copies up to the cap; the loop keeps answering.
             checked = await asyncio.to_thread(cap_logs, paths, self.options.log_cap_bytes)
             interval = schedule.next_interval(
