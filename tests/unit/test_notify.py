@@ -29,6 +29,7 @@ from zsvc.notify import (
     Notification,
     NotifyProtocolError,
     NotifyServer,
+    RawNotification,
     parse_notification,
     sd_notify,
     tell_supervisor,
@@ -373,6 +374,23 @@ def test_drain_keeps_errors_in_arrival_order(server: NotifyServer) -> None:
     assert isinstance(first, Notification) and first.status == "first"
     assert isinstance(error, NotifyProtocolError) and "no '='" in str(error)
     assert isinstance(last, Notification) and last.status == "last"
+
+
+def test_drain_raw_names_the_sender_before_anything_is_parsed(server: NotifyServer) -> None:
+    # Issue 19, finding 14: a runner applies a per-task budget before paying for parsing.
+    send_raw(server, b"STATUS=caf\xe9!")
+    sd_notify("STATUS=fine", environ=env_for(server))
+    wait_readable(server.fileno())
+
+    bad, good = server.drain_raw(max_count=5)
+
+    assert isinstance(bad, RawNotification) and isinstance(good, RawNotification)
+    assert (bad.pid, bad.uid, bad.data) == (os.getpid(), os.getuid(), b"STATUS=caf\xe9!")
+    with pytest.raises(NotifyProtocolError) as info:
+        bad.parse()
+    assert info.value.pid == os.getpid() and "UTF-8" in info.value.reason
+    assert good.parse().status == "fine"
+    assert server.receive_raw() is None
 
 
 def test_oversized_datagram_is_reported_as_truncated(server: NotifyServer) -> None:

@@ -79,7 +79,7 @@ from typing import Any
 
 from zsvc.hostwire import INVOCATION_ENV
 from zsvc.jobs import Jobs
-from zsvc.notify import Notification, NotifyProtocolError, NotifyServer
+from zsvc.notify import Notification, NotifyServer
 from zsvc.paths import RuntimeLayout
 from zsvc.procs import invocation_of, process_start_time
 from zsvc.runners.base import (
@@ -101,6 +101,7 @@ from zsvc.runners.localexec import (
     wrap_exec,
 )
 from zsvc.runners.localtask import LocalTask
+from zsvc.runners.notifyflow import NotifyReader, StatusFlow
 from zsvc.runners.subreaper import Subreaper
 from zsvc.runners.zygote_client import Zygote
 from zsvc.states import Result
@@ -111,6 +112,8 @@ UNCLAIMED_LIMIT = 1024
 """How many notifications from pids not (yet) known are held at most."""
 UNCLAIMED_SECONDS = 10.0
 """How long a notification from a pid not (yet) known is held."""
+UNCLAIMED_PER_PID = 64
+"""How many notifications of one pid not (yet) known are held at most (the first ones)."""
 
 
 class LocalRunner(Runner):
@@ -139,6 +142,9 @@ class LocalRunner(Runner):
         self.task_fd_limit = task_fd_limit
         self.events: RunnerEvents | None = None
         self.notify_server: NotifyServer | None = None
+        self.flow = StatusFlow(self._deliver_status)
+        """Status lines paced per task, and each task's budget of datagrams (coalesce.py)."""
+        self.reader = NotifyReader(self.flow, self._sender, self._apply, self._hold)
         self.by_pid: dict[int, LocalTask] = {}
         self.by_pgid: dict[int, LocalTask] = {}
         self.by_cgroup: dict[str, LocalTask] = {}
@@ -164,9 +170,8 @@ class LocalRunner(Runner):
 
     async def open(self, events: RunnerEvents) -> None:
         self.events = events
-        loop = asyncio.get_running_loop()
         self.notify_server = NotifyServer(self.layout.notify)
-        loop.add_reader(self.notify_server.fileno(), self._on_notify)
+        self.reader.start(self.notify_server)
         if self.use_cgroups:
             self.cgroups = find_hierarchy()
         if self.cgroups is not None:
@@ -185,11 +190,11 @@ class LocalRunner(Runner):
             log.warning("cannot become a child subreaper: Python tasks will be executed")
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
         if self.notify_server is not None:
-            loop.remove_reader(self.notify_server.fileno())
+            self.reader.stop()
             self.notify_server.close()
             self.notify_server = None
+        self.flow.close()
         self.subreaper.stop()
         if self.subreaper.zygote is not None:
             self.subreaper.zygote.close()
@@ -211,6 +216,7 @@ class LocalRunner(Runner):
             del self.by_cgroup[relative]
         if task.invocation:
             self.subreaper.run_ended(task.invocation)
+        self.flow.end(task.key)  # its last status line first: a failed start quotes it
         if self.events is not None:
             self.events.on_exit(task.key, info)
 
@@ -413,21 +419,17 @@ class LocalRunner(Runner):
 
     def _report_ready(self, task: LocalTask) -> None:
         if task.exit_info is None and self.events is not None:
+            self.flow.flush(task.key)
             self.events.on_ready(task.key)
 
     # --- sd_notify ----------------------------------------------------------
 
     def _on_notify(self) -> None:
-        assert self.notify_server is not None
-        for item in self.notify_server.drain():
-            if isinstance(item, NotifyProtocolError):
-                log.warning("ignored a notification: %s", item)
-                continue
-            task = self._sender(item.pid)
-            if task is None:
-                self._hold(item)
-                continue
-            self._apply(task, item)
+        self.reader.read()
+
+    def _deliver_status(self, key: TaskKey, text: str) -> None:
+        if self.events is not None:
+            self.events.on_status(key, text)
 
     def _switch_main(self, task: LocalTask, pid: int) -> None:
         """MAINPID=: the task follows another main process; the books follow it too."""
@@ -438,6 +440,7 @@ class LocalRunner(Runner):
             del self.by_pid[old]
         self.by_pid[pid] = task
         if self.events is not None:
+            self.flow.flush(task.key)
             self.events.on_main_pid(task.key, pid, task.describe())
 
     def _hold(self, note: Notification) -> None:
@@ -450,7 +453,9 @@ class LocalRunner(Runner):
             if now - held_since < UNCLAIMED_SECONDS and len(self._unclaimed) < UNCLAIMED_LIMIT:
                 break
             del self._unclaimed[oldest]
-        self._unclaimed.setdefault(note.pid, (now, []))[1].append(note)
+        held = self._unclaimed.setdefault(note.pid, (now, []))[1]
+        if len(held) < UNCLAIMED_PER_PID:
+            held.append(note)
 
     def _sender(self, pid: int) -> LocalTask | None:
         """The task a notification comes from: its main pid, or another of its processes.
@@ -477,9 +482,9 @@ class LocalRunner(Runner):
         if note.main_pid is not None and note.main_pid != task.pid:
             self._switch_main(task, note.main_pid)
         if note.status is not None:
-            self.events.on_status(key, note.status)
+            self.flow.status(key, note.status)
         elif note.errno is not None:
-            self.events.on_status(key, f"errno {note.errno}: {os.strerror(note.errno)}")
+            self.flow.status(key, f"errno {note.errno}: {os.strerror(note.errno)}")
         if note.watchdog_ping:
             task.pinged()
         if note.watchdog_trigger:
@@ -488,6 +493,8 @@ class LocalRunner(Runner):
         if note.extend_timeout_usec is not None:
             task.extend_start_timeout(note.extend_timeout_usec)
         if note.ready and task.became_ready():
+            self.flow.flush(key)
             self.events.on_ready(key)
         if note.stopping:
+            self.flow.flush(key)
             self.events.on_stopping(key)
