@@ -14,9 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.unit import test_systemd_runner as recorded
+from zsvc import journal
 from zsvc.notify import NotifyProtocolError
+from zsvc.runners.base import ExitInfo
 from zsvc.runners.coalesce import Budget, Coalescer, TokenBucket, lone_status, names_state
 from zsvc.runners.notifyflow import StatusFlow
+from zsvc.runners.systemd import SystemdRunner
+from zsvc.runners.systemdtask import SystemdTask
+from zsvc.states import Result
 
 INTERVAL = 0.1
 KEYS = st.sampled_from(["a", "b", "c"])
@@ -234,3 +240,44 @@ def test_invalid_datagrams_are_logged_once_per_interval(caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="zsvc.runners.notifyflow"):
         asyncio.run(scenario())
     assert len(caplog.records) == 1
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def test_the_systemd_runner_paces_a_flood_of_status_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd, each STATUS= of a task arrives as a PropertiesChanged of its unit:
+    the same flow paces them, flushed before readiness and at the end."""
+    monkeypatch.setattr(journal, "send", lambda *args, **fields: True)
+
+    async def scenario() -> list[tuple[str, object]]:
+        events = recorded.Recorder()
+        runner = SystemdRunner(user=False)
+        runner.events = events
+        task = SystemdTask(
+            spec=recorded.launch_spec(), pid=42, runner=runner, unit=recorded.NAME,
+            path=recorded.PATH,
+        )  # fmt: skip
+        task._returned = True
+        task._release()
+        runner.by_path[recorded.PATH] = task
+        feed = runner._on_message
+        feed(recorded.unit("activating", "start", job=9))
+        for number in range(500):
+            feed(recorded.svc(42, text=f"line {number}"))
+        feed(recorded.unit("active", "running", job=9))
+        for number in range(500, 1000):
+            feed(recorded.svc(42, text=f"line {number}"))
+        feed(recorded.svc(0, "exit-code", 1, 3, "line 999"))
+        feed(recorded.unit("failed", "failed"))
+        runner.flow.close()
+        return events.seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [
+        ("status", "line 0"),
+        ("status", "line 499"),  # flushed before READY
+        ("ready", (recorded.TX, recorded.TASK)),
+        ("status", "line 999"),  # the last words, before the end
+        ("exit", ExitInfo(Result.EXIT_CODE, exit_code=3)),
+    ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
@@ -60,7 +61,8 @@ class StatusFlow:
 
     @staticmethod
     def _now() -> float:
-        return asyncio.get_running_loop().time()
+        """The event loop's clock (asyncio's loops read time.monotonic())."""
+        return time.monotonic()
 
     def status(self, key: TaskKey, value: Status, now: float | None = None) -> None:
         """A new status line of *key*: delivered now, or pending until its window ends."""
@@ -118,9 +120,14 @@ class StatusFlow:
 
     def _arm(self, key: TaskKey) -> None:
         deadline = self._coalescer.deadline(key)
-        if deadline is not None:
+        if deadline is None:
+            return
+        try:
             loop = asyncio.get_running_loop()
-            self._timers[key] = loop.call_at(deadline, self._on_timer, key)
+        except RuntimeError:  # no loop to wait in (a runner driven by hand): no pacing
+            self.flush(key)
+            return
+        self._timers[key] = loop.call_at(deadline, self._on_timer, key)
 
     def _on_timer(self, key: TaskKey) -> None:
         self._timers.pop(key, None)
@@ -213,7 +220,7 @@ class NotifyReader(Generic[T]):
             return
         self._flow.flooded = False
         senders: dict[int, T | None] = {}  # one lookup per sender and batch
-        now = asyncio.get_running_loop().time()  # one clock read per batch
+        now = time.monotonic()  # one clock read per batch
         for raw in self._server.drain_raw(NOTIFY_BATCH):
             if isinstance(raw, NotifyProtocolError):
                 self._flow.invalid(raw)

@@ -55,8 +55,10 @@ from zsvc.runners.base import (
     Runner,
     RunnerEvents,
     RunnerUnavailable,
+    TaskKey,
 )
 from zsvc.runners.exitcodes import EXIT_CHDIR, EXIT_EXEC
+from zsvc.runners.notifyflow import StatusFlow
 from zsvc.runners.sdbus import (
     MANAGER,
     MANAGER_MATCH,
@@ -101,6 +103,9 @@ class SystemdRunner(Runner):
         self.unicode_ok = marshals_unicode()
         self.version = ""
         self.jobs = Jobs("systemd runner")
+        self.flow = StatusFlow(self._deliver_status)
+        """Status lines paced per task (coalesce.py): systemd signals each STATUS= of a
+        task as a PropertiesChanged of its unit, a flood included."""
         """Background work: the bus connection's watch, resyncs after a daemon-reload."""
         self._transactions: set[str] = set()
         """Transactions whose units this runner started or adopted (their slices)."""
@@ -231,7 +236,12 @@ class SystemdRunner(Runner):
 
         asyncio.get_running_loop().call_later(SLICE_GRACE, stop_if_idle)
 
+    def _deliver_status(self, key: TaskKey, text: str) -> None:
+        if self.events is not None:
+            self.events.on_status(key, text)
+
     async def close(self) -> None:
+        self.flow.close()
         if self.bus is not None:  # leave no idle slice behind (tasks that run keep theirs)
             for transaction in sorted(self._transactions):
                 if not self._busy(transaction):

@@ -37,6 +37,7 @@ from zsvc.runners import transient
 from zsvc.runners.base import ExitInfo, RunnerEvents, TaskHandle
 from zsvc.runners.cgroup import cgroup_of, members_of
 from zsvc.runners.exitcodes import KILL_WAIT
+from zsvc.runners.notifyflow import StatusFlow
 from zsvc.runners.sdbus import NO_SUCH_UNIT, SystemdError, variant
 from zsvc.states import Result, State
 
@@ -47,6 +48,8 @@ class UnitOwner(Protocol):
     """What a task needs of its runner (:class:`~zsvc.runners.systemd.SystemdRunner`)."""
 
     events: RunnerEvents | None
+    flow: StatusFlow
+    """Where status lines go, paced per task, and are flushed before the task's other events."""
     jobs: Jobs
     """Where the task's background work runs (a resync after a doubtful UnitRemoved)."""
 
@@ -166,8 +169,7 @@ class SystemdTask(TaskHandle):
                     self._report(lambda e: e.on_main_pid(self.key, self.pid, self.describe()))
                 )
         if "status_text" in changed and not self.view.ended:
-            text = self.view.status_text
-            self._emit(self._report(lambda e: e.on_status(self.key, text)))
+            self._emit(self._status(self.view.status_text))
         if "active_state" in changed:
             state = self.view.active_state
             if state == State.ACTIVE and not self.ready:
@@ -214,8 +216,25 @@ class SystemdTask(TaskHandle):
             self._finish(self.view.exit())
         self.removed.set()
 
-    def _report(self, call: Callable[[RunnerEvents], None]) -> Callable[[], None]:
+    def _status(self, text: str) -> Callable[[], None]:
+        """A status line, paced by the runner's flow (at most every 100 ms, the latest
+        winning): a task's STATUS= flood reaches us as one PropertiesChanged per line."""
+
         def action() -> None:
+            if self.runner is not None:
+                self.runner.flow.status(self.key, text)
+
+        return action
+
+    def _report(
+        self, call: Callable[[RunnerEvents], None], end: bool = False
+    ) -> Callable[[], None]:
+        """An event for the daemon, after the task's pending status line (never reordered
+        with it); at the *end* of the run, the flow forgets the task."""
+
+        def action() -> None:
+            if self.runner is not None:
+                (self.runner.flow.end if end else self.runner.flow.flush)(self.key)
             if self.runner is not None and self.runner.events is not None:
                 call(self.runner.events)
 
@@ -228,7 +247,7 @@ class SystemdTask(TaskHandle):
         self._pid_known.set()
         self._exited.set()
         self._journal(info.describe(), journal.INFO if info.clean else journal.WARNING)
-        self._emit(self._report(lambda e: e.on_exit(self.key, info)))
+        self._emit(self._report(lambda e: e.on_exit(self.key, info), end=True))
         if self.runner is not None:
             self.runner.slice_maybe_idle(self.spec.transaction)
 
