@@ -114,8 +114,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _message(topic: str) -> list[bytes]:
-    content: dict[str, Any] = {"status": {"steps": 1, "text": "x" * 80}}
+def _message(topic: str, text: int) -> list[bytes]:
+    content: dict[str, Any] = {"status": {"steps": 1, "text": "x" * text}}
     return protocol.encode(
         protocol.make_message(
             topic,
@@ -128,7 +128,7 @@ def _message(topic: str) -> list[bytes]:
     )
 
 
-def measure(device: Device, path: tuple[str, str, str], messages: int, window: int) -> float:
+def measure(device: Device, path: tuple[str, str, str], args: argparse.Namespace) -> float:
     """Messages per second along *path* (publisher side, subscriber side(s), topic)."""
     source, sinks, topic = path
     pub = _socket(device.context, zmq.PUB, device.ipc[0] if source == "ipc" else device.tcp[0])
@@ -137,7 +137,8 @@ def measure(device: Device, path: tuple[str, str, str], messages: int, window: i
         for sink in sinks.split("+")
     ]
     try:
-        frames = _message(topic)
+        frames = _message(topic, args.text)
+        messages, window = args.messages, args.window
         _join(pub, subs, frames)
         started = time.perf_counter()
         for _ in range(messages // window):
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 device = Device(module, Path(workdir))
                 try:
                     for label, path in PATHS.items():
-                        rate = measure(device, path, args.messages, args.window)
+                        rate = measure(device, path, args)
                         results[label][name] = max(rate, results[label].get(name, 0.0))
                 finally:
                     device.close()
@@ -201,6 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000, help="per path and round")
     parser.add_argument("--window", type=int, default=1_000, help="messages in flight")
+    parser.add_argument("--text", type=int, default=80, help="characters of text per message")
     parser.add_argument("--rounds", type=int, default=3, help="the best round is kept")
     parser.add_argument("--device", type=Path, help="another version of zsvc/daemon/bus.py")
     parser.add_argument("--json", type=Path, help="write the results here")

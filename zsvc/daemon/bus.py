@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -50,6 +49,7 @@ import zmq
 
 from zsvc import protocol
 from zsvc.daemon import fs, trust
+from zsvc.daemon.budget import SendBudget, track_sends
 from zsvc.daemon.throttle import ThrottledLog
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
@@ -62,6 +62,14 @@ HIGH_WATER_MARK = 10_000
 """Per-peer queue bound: a subscriber that never reads costs at most this many messages."""
 SOCKET_MODE = 0o660
 """The ``ipc://`` socket files' mode: connecting needs write permission."""
+MAX_MESSAGE_BYTES = protocol.MAX_FRAME_BYTES + 4096
+"""The largest frame a publisher may send: a body zsvc reads (1 MiB), or a legacy frame's
+topic and body."""
+PUBLISHER_HIGH_WATER_MARK = 1_000
+"""What the XSUBs hold per publisher before the device reads it (ZeroMQ's default): a
+publisher faster than the device keeps the rest in its own queue, not in the daemon."""
+MAX_SUBSCRIPTION_BYTES = 4096
+"""The largest (un)subscription a subscriber may send."""
 DRAIN_BATCH = 1_000
 """Messages moved per event-loop turn at most: a flood must not starve the control socket."""
 
@@ -180,6 +188,12 @@ def _device_pair(context: zmq.Context[Any]) -> tuple[zmq.Socket[bytes], zmq.Sock
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
         sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    # A peer that sends a larger frame is disconnected by libzmq before it is stored:
+    # a publisher's message no zsvc reader would accept, a subscription no topic needs.
+    pair[0].setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    pair[0].setsockopt(zmq.RCVHWM, PUBLISHER_HIGH_WATER_MARK)
+    pair[1].setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+    track_sends(pair[1])
     return pair
 
 
@@ -218,6 +232,9 @@ class BusDevice:
         """Public messages not passed to the trusted side (:func:`trust.admit_public`)."""
         self._invalid = ThrottledLog(log)
         """Invalid messages are logged once per interval: a flood must not fill the log."""
+        self._budgets = {id(self.xpub): SendBudget(), id(self.public_xpub): SendBudget()}
+        """Each XPUB's large messages still held for slow subscribers (bounded in bytes)."""
+        self._over_budget = ThrottledLog(log)
         self.socket_files: dict[Path, fs.SocketFile] = {}
         """The ``ipc://`` socket files this device bound, as bound: only these are removed."""
         self.subscriptions: collections.Counter[bytes] = collections.Counter()
@@ -356,11 +373,31 @@ class BusDevice:
 
     def _send(self, frames: list[bytes], public: bool) -> None:
         """Send to the trusted subscribers and, if *public*, to the public ones (if any)."""
-        with contextlib.suppress(zmq.Again):
-            self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+        self._put(self.xpub, frames)
         if public and self.public_subscriptions:
-            with contextlib.suppress(zmq.Again):
-                self.public_xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._put(self.public_xpub, frames)
+
+    def _put(self, xpub: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        """Send *frames* on *xpub* without blocking: a full subscriber queue loses it (the
+        daemon never waits), and a large message goes only within the XPUB's budget."""
+        size = len(frames[-1])
+        budget = self._budgets[id(xpub)]
+        try:
+            if size <= budget.large:
+                xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+            elif budget.admit(size):
+                sent = xpub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False, track=True)
+                budget.sent(sent, size)
+            else:
+                self._over_budget.warning(
+                    "dropped a bus message of %d bytes: %d bytes of large messages wait for"
+                    " slow subscribers already (at most %d)",
+                    size,
+                    budget.held,
+                    budget.limit,
+                )
+        except zmq.Again:
+            pass
 
     def _drain_soon(self) -> None:
         """Drain both sockets at the next loop turn (once, however often asked)."""
@@ -415,11 +452,9 @@ class BusDevice:
             frames = self.public_xsub.recv_multipart(zmq.NOBLOCK)
             moved += 1
             if self.public_subscriptions:
-                with contextlib.suppress(zmq.Again):
-                    self.public_xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+                self._put(self.public_xpub, frames)
             if trust.admit_public(frames):
-                with contextlib.suppress(zmq.Again):
-                    self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+                self._put(self.xpub, frames)
             else:
                 self.withheld += 1
         return moved
