@@ -244,7 +244,10 @@ def send(
         [], "--task-id", "--task_id", help="Only these tasks (context actions)."
     ),
     endpoint: str = typer.Option(
-        None, "--endpoint", help="Bus endpoint to publish to (default: the daemon's)."
+        None,
+        "--endpoint",
+        help="Bus endpoint to publish to (default: the daemon's); a question on 'state'"
+        " always goes to the daemon's, the only bus it answers on.",
     ),
     topic: str = typer.Option("process", "--topic", help="Topic for a task message."),
     device_action: str = typer.Option(
