@@ -55,6 +55,7 @@ from lib.report import Metrics, add_run_options, median, percentile, run_scenari
 from lib.taskpkg import IDLE, task_ids, write_context, write_task_package
 
 from zsvc.client import ControlClient
+from zsvc.naming import instance_id
 from zsvc.runners.cgroup import CANDIDATES, SLICE, task_groups
 
 SETTLE_S = 10.0
@@ -98,9 +99,11 @@ class ScaleBench(Metrics):
         self.failures: list[str] = []
         self.work = Path(tempfile.mkdtemp(prefix="zs", dir="/tmp"))
         self.prefix = f"s{secrets.token_hex(3)}"
-        """Of every transaction id: unit and cgroup names are per machine, not per daemon."""
+        """Of every transaction id: tells this run's transactions from an earlier run's."""
         pyc = None if args.no_pyc_cache else self.work / "pyc"
         self.daemon = ZsvcDaemon(self.work, pyc=pyc, client_timeout=30.0)
+        self.instance = instance_id(self.daemon.state)
+        """The daemon's part of its cgroup names: only its own groups are looked at."""
         self._seen_lock = threading.Lock()
 
     # --- plumbing ---------------------------------------------------------------------
@@ -175,7 +178,7 @@ class ScaleBench(Metrics):
         procs = self.remember(record)
         inactive = [t["id"] for t in record["tasks"] if t["state"] != "active"]
         self.check(section, "tasks not active after start", inactive)
-        groups = task_groups([tx])
+        groups = task_groups([tx], self.instance)
         rss_at, fds_at = daemon.rss(), daemon.fds()
         zygote = daemon.zygote()
         zygote_rss = zygote.memory_info().rss / MIB if zygote is not None else None
@@ -254,10 +257,12 @@ class ScaleBench(Metrics):
         up = [t["id"] for t in record["tasks"] if t["state"] != "inactive" or t["pid"]]
         self.check(section, "tasks not inactive after stop", up)
         self.check(section, "leaked task processes", leaked(procs))
-        left = poll(lambda: not any(task_groups([tx]).values()), 10.0)
-        populated = [] if left else [g for g, pids in task_groups([tx]).items() if pids]
+        left = poll(lambda: not any(task_groups([tx], self.instance).values()), 10.0)
+        populated = (
+            [] if left else [g for g, pids in task_groups([tx], self.instance).items() if pids]
+        )
         self.check(section, "leaked processes in task cgroups", populated)
-        figures["cgroups_left"] = len(task_groups([tx]))
+        figures["cgroups_left"] = len(task_groups([tx], self.instance))
         self.cli("forget", tx, timeout=60)
         return figures
 
@@ -312,7 +317,7 @@ class ScaleBench(Metrics):
             [] if len(distinct) == 2 * count else [f"{len(distinct)} seen"],
         )
         self.check(section, "leaked task processes", leaked(procs))
-        populated = [g for g, pids in task_groups(ids).items() if pids]
+        populated = [g for g, pids in task_groups(ids, self.instance).items() if pids]
         self.check(section, "leaked processes in task cgroups", populated)
         forget_wall = self.forget_all(section, ids, fds_before)
         self.concurrent_rows(section, answers, wall, forget_wall)
@@ -415,7 +420,7 @@ class ScaleBench(Metrics):
         leftovers = self.daemon.shutdown()
         # A daemon that died (libzmq aborts on EMFILE) leaves its tasks running, by
         # design; tasks it forked but never reported are found by their cgroups.
-        for pids in task_groups([self.prefix], id_prefixes=True).values():
+        for pids in task_groups([self.prefix], self.instance, id_prefixes=True).values():
             for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)

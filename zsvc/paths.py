@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zsvc.errors import DaemonUnreachable
+from zsvc.naming import instance_id
 
 SYSTEM_RUNTIME_DIR = Path("/run/zsvc")
 """The system daemon's (zsvc.service, RuntimeDirectory=zsvc): mode 0750, group zsvc."""
@@ -232,6 +233,12 @@ class StateLayout:
     def lock(self) -> Path:
         """One daemon per state directory: the table is not shared, whatever the sockets."""
         return self.root / "daemon.lock"
+
+    @functools.cached_property
+    def instance(self) -> str:
+        """The daemon of this state dir among others on the machine: the part of its unit
+        and cgroup names (:func:`zsvc.naming.instance_id`) that keeps them its own."""
+        return instance_id(self.root)
 
     @functools.cached_property
     def logs(self) -> Path:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import TaskDef, pid_alive, wait_message, wait_until
-from zsvc.naming import unit_name
+from tests.integration.conftest import Daemon, TaskDef, pid_alive, wait_message, wait_until
+from zsvc.naming import instance_id, instance_slice, unit_name
 from zsvc.runners.cgroup import cgroup_of, find_hierarchy
 
 CGROUPS = find_hierarchy() if os.environ.get("ZSVC_CGROUPS", "1") != "0" else None
@@ -76,8 +76,12 @@ def _assert_gone(pid: int) -> None:
         wait_until(lambda: not pid_alive(pid), timeout=5.0, what=f"{pid} gone")
 
 
-def _cgroup_path(transaction: str, task: str) -> Path | None:
-    return CGROUPS.slice / unit_name(transaction, task) if CGROUPS is not None else None
+def _cgroup_path(daemon: Daemon, transaction: str, task: str) -> Path | None:
+    """Where *daemon*'s local runner puts the task's group: its instance's directory."""
+    if CGROUPS is None:
+        return None
+    instance = instance_id(daemon.state)
+    return CGROUPS.top / instance_slice(instance) / unit_name(transaction, task, instance)
 
 
 def test_stop_leaves_nothing_behind(daemon, make_context, workdir: Path) -> None:
@@ -85,7 +89,7 @@ def test_stop_leaves_nothing_behind(daemon, make_context, workdir: Path) -> None
     context = make_context([TaskDef("escapee", command=command, location=None)])
     assert daemon.cli("start", "--context", str(context), "ORPH").code == 0
     grandchild = _pid_in(pidfile)
-    group = _cgroup_path("ORPH", "escapee")
+    group = _cgroup_path(daemon, "ORPH", "escapee")
     if group is not None:
         assert cgroup_of(grandchild) == "/" + str(group.relative_to(CGROUPS.root))
     assert pid_alive(grandchild)
@@ -112,7 +116,7 @@ def test_a_main_process_that_exits_takes_its_leftovers_along(
     _assert_gone(grandchild)
     task = daemon.call("status", transaction="LEAVE")["tasks"][0]
     assert (task["state"], task["result"]) == ("inactive", "success")
-    group = _cgroup_path("LEAVE", "leaver")
+    group = _cgroup_path(daemon, "LEAVE", "leaver")
     assert group is None or not group.exists()
 
 
@@ -133,7 +137,7 @@ def test_a_python_task_setup_grandchild_is_stopped_too(
     assert daemon.cli("start", "--context", str(context), "PYORPH").code == 0
     grandchild = _pid_in(pidfile)
     assert pid_alive(grandchild)
-    group = _cgroup_path("PYORPH", "py")
+    group = _cgroup_path(daemon, "PYORPH", "py")
     if group is not None:
         assert cgroup_of(grandchild) == "/" + str(group.relative_to(CGROUPS.root))
 
@@ -163,7 +167,7 @@ def test_a_readopted_task_is_still_stopped_as_a_whole(daemons, make_context, wor
     stopped = successor.cli("stop", "READOPT", "--json")
     assert stopped.code == 0, stopped.stderr
     _assert_gone(grandchild)
-    group = _cgroup_path("READOPT", "escapee")
+    group = _cgroup_path(successor, "READOPT", "escapee")
     assert group is not None and not group.exists()
 
 

@@ -44,6 +44,7 @@ from tests.integration.conftest import (
     wait_message,
     wait_until,
 )
+from zsvc.naming import instance_id
 from zsvc.notify import sd_notify
 from zsvc.runners.cgroup import task_groups
 
@@ -158,7 +159,12 @@ def test_twenty_cli_clients_start_and_stop_fifty_transactions(
     assert_table_agrees(daemon, view)
     assert len({proc.pid for proc in seen}) == 2 * TRANSACTIONS
     assert not running(seen)
-    wait_until(lambda: not task_groups(ids), 10.0, "every task cgroup removed", daemon.log)
+    wait_until(
+        lambda: not task_groups(ids, instance_id(daemon.state)),
+        10.0,
+        "every task cgroup removed",
+        daemon.log,
+    )
 
     def forget(tx: str) -> CliResult:
         return daemon.cli("forget", tx, timeout=CLI_TIMEOUT)
@@ -196,7 +202,7 @@ def test_hundreds_of_tasks_start_are_sampled_and_stop_without_leaks(
         record = client.call("status", transaction=tx)
     assert [t["state"] for t in record["tasks"]] == ["active"] * BIG
     procs = [psutil.Process(task["pid"]) for task in record["tasks"]]
-    groups = task_groups([tx])
+    groups = task_groups([tx], instance_id(daemon.state))
     if groups:  # root: one cgroup per task, holding exactly its process
         assert sorted(pid for members in groups.values() for pid in members) == sorted(
             proc.pid for proc in procs
@@ -220,7 +226,12 @@ def test_hundreds_of_tasks_start_are_sampled_and_stop_without_leaks(
         assert {(t["state"], t["pid"]) for t in stopped["tasks"]} == {("inactive", None)}
         assert_table_agrees(daemon, {"transactions": [stopped]})
         assert not running(procs)
-        wait_until(lambda: not task_groups([tx]), 10.0, "task cgroups removed", daemon.log)
+        wait_until(
+            lambda: not task_groups([tx], instance_id(daemon.state)),
+            10.0,
+            "task cgroups removed",
+            daemon.log,
+        )
         client.call("forget", transaction=tx)
     pid = daemon.pid()
     wait_until(lambda: open_fds(pid) <= fds, 10.0, f"daemon fds back to {fds}", daemon.log)

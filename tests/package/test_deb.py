@@ -200,7 +200,7 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     utf = {task["id"]: task for task in inside.status("UTF")["tasks"]}
     assert utf["ts_utf"]["state"] == "active", utf
     unit = inside.ok(
-        "systemctl", "list-units", "--plain", "--no-legend", "zsvc-UTF-ts_utf*"
+        "systemctl", "list-units", "--plain", "--no-legend", "zsvc-*-UTF-ts_utf*"
     ).split()[0]
     description = inside.ok("systemctl", "show", unit, "--property=Description").strip()
     assert description.isascii() and "Caf" in description, description

@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.conftest import TaskDef
 from tests.system.conftest import WORK, Zsvc, wait_for
+from zsvc.naming import instance_id, instance_slice, slice_name, unit_name
 
 pytestmark = pytest.mark.system
 
@@ -29,10 +30,12 @@ PROPS = [
 ]
 
 
-def unit(transaction: str, task: str) -> str:
-    from zsvc.naming import unit_name
+INSTANCE = instance_id("/var/lib/zsvc")
+"""zsvc.service's instance: its state dir is StateDirectory=zsvc (a real directory there)."""
 
-    return unit_name(transaction, task)
+
+def unit(transaction: str, task: str) -> str:
+    return unit_name(transaction, task, INSTANCE)
 
 
 def test_the_unit_file_verifies_and_runs_the_daemon(zsvc_service: Zsvc) -> None:
@@ -68,8 +71,11 @@ def test_each_task_is_a_transient_unit_with_the_right_properties(zsvc_service: Z
         "NotifyAccess": "main",
         "KillMode": "control-group",
         "CollectMode": "inactive-or-failed",
-        "Slice": r"zsvc-sys\x2dprops.slice",
-        "ControlGroup": r"/zsvc.slice/zsvc-sys\x2dprops.slice/zsvc-sys\x2dprops-py.service",
+        "Slice": slice_name("sys-props", INSTANCE),
+        "ControlGroup": (
+            f"/zsvc.slice/{instance_slice(INSTANCE)}/{slice_name('sys-props', INSTANCE)}"
+            f"/{unit(tx, 'py')}"
+        ),
         "TimeoutStartUSec": "20s",
         "TimeoutStopUSec": "4s",
         "WatchdogUSec": "30s",
@@ -87,7 +93,8 @@ def test_each_task_is_a_transient_unit_with_the_right_properties(zsvc_service: Z
     assert {t["state"] for t in stopped.values()} == {"inactive"}
     wait_for(  # the idle slice is stopped too: nothing is left behind
         lambda: (
-            zsvc_service.show(r"zsvc-sys\x2dprops.slice", "ActiveState")["ActiveState"] != "active"
+            zsvc_service.show(slice_name("sys-props", INSTANCE), "ActiveState")["ActiveState"]
+            != "active"
         ),
         what="the transaction's slice stopped",
     )

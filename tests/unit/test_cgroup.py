@@ -180,19 +180,66 @@ def test_sweep_removes_only_old_empty_groups(group: tuple[CgroupTree, Cgroup]) -
 
 
 def test_task_groups_are_found_by_transaction_and_by_id_prefix(tmp_path) -> None:
-    """The groups of a transaction's tasks, named as the units are (zsvc.naming)."""
-    from zsvc.naming import unit_name
+    """The groups of a transaction's tasks, named as the units are (zsvc.naming), in the
+    daemon instance's directory only: another instance's group of the same ids is not."""
+    from zsvc.naming import instance_slice, unit_name
     from zsvc.runners.cgroup import SLICE, task_groups
 
-    slice_dir = tmp_path / SLICE
-    for transaction, task, pids in (("tx-1", "a", "12\n13\n"), ("tx-10", "a", ""), ("TX", "b", "")):
-        group = slice_dir / unit_name(transaction, task)
+    mine, other = "0123abcd", "fedc9876"
+    slice_dir = tmp_path / SLICE / instance_slice(mine)
+    rows = [("tx-1", "a", "12\n13\n", mine), ("tx-10", "a", "", mine), ("TX", "b", "", mine)]
+    rows.append(("tx-1", "a", "14\n", other))
+    for transaction, task, pids, instance in rows:
+        group = tmp_path / SLICE / instance_slice(instance) / unit_name(transaction, task, instance)
         group.mkdir(parents=True)
         (group / "cgroup.procs").write_text(pids)
-    assert task_groups(["tx-1"], candidates=[tmp_path]) == {
-        str(slice_dir / unit_name("tx-1", "a")): [12, 13]
+    assert task_groups(["tx-1"], mine, candidates=[tmp_path]) == {
+        str(slice_dir / unit_name("tx-1", "a", mine)): [12, 13]
     }
-    assert sorted(task_groups(["tx-1"], id_prefixes=True, candidates=[tmp_path])) == sorted(
-        str(slice_dir / unit_name(tx, "a")) for tx in ("tx-1", "tx-10")
+    assert sorted(task_groups(["tx-1"], mine, id_prefixes=True, candidates=[tmp_path])) == sorted(
+        str(slice_dir / unit_name(tx, "a", mine)) for tx in ("tx-1", "tx-10")
     )
-    assert task_groups(["nothing"], candidates=[tmp_path, tmp_path / "absent"]) == {}
+    assert task_groups(["nothing"], mine, candidates=[tmp_path, tmp_path / "absent"]) == {}
+
+
+def _fake_instance_tree(root: Path, instance: str) -> CgroupTree:
+    """A CgroupTree over plain directories, as find_hierarchy makes it for *instance*."""
+    from zsvc.naming import instance_slice
+    from zsvc.runners.cgroup import SLICE
+
+    top = root / SLICE
+    (top / instance_slice(instance)).mkdir(parents=True, exist_ok=True)
+    return CgroupTree(root, top / instance_slice(instance), top)
+
+
+def test_a_daemon_finds_only_its_own_instance_groups_and_legacy_ones(tmp_path: Path) -> None:
+    """Adoption (at, of_pid) accepts this instance's groups and a group named before
+    instances existed (its own table names it after an upgrade), never another's."""
+    mine = _fake_instance_tree(tmp_path, "0123abcd")
+    other = _fake_instance_tree(tmp_path, "fedc9876")
+    own = mine.slice / "zsvc-0123abcd-TX-t0.service"
+    theirs = other.slice / "zsvc-fedc9876-TX-t0.service"
+    legacy = mine.top / "zsvc-TX-t0.service"
+    legacy_suffixed = mine.top / "zsvc-TX-t0.service-0a1b2c3d4e5f"
+    assert mine.relative(own) == f"/zsvc.slice/zsvc-0123abcd.slice/{own.name}"
+    assert mine.relative(theirs) is None
+    assert mine.relative(other.slice) is None and mine.relative(mine.slice) is None
+    assert mine.relative(legacy) == "/zsvc.slice/zsvc-TX-t0.service"
+    assert mine.relative(legacy_suffixed) is not None
+    assert other.relative(own) is None
+
+
+def test_sweep_looks_only_at_its_own_instance(tmp_path: Path) -> None:
+    """A stale empty group is swept by its own daemon only; no sweep touches an instance's
+    directory or a group made before instances existed."""
+    mine = _fake_instance_tree(tmp_path, "0123abcd")
+    other = _fake_instance_tree(tmp_path, "fedc9876")
+    groups = [mine.slice / "zsvc-0123abcd-T-a.service", other.slice / "zsvc-fedc9876-T-a.service"]
+    groups.append(mine.top / "zsvc-T-a.service")
+    for group in groups:
+        group.mkdir()
+        os.utime(group, (0, 0))  # made long ago, and empty (no cgroup.events: not populated)
+    assert mine.sweep() == [groups[0]]
+    whole = CgroupTree(tmp_path, mine.top)  # the whole slice, as outside a daemon
+    assert whole.sweep() == [groups[2]]  # a legacy group; no instance's directory
+    assert groups[1].is_dir() and mine.slice.is_dir() and other.slice.is_dir()

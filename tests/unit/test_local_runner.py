@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from zsvc.hostwire import INVOCATION_ENV
+from zsvc.naming import instance_id, instance_slice
 from zsvc.paths import RuntimeLayout
 from zsvc.procs import children_of, descendants, process_start_time
 from zsvc.runners.base import ExitInfo, LaunchError, LaunchSpec, TaskKey
@@ -231,11 +232,17 @@ def test_everything_a_task_starts_shares_its_cgroup_and_dies_with_it(
         info, path, members = asyncio.run(scenario())
         assert info.result is Result.SUCCESS
         assert grandchild is not None and not _alive(grandchild)  # dead when the end is reported
-        assert path.parent == CGROUPS.slice and not path.exists()
+        assert path.parent == _runner_cgroups(tmp_path) and not path.exists()
         if ending == "stop":
             assert grandchild in members
     finally:
         _kill_quietly(grandchild)
+
+
+def _runner_cgroups(runtime: Path) -> Path:
+    """The cgroup directory of a runner made on *runtime* without an instance: its own."""
+    assert CGROUPS is not None
+    return CGROUPS.top / instance_slice(instance_id(runtime))
 
 
 def test_a_missing_program_is_refused_before_the_start(tmp_path: Path) -> None:
@@ -255,7 +262,7 @@ def test_a_missing_program_is_refused_before_the_start(tmp_path: Path) -> None:
     assert error.info.exit_code == 203 and error.info.result is Result.EXIT_CODE
     assert "cannot execute /no/such/program: No such file or directory" in str(error)
     if CGROUPS is not None:
-        assert not (CGROUPS.slice / spec.unit).exists()
+        assert not (_runner_cgroups(tmp_path) / spec.unit).exists()
 
 
 def _run_with_fd_limit(tmp: Path, fd_limit: int, use_cgroups: bool) -> tuple[ExitInfo, str]:
@@ -338,7 +345,9 @@ def test_a_run_whose_pid_never_reached_the_table_is_found_by_the_zygotes_marker(
 
 class _PreviousDaemon:
     """A task started the way an earlier daemon did: its main process joined a cgroup
-    through the runner's own wrapper; the grandchild's pid arrives on a notify socket."""
+    through the runner's own wrapper; the grandchild's pid arrives on a notify socket.
+    The group is in ``zsvc.slice`` itself, as a version without instances made it: the
+    runner follows it (re-adoption after an upgrade) by the saved path or the pid."""
 
     def __init__(self, tmp: Path, unit: str):
         from zsvc.notify import NotifyServer

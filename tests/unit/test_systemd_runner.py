@@ -19,7 +19,7 @@ from zsvc import journal
 from zsvc.naming import unit_name
 from zsvc.runners.base import ExitInfo, LaunchSpec, LogSource, RunnerUnavailable, TaskKey
 from zsvc.runners.choose import choose_runner, systemd_booted
-from zsvc.runners.systemd import SystemdRunner
+from zsvc.runners.systemd import NO_INSTANCE, SystemdRunner
 from zsvc.runners.systemdtask import SystemdTask
 from zsvc.runners.transient import unit_path
 from zsvc.states import Result
@@ -28,7 +28,7 @@ PROPS = "org.freedesktop.DBus.Properties"
 SVC, UNIT = "org.freedesktop.systemd1.Service", "org.freedesktop.systemd1.Unit"
 MANAGER = "org.freedesktop.systemd1.Manager"
 TX, TASK = "a-b", "t1"
-NAME = unit_name(TX, TASK)
+NAME = unit_name(TX, TASK, NO_INSTANCE)
 PATH = unit_path(NAME)
 
 

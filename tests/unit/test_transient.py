@@ -35,7 +35,7 @@ def spec(**changes: object) -> LaunchSpec:
     base: dict[str, object] = {
         "transaction": "a-b",
         "task_id": "t1",
-        "unit": unit_name("a-b", "t1"),
+        "unit": unit_name("a-b", "t1", "0123abcd"),
         "argv": ("python3", "-m", "zsvc.task"),
         "env": {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/zsvc/notify", "INVOCATION_ID": "x"},
         "cwd": "/srv",
@@ -54,10 +54,12 @@ def by_name(props: list[Prop]) -> dict[str, Prop]:
 
 
 def test_properties_of_a_notifying_task() -> None:
-    props = by_name(transient_properties(spec(), "/usr/bin/python3", slice_name("a-b"), "svc"))
+    props = by_name(
+        transient_properties(spec(), "/usr/bin/python3", slice_name("a-b", "0123abcd"), "svc")
+    )
     expected = {
         "Description": ("s", "test task"),
-        "Slice": ("s", r"zsvc-a\x2db.slice"),
+        "Slice": ("s", r"zsvc-0123abcd-a\x2db.slice"),
         "Type": ("s", "notify"),
         "NotifyAccess": ("s", "main"),
         "ExecStart": ("a(sasb)", [["/usr/bin/python3", ["python3", "-m", "zsvc.task"], False]]),
@@ -175,7 +177,9 @@ def test_resolve_program_uses_the_tasks_path_and_working_directory(tmp_path: Pat
 
 @given(st.from_regex(ID_PATTERN, fullmatch=True), st.from_regex(ID_PATTERN, fullmatch=True))
 def test_unit_names_parse_back_to_their_ids(transaction: str, task: str) -> None:
-    assert parse_unit_name(unit_name(transaction, task)) == (transaction, task)
+    name = unit_name(transaction, task, "0123abcd")
+    if len(name) < 200:  # not cut to fit (64 dashes escape to 256 characters)
+        assert parse_unit_name(name) == ("0123abcd", transaction, task)
 
 
 @given(st.text(max_size=20).filter(lambda s: "/" not in s))
@@ -187,6 +191,12 @@ def test_parse_unit_name_refuses_other_units() -> None:
     assert parse_unit_name("zsvc.slice") is None
     assert parse_unit_name(r"zsvc-a\x2db.slice") is None
     assert parse_unit_name("sshd.service") is None
+    assert parse_unit_name("zsvc-abc-T-t.service") is None  # not an instance
+
+
+def test_a_name_from_before_instances_parses_with_none() -> None:
+    """``zsvc-<tx>-<task>.service``, as an earlier version named units (upgrades)."""
+    assert parse_unit_name(r"zsvc-a\x2db-t1.service") == ("", "a-b", "t1")
 
 
 # --- UnitView: signal sequences as systemd 252 sends them (research §3) ---------------

@@ -78,7 +78,7 @@ class Launcher:
         return LaunchSpec(
             transaction=transaction,
             task_id=spec.id,
-            unit=unit_name(transaction, spec.id),
+            unit=unit_name(transaction, spec.id, self.state.instance),
             argv=argv,
             env=env,
             cwd=cwd,
@@ -151,7 +151,7 @@ class Launcher:
         return LaunchSpec(
             transaction=transaction,
             task_id=THREAD_HOST_ID,
-            unit=unit_name(transaction, THREAD_HOST_ID),
+            unit=unit_name(transaction, THREAD_HOST_ID, self.state.instance),
             argv=self._task_host_argv(),
             env=env,
             cwd=str(context.path.parent),

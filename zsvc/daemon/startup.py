@@ -85,7 +85,7 @@ async def open_daemon(
         bus.start()
         # Thread tasks run in one host per transaction; every other task goes to the
         # process runner chosen here, which the thread runner wraps.
-        runner = ThreadRunner(await _choose_runner(options, runtime), bus.publish)
+        runner = ThreadRunner(await _choose_runner(options, runtime, state), bus.publish)
         parts.push_async_callback(runner.close)
         manager = Manager(runner, table, bus.publish, runtime, state, listened=bus.subscribers)
         await runner.open(manager)
@@ -261,9 +261,14 @@ async def _close_bus(bus: BusDevice) -> None:
     bus.remove_socket_files()
 
 
-async def _choose_runner(options: DaemonOptions, runtime: RuntimeLayout) -> Runner:
+async def _choose_runner(
+    options: DaemonOptions, runtime: RuntimeLayout, state: StateLayout
+) -> Runner:
+    """The runner, named for *state*'s instance: its units and cgroups are its own."""
     try:
-        return await choose_runner(options.runner, runtime, task_fd_limit=options.task_fd_limit)
+        return await choose_runner(
+            options.runner, runtime, options.task_fd_limit, instance=state.instance
+        )
     except RunnerUnavailable as exc:
         raise DaemonError(str(exc)) from exc
 

@@ -5,8 +5,12 @@ that calls ``setsid`` leaves it, and a grandchild whose parent exits is
 re-parented away from the task's tree. A cgroup is inherited by every
 descendant and cannot be left without privileges, so when the runner can
 write a cgroup2 hierarchy (as root; see :func:`find_hierarchy`), each run of a
-task gets ``<hierarchy>/zsvc.slice/<unit name>`` and the task's first
-process joins it before it runs any task code. Then:
+task gets ``<hierarchy>/zsvc.slice/zsvc-<instance>.slice/<unit name>`` and the
+task's first process joins it before it runs any task code. The instance
+(:func:`zsvc.naming.instance_id`, a hash of the state dir) keeps each daemon
+in its own directory: the sweep, adoption and the kill of what a run left
+behind look there only, so two daemons with the same transaction and task
+ids never touch each other's groups. Then:
 
 * every process of the task, however it forked, is listed in ``cgroup.procs``;
 * ``cgroup.kill`` (Linux 5.14) SIGKILLs all of them at once, forks in flight
@@ -23,11 +27,10 @@ zygote imports it.
 
 Limits: the groups are made directly under the hierarchy's root, outside of
 what systemd manages on a pure cgroup2 host (a daemon run by systemd with
-``Delegate=yes`` could use its own subtree instead; not done). Two daemons
-running the same transaction and task names at the same time share a unit
-name: a live group is never reused (the new run gets a suffixed name), but
-one of them may remove the other's group in the instant between its
-creation and the task joining it.
+``Delegate=yes`` could use its own subtree instead; not done). A group made
+by a version without instances (directly in ``zsvc.slice``) is still
+followed when the daemon's own table names it (re-adoption after an
+upgrade), and never swept.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from zsvc.naming import unit_prefix
+from zsvc.naming import instance_slice, unit_prefix
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,12 @@ def is_cgroup2(path: Path) -> bool:
     return magic is None or magic == CGROUP2_SUPER_MAGIC
 
 
-def find_hierarchy(candidates: Iterable[Path] = CANDIDATES) -> CgroupTree | None:
-    """The first writable cgroup2 hierarchy, with zsvc's slice made in it; None if none is.
+def find_hierarchy(
+    candidates: Iterable[Path] = CANDIDATES, *, instance: str = ""
+) -> CgroupTree | None:
+    """The first writable cgroup2 hierarchy, with zsvc's slice (and *instance*'s directory
+    in it) made; None if none is. Without *instance*, the tree is the whole slice: for
+    checks from outside a daemon, never for a runner (its sweep would be everybody's).
 
     Writable means: we may create a directory there and move processes (write
     its ``cgroup.procs``), which in practice means root.
@@ -88,15 +95,16 @@ def find_hierarchy(candidates: Iterable[Path] = CANDIDATES) -> CgroupTree | None
         if not (os.access(root, os.W_OK) and os.access(root / "cgroup.procs", os.W_OK)):
             log.debug("cgroup2 at %s is not writable", root)
             continue
-        slice_path = root / SLICE
+        top = root / SLICE
+        slice_path = top / instance_slice(instance) if instance else top
         try:
-            slice_path.mkdir(exist_ok=True)
+            slice_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             log.debug("cannot make %s: %s", slice_path, exc)
             continue
         if not (slice_path / "cgroup.procs").is_file():
             continue
-        return CgroupTree(root, slice_path)
+        return CgroupTree(root, slice_path, top)
     return None
 
 
@@ -128,19 +136,23 @@ def members_of(relative: str, candidates: Iterable[Path] = CANDIDATES) -> list[i
 
 
 def task_groups(
-    transactions: Iterable[str], id_prefixes: bool = False, candidates: Iterable[Path] = CANDIDATES
+    transactions: Iterable[str],
+    instance: str,
+    id_prefixes: bool = False,
+    candidates: Iterable[Path] = CANDIDATES,
 ) -> dict[str, list[int]]:
-    """The local runner's groups of *transactions*' tasks that exist, with their processes.
+    """The local runner's groups of *transactions*' tasks in daemon *instance*'s directory
+    that exist, with their processes (another daemon's tasks of the same ids are not its).
 
     With *id_prefixes*, of every transaction whose id starts with one of them.
     For checks from outside the daemon (tests, benchmarks: nothing left
     behind); empty when no writable cgroup2 hierarchy holds zsvc's slice.
     """
     cut = -1 if id_prefixes else None  # unit_prefix ends with the '-' before the task id
-    prefixes = tuple(unit_prefix(transaction)[:cut] for transaction in transactions)
+    prefixes = tuple(unit_prefix(transaction, instance)[:cut] for transaction in transactions)
     found: dict[str, list[int]] = {}
     for root in candidates:
-        slice_dir = root / SLICE
+        slice_dir = root / SLICE / instance_slice(instance)
         if not slice_dir.is_dir():
             continue
         for group in slice_dir.iterdir():
@@ -149,6 +161,12 @@ def task_groups(
                     procs = (group / "cgroup.procs").read_text().split()
                     found[str(group)] = [int(pid) for pid in procs]
     return found
+
+
+def _legacy_group(name: str) -> bool:
+    """Whether *name* is a task's group as a version without instances named it
+    (``zsvc-<tx>-<task>.service``, maybe with a suffix), not an instance's directory."""
+    return name.startswith("zsvc-") and ".service" in name and not name.endswith(".slice")
 
 
 def join(path: str | os.PathLike[str], pid: int = 0) -> None:
@@ -160,9 +178,12 @@ def join(path: str | os.PathLike[str], pid: int = 0) -> None:
 class CgroupTree:
     """zsvc's slice in a writable cgroup2 hierarchy: where task groups are made."""
 
-    def __init__(self, root: Path, slice_path: Path):
+    def __init__(self, root: Path, slice_path: Path, top: Path | None = None):
         self.root = root
         self.slice = slice_path
+        """This daemon instance's directory: where its groups are made, swept, found."""
+        self.top = top if top is not None else slice_path
+        """``zsvc.slice``: where a version without instances made its groups."""
         self._slice_relative = "/" + str(slice_path.relative_to(root))
         """The slice as /proc/<pid>/cgroup spells it, the prefix of every group's."""
 
@@ -174,7 +195,11 @@ class CgroupTree:
         neither can be made). A stale empty group of an earlier run is removed first."""
         path = self.slice / name
         try:
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileNotFoundError:  # the instance's directory was removed meanwhile
+                self.slice.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
         except FileExistsError:
             try:
                 path.rmdir()  # left over by an earlier run: empty, else EBUSY
@@ -190,7 +215,9 @@ class CgroupTree:
     def sweep(self, min_age: float = STALE_AGE) -> list[Path]:
         """Remove empty groups made more than *min_age* seconds ago: left by runs whose
         processes were killed by someone else, or whose daemon died. A group is empty only
-        for an instant after it is made, so a young empty group is never touched."""
+        for an instant after it is made, so a young empty group is never touched. Only this
+        instance's directory is looked at, and a ``.slice`` in it (another instance's
+        directory, when the tree is the whole slice) is never a task's group."""
         removed = []
         now = time.time()
         try:
@@ -199,7 +226,7 @@ class CgroupTree:
             return removed
         for entry in entries:
             with contextlib.suppress(OSError):
-                if not entry.is_dir(follow_symlinks=False):
+                if entry.name.endswith(".slice") or not entry.is_dir(follow_symlinks=False):
                     continue
                 if now - entry.stat(follow_symlinks=False).st_mtime < min_age:
                     continue
@@ -210,12 +237,18 @@ class CgroupTree:
         return removed
 
     def relative(self, path: Path) -> str | None:
-        """*path* as /proc/<pid>/cgroup spells it, None when it is not one of our groups."""
+        """*path* as /proc/<pid>/cgroup spells it, None when it is not one of our groups:
+        in this instance's directory, or a group of a version without instances (in
+        ``zsvc.slice`` itself, named for a unit), which only the daemon's own table or
+        its own task's pid can name (re-adoption after an upgrade)."""
         try:
             inside = path.relative_to(self.slice)
         except ValueError:
-            return None
-        if not inside.parts or ".." in inside.parts:
+            inside = None
+        if inside is None or not inside.parts:
+            if not (path.parent == self.top and _legacy_group(path.name)):
+                return None
+        elif ".." in inside.parts:
             return None
         return "/" + str(path.relative_to(self.root))
 

@@ -27,7 +27,10 @@ def systemd_booted() -> bool:
 
 
 async def choose_runner(
-    choice: str, layout: RuntimeLayout, task_fd_limit: int | None = None
+    choice: str,
+    layout: RuntimeLayout,
+    task_fd_limit: int | None = None,
+    instance: str | None = None,
 ) -> Runner:
     """The runner for *choice*, connected when it is systemd; RunnerUnavailable when the
     choice is ``systemd`` and systemd cannot be reached.
@@ -35,30 +38,33 @@ async def choose_runner(
     *task_fd_limit* is the soft open-files limit the local runner gives its tasks
     (:class:`~zsvc.runners.local.LocalRunner`). The systemd runner needs none: its
     units are started by systemd, with systemd's limits, not the daemon's.
+
+    *instance* names the daemon among others on the machine (its units' slice, the local
+    runner's cgroup directory: :mod:`zsvc.naming`); None outside a daemon.
     """
     if choice not in CHOICES:
         raise RunnerUnavailable(f"unknown runner {choice!r}: use one of {', '.join(CHOICES)}")
     if choice == "local" or (choice == "auto" and not systemd_booted()):
-        return _local(layout, task_fd_limit)
+        return _local(layout, task_fd_limit, instance)
     try:
         from zsvc.runners.systemd import SystemdRunner
     except ImportError as exc:  # dbus-fast is missing
         if choice == "systemd":
             raise RunnerUnavailable(f"the systemd runner needs dbus-fast: {exc}") from exc
         log.warning("systemd runs here, but dbus-fast is missing (%s): local runner", exc)
-        return _local(layout, task_fd_limit)
-    runner = SystemdRunner()
+        return _local(layout, task_fd_limit, instance)
+    runner = SystemdRunner(instance=instance)
     try:
         await runner.connect()
     except RunnerUnavailable as exc:
         if choice == "systemd":
             raise
         log.warning("%s: local runner", exc)
-        return _local(layout, task_fd_limit)
+        return _local(layout, task_fd_limit, instance)
     return runner
 
 
-def _local(layout: RuntimeLayout, task_fd_limit: int | None) -> Runner:
+def _local(layout: RuntimeLayout, task_fd_limit: int | None, instance: str | None) -> Runner:
     from zsvc.runners.local import LocalRunner
 
-    return LocalRunner(layout, task_fd_limit=task_fd_limit)
+    return LocalRunner(layout, task_fd_limit=task_fd_limit, instance=instance)

@@ -30,8 +30,9 @@ when the main process ends by itself, whatever it left is SIGKILLed too. How
 "everything" is found depends on the machine:
 
 * *With a writable cgroup2 hierarchy* (root; :mod:`zsvc.runners.cgroup`), each
-  run gets its own cgroup ``zsvc.slice/<unit>``, joined by the task's first
-  process before any task code runs: a zygote task joins first thing after
+  run gets its own cgroup ``zsvc.slice/zsvc-<instance>.slice/<unit>``, joined
+  by the task's first process before any task code runs (the instance: this
+  daemon's, :mod:`zsvc.naming`): a zygote task joins first thing after
   the fork; an executed task is started through ``/bin/sh -c`` that writes
   its own pid to ``cgroup.procs`` and then execs the real program (same pid;
   no ``preexec_fn``, the daemon has threads). No descendant can leave it,
@@ -79,6 +80,7 @@ from typing import Any
 
 from zsvc.hostwire import INVOCATION_ENV
 from zsvc.jobs import Jobs
+from zsvc.naming import instance_id
 from zsvc.notify import Notification, NotifyServer
 from zsvc.paths import RuntimeLayout
 from zsvc.procs import invocation_of, process_start_time
@@ -127,6 +129,10 @@ class LocalRunner(Runner):
     *task_fd_limit* is the soft open-files limit every task gets: the one the
     daemon was started with, when it raised its own (None: tasks inherit the
     runner's process's limit).
+
+    *instance* (:func:`zsvc.naming.instance_id` of the daemon's state dir) is the
+    cgroup directory of this daemon's tasks, the only one it sweeps; None, outside a
+    daemon: the instance of the runtime dir, so each test's runner has its own.
     """
 
     name = "local"
@@ -137,8 +143,10 @@ class LocalRunner(Runner):
         use_zygote: bool | None = None,
         use_cgroups: bool | None = None,
         task_fd_limit: int | None = None,
+        instance: str | None = None,
     ):
         self.layout = layout
+        self.instance = instance_id(layout.root) if instance is None else instance
         self.task_fd_limit = task_fd_limit
         self.events: RunnerEvents | None = None
         self.notify_server: NotifyServer | None = None
@@ -173,7 +181,7 @@ class LocalRunner(Runner):
         self.notify_server = NotifyServer(self.layout.notify)
         self.reader.start(self.notify_server)
         if self.use_cgroups:
-            self.cgroups = find_hierarchy()
+            self.cgroups = find_hierarchy(instance=self.instance)
         if self.cgroups is not None:
             log.info("each task runs in its own cgroup under %s", self.cgroups.slice)
             for stale in self.cgroups.sweep():
@@ -196,6 +204,9 @@ class LocalRunner(Runner):
             self.notify_server = None
         self.flow.close()
         self.subreaper.stop()
+        if self.cgroups is not None and self.instance:  # its directory, once no task is left
+            with contextlib.suppress(OSError):
+                self.cgroups.slice.rmdir()
         if self.subreaper.zygote is not None:
             self.subreaper.zygote.close()
             self.subreaper.zygote = None

@@ -1,7 +1,9 @@
 """The systemd runner: every task a transient unit, supervised by systemd itself.
 
-A task becomes ``zsvc-<transaction>-<task>.service`` in slice
-``zsvc-<transaction>.slice`` (escaped ids, :mod:`zsvc.naming`), started with
+A task becomes ``zsvc-<instance>-<transaction>-<task>.service`` in slice
+``zsvc-<instance>-<transaction>.slice`` (escaped ids; the instance, a hash of
+the daemon's state dir, keeps two daemons' tasks of the same ids apart:
+:mod:`zsvc.naming`), started with
 ``StartTransientUnit``; systemd's cgroups, readiness (``Type=notify``),
 watchdog, kill logic and journald do the supervision. What to send and what
 the answers mean is in :mod:`zsvc.runners.transient` (pure, unit-tested);
@@ -27,8 +29,11 @@ has the same order): :mod:`zsvc.runners.systemdtask`.
 
 **Re-adoption.** ``describe()`` stores the unit name, its MainPID and
 systemd's InvocationID; after a daemon crash :meth:`SystemdRunner.adopt`
-finds the unit in ``ListUnitsByPatterns(["zsvc-*"])``, checks it is the
-same run, and follows it again. The daemon's own events for a task go to
+looks the unit saved in the daemon's own table up in
+``ListUnitsByPatterns(["zsvc-*"])``, checks it is the same run, and follows
+it again. Only saved names are looked up, so a unit named before instances
+existed (``zsvc-<tx>-<task>.service``) is adopted after an upgrade, and no
+other daemon's unit ever is. The daemon's own events for a task go to
 the journal with the task's fields (:mod:`zsvc.journal`).
 """
 
@@ -45,7 +50,7 @@ from typing import Any
 from dbus_fast import Message, MessageType
 
 from zsvc.jobs import Jobs
-from zsvc.naming import slice_name
+from zsvc.naming import INSTANCE_LENGTH, slice_name
 from zsvc.runners import transient
 from zsvc.runners.base import (
     ExitInfo,
@@ -85,6 +90,8 @@ REMOVAL_WAIT = 2.0
 SLICE_GRACE = 1.0
 """How long a transaction's slice stays after its last task ended (a restart reuses it)."""
 DESTRUCTIVE = "org.freedesktop.systemd1.TransactionIsDestructive"
+NO_INSTANCE = "0" * INSTANCE_LENGTH
+"""The instance of a runner made outside a daemon (tests): a valid slice name still."""
 RECONNECT_WAIT = 5.0
 """How long to try to reach the bus again after losing it, before giving the tasks up."""
 
@@ -94,8 +101,10 @@ class SystemdRunner(Runner):
 
     name = "systemd"
 
-    def __init__(self, user: bool | None = None):
+    def __init__(self, user: bool | None = None, instance: str | None = None):
         self.user = os.geteuid() != 0 if user is None else user
+        self.instance = instance or NO_INSTANCE
+        """The daemon's instance: the slices of its transactions are named for it."""
         self.log_source = LogSource.USER_JOURNAL if self.user else LogSource.SYSTEM_JOURNAL
         self.bus: SystemdBus | None = None
         self.events: RunnerEvents | None = None
@@ -232,7 +241,7 @@ class SystemdRunner(Runner):
 
         def stop_if_idle() -> None:
             if self.bus is not None and not self._busy(transaction):
-                self.bus.send("StopUnit", "ss", [slice_name(transaction), "fail"])
+                self.bus.send("StopUnit", "ss", [slice_name(transaction, self.instance), "fail"])
 
         asyncio.get_running_loop().call_later(SLICE_GRACE, stop_if_idle)
 
@@ -246,7 +255,9 @@ class SystemdRunner(Runner):
             for transaction in sorted(self._transactions):
                 if not self._busy(transaction):
                     with contextlib.suppress(SystemdError):
-                        await self.call("StopUnit", "ss", [slice_name(transaction), "fail"])
+                        await self.call(
+                            "StopUnit", "ss", [slice_name(transaction, self.instance), "fail"]
+                        )
         bus, self.bus = self.bus, None
         if bus is not None:
             with contextlib.suppress(SystemdError):
@@ -280,7 +291,7 @@ class SystemdRunner(Runner):
             )
         service_name = spec.env.get("ZSVC_SERVICE_NAME", spec.task_id)
         props = transient.transient_properties(
-            spec, program, slice_name(spec.transaction), service_name
+            spec, program, slice_name(spec.transaction, self.instance), service_name
         )
         if not self.unicode_ok:
             props = transient.ascii_safe(props)

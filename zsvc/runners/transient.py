@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zsvc.naming import INSTANCE_LENGTH
 from zsvc.runners.base import ExitInfo, LaunchSpec
 from zsvc.runners.exitcodes import SETUP_FAILURES
 from zsvc.states import DOWN, HAS_PROCESS, Result, State
@@ -301,15 +302,19 @@ def _hex_id(value: Any) -> str:
     return bytes(value).hex() if isinstance(value, bytes | bytearray | list) else str(value)
 
 
-def parse_unit_name(name: str) -> tuple[str, str] | None:
-    """(transaction, task) of a ``zsvc-<tx>-<task>.service`` name with escaped ids, or None."""
+def parse_unit_name(name: str) -> tuple[str, str, str] | None:
+    """(instance, transaction, task) of a ``zsvc-<instance>-<tx>-<task>.service`` name with
+    escaped ids, or None; the instance is empty for a name made before instances existed
+    (``zsvc-<tx>-<task>.service``). An id cut to fit the length limit reads back cut."""
     if not (name.startswith("zsvc-") and name.endswith(".service")):
         return None
     parts = name[len("zsvc-") : -len(".service")].split("-")
-    if len(parts) != 2:
+    if len(parts) == 2:
+        parts.insert(0, "")
+    elif len(parts) != 3 or len(parts[0]) != INSTANCE_LENGTH:
         return None
     try:
-        return unescape(parts[0]), unescape(parts[1])
+        return parts[0], unescape(parts[1]), unescape(parts[2])
     except ValueError:
         return None
 
