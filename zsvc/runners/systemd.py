@@ -50,7 +50,7 @@ from typing import Any
 from dbus_fast import Message, MessageType
 
 from zsvc.jobs import Jobs
-from zsvc.naming import INSTANCE_LENGTH, slice_name
+from zsvc.naming import INSTANCE_LENGTH, instance_slice, slice_name
 from zsvc.runners import transient
 from zsvc.runners.base import (
     ExitInfo,
@@ -245,6 +245,16 @@ class SystemdRunner(Runner):
 
         asyncio.get_running_loop().call_later(SLICE_GRACE, stop_if_idle)
 
+    async def _stop_instance_slice(self) -> None:
+        """The instance's slice (the parent systemd made for the transactions' slices) stays
+        active once empty: stop it too when none of this runner's transactions is busy.
+        Stopping a slice stops what is in it, so never while one of its tasks runs."""
+        live = any(task.exit_info is None for task in self.by_path.values())
+        if live or any(self._starting.values()):
+            return
+        with contextlib.suppress(SystemdError):
+            await self.call("StopUnit", "ss", [instance_slice(self.instance), "fail"])
+
     def _deliver_status(self, key: TaskKey, text: str) -> None:
         if self.events is not None:
             self.events.on_status(key, text)
@@ -258,6 +268,7 @@ class SystemdRunner(Runner):
                         await self.call(
                             "StopUnit", "ss", [slice_name(transaction, self.instance), "fail"]
                         )
+            await self._stop_instance_slice()
         bus, self.bus = self.bus, None
         if bus is not None:
             with contextlib.suppress(SystemdError):
