@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from zsvc.daemon.throttle import ThrottledLog
+from zsvc.throttle import ThrottledLog
 
 
 def test_one_line_per_interval_and_the_count_of_the_rest(

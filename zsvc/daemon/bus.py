@@ -50,7 +50,7 @@ import zmq
 from zsvc import protocol
 from zsvc.daemon import fs, trust
 from zsvc.daemon.budget import SendBudget, track_sends
-from zsvc.daemon.throttle import ThrottledLog
+from zsvc.throttle import ThrottledLog
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
     from zsvc.curve import ServerKeys

@@ -31,12 +31,12 @@ from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import CapSchedule, cap_logs
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.monitor import MonitorService
-from zsvc.daemon.throttle import ThrottledLog
 from zsvc.errors import BadRequest, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.notify import tell_supervisor, watchdog_interval
 from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.threads import ThreadRunner
+from zsvc.throttle import ThrottledLog
 
 log = logging.getLogger("zsvc.daemon")
 

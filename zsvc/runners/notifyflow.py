@@ -33,6 +33,7 @@ from zsvc.runners.coalesce import (
     lone_status,
     names_state,
 )
+from zsvc.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ class StatusFlow:
         self._coalescer: Coalescer[TaskKey, Status] = Coalescer(interval)
         self._budget: Budget[TaskKey] = Budget(rate, burst)
         self._timers: dict[TaskKey, asyncio.TimerHandle] = {}
-        self._invalid = 0
-        self._invalid_reported = float("-inf")
+        self._invalid = ThrottledLog(log, REPORT_INTERVAL, self._now)
         self.flooded = False
         """Set when a datagram went beyond its task's budget; the reader resets it."""
 
@@ -105,12 +105,7 @@ class StatusFlow:
 
     def invalid(self, error: NotifyProtocolError) -> None:
         """A datagram that does not parse: logged, at most once per report interval."""
-        self._invalid += 1
-        now = self._now()
-        if now - self._invalid_reported >= REPORT_INTERVAL:
-            more = f" ({self._invalid - 1} more since the last report)" if self._invalid > 1 else ""
-            log.warning("ignored a notification: %s%s", error, more)
-            self._invalid, self._invalid_reported = 0, now
+        self._invalid.warning("ignored a notification: %s", error)
 
     def close(self) -> None:
         """Cancel the timers: nothing pending is delivered once the runner is closed."""
