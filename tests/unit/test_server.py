@@ -18,7 +18,7 @@ import pytest
 
 from zsvc import protocol
 from zsvc.daemon.server import Daemon, DaemonOptions
-from zsvc.errors import UnknownTransaction
+from zsvc.errors import BadRequest, UnknownTransaction
 
 
 class FakeManager:
@@ -165,3 +165,11 @@ def test_context_commands_are_ignored_unless_turned_on(
     assert on_the_bus(daemon, bus, context_message("stop")) == []
     assert daemon.manager.calls == []  # type: ignore[attr-defined]
     assert "ignored a 'stop' command on the bus's context topic" in caplog.text
+
+
+def test_the_daemon_refuses_a_context_over_the_size_limit(tmp_path: Path) -> None:
+    """Issue 19, finding 10/11: the CLI caps the file, and so does the daemon, for any client."""
+    daemon, _ = make_daemon(tmp_path)
+    text = "<!--" + "x" * protocol.MAX_CONTEXT_BYTES + "-->"
+    with pytest.raises(BadRequest, match=r"big\.xml: too large: \d+ bytes \(limit 1048576"):
+        asyncio.run(daemon.cmd_start("T", "big.xml", text, [], True, None, False))

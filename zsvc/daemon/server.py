@@ -283,6 +283,12 @@ class Daemon:
             raise OperationFailed("the daemon is shutting down: nothing more is started")
         context = None
         if context_text is not None:
+            size = len(context_text.encode("utf-8", "surrogatepass"))
+            if size > protocol.MAX_CONTEXT_BYTES:  # as the CLI refuses the file (cli.actions)
+                raise BadRequest(
+                    f"{context_path or '<context>'}: too large: {size} bytes"
+                    f" (limit {protocol.MAX_CONTEXT_BYTES} bytes)"
+                )
             context = load_text(context_text, context_path or "<context>")
             try:
                 self.bus.bind(context.endpoints.pub_bind, context.endpoints.sub_bind)
