@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -49,6 +51,7 @@ import zmq
 
 from zsvc import protocol
 from zsvc.daemon import fs, trust
+from zsvc.daemon.admission import HANDSHAKE_IVL_MS, TcpGuard
 from zsvc.daemon.budget import SendBudget, track_sends
 from zsvc.throttle import ThrottledLog
 
@@ -243,6 +246,8 @@ class BusDevice:
         self._loop: asyncio.AbstractEventLoop | None = None
         """Set by :meth:`start`: the loop that watches the sockets' FDs."""
         self._drain_scheduled = False
+        self._guards: list[TcpGuard] = []
+        """Each side's TCP connection budget (:mod:`zsvc.daemon.admission`), from start."""
 
     def bind(self, pub_endpoint: str, sub_endpoint: str) -> None:
         """Bind a publishers' endpoint and a subscribers' endpoint (idempotent)."""
@@ -284,9 +289,11 @@ class BusDevice:
             self.keys.apply(sock)
         if ipv6:
             sock.setsockopt(zmq.IPV6, 1)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)  # TCP: idle peers go soon
         try:
             sock.bind(plan.endpoint)
         finally:  # the next bind (an ipc://, an IPv4 address) is plain again
+            sock.setsockopt(zmq.HANDSHAKE_IVL, 30_000)
             if plan.curve:
                 sock.setsockopt(zmq.CURVE_SERVER, 0)
             if ipv6:
@@ -347,11 +354,42 @@ class BusDevice:
         for sock in self._sockets():
             self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
         self._drain_soon()  # what arrived before the readers were added signals no more
+        sides = [(False, "public", (self.public_xsub, self.public_xpub))]
+        if self.keys is not None:  # CURVE TCP counts its connections before the handshake
+            sides.append((True, "CURVE", (self.xsub, self.xpub)))
+        for trusted, name, pair in sides:
+            shed = functools.partial(self._shed, trusted)
+            self._guards.append(TcpGuard(name, pair, shed, self._restore))
+            self._guards[-1].start(self._loop)
+
+    def _shed(self, trusted: bool) -> list[str]:
+        """Unbind one side's TCP endpoints (libzmq closes what it accepted on them), still
+        listed as bound so that :meth:`_restore` binds them again; returns them."""
+        pair = (self.xsub, self.xpub) if trusted else (self.public_xsub, self.public_xpub)
+        unbound = []
+        for endpoint, sock in self._bound_on.items():
+            if sock in pair and endpoint.startswith("tcp://"):
+                with contextlib.suppress(zmq.ZMQError):  # a wildcard is unbound as resolved
+                    sock.unbind(endpoint.replace("tcp://*:", "tcp://0.0.0.0:"))
+                    unbound.append(endpoint)
+        return unbound
+
+    def _restore(self, endpoints: list[str]) -> None:
+        """Bind again what :meth:`_shed` unbound, but for what was released meanwhile."""
+        for endpoint in endpoints:
+            if (sock := self._bound_on.get(endpoint)) is not None:
+                try:
+                    self._bind(sock, self._plan(endpoint))
+                except zmq.ZMQError as exc:
+                    log.warning("cannot bind the bus endpoint %s again: %s", endpoint, exc)
+        self._drain_soon()
 
     def _sockets(self) -> tuple[zmq.Socket[bytes], ...]:
         return (self.xsub, self.xpub, self.public_xsub, self.public_xpub)
 
     async def close(self) -> None:
+        while self._guards:
+            self._guards.pop().close()
         if self._loop is not None:
             for sock in self._sockets():
                 self._loop.remove_reader(sock.getsockopt(zmq.FD))
