@@ -387,3 +387,26 @@ def make_context(workdir: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+def python_for_user(uid: int, gid: int) -> str:
+    """An interpreter with zsvc and its dependencies that another user *uid* may run (this
+    one may be under /root, and a package build runs the suite from a 0700 directory), or
+    skip the test: it then proves nothing about another user."""
+    candidates = [sys.executable, str(REPO / ".venv-floor" / "bin" / "python"), "/usr/bin/python3"]
+    env = {"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/"}
+    for python in dict.fromkeys(candidates):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            probe = subprocess.run(
+                [python, "-c", "import zmq, zsvc.cli.app, zsvc.daemon.main"],
+                user=uid,
+                group=gid,
+                extra_groups=[],
+                env=env,
+                cwd="/",
+                capture_output=True,
+                timeout=60,
+            )
+            if probe.returncode == 0:
+                return python
+    pytest.skip("no interpreter with zsvc's dependencies that another user may run")

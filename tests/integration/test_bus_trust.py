@@ -21,7 +21,6 @@ import os
 import pwd
 import select
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +29,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import REPO, Daemon, TaskDef, wait_message, wait_until
+from tests.integration.conftest import (
+    REPO,
+    Daemon,
+    TaskDef,
+    python_for_user,
+    wait_message,
+    wait_until,
+)
 from zsvc import protocol
 
 pytestmark = [
@@ -183,11 +189,12 @@ def test_another_user_on_plain_tcp_can_neither_command_nor_read(
     own = daemon.bus("state", MARKER_TOPIC)
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
     with throwaway_user() as user:
+        python = python_for_user(user.pw_uid, user.pw_gid)
         attacker = subprocess.Popen(
             as_user(
                 user,
                 [
-                    sys.executable,
+                    python,
                     "-c",
                     ATTACKER,
                     sub_endpoint,

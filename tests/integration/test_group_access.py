@@ -14,14 +14,13 @@ import grp
 import os
 import pwd
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, Daemon, TaskDef
+from tests.integration.conftest import REPO, Daemon, TaskDef, python_for_user
 from tests.integration.test_bus_trust import as_user, throwaway_user
 from zsvc.daemon.fs import CONTROL_GROUP
 
@@ -48,7 +47,8 @@ def control_group() -> Iterator[grp.struct_group]:
 
 def zsvc_as(user: pwd.struct_passwd, daemon: Daemon, *args: str) -> subprocess.CompletedProcess:
     """``zsvc ARGS`` as *user* with its groups (``zsvc`` among them)."""
-    argv = as_user(user, [sys.executable, "-m", "zsvc", *args], groups=True)
+    python = python_for_user(user.pw_uid, user.pw_gid)
+    argv = as_user(user, [python, "-m", "zsvc", *args], groups=True)
     env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(REPO),

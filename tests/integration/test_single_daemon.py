@@ -29,7 +29,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import READY_TIMEOUT, REPO, STOP_TIMEOUT, Daemon
+from tests.integration.conftest import (
+    READY_TIMEOUT,
+    REPO,
+    STOP_TIMEOUT,
+    Daemon,
+    python_for_user,
+)
 from zsvc.daemon.fs import daemon_modes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs daemons as root")
@@ -234,17 +240,7 @@ def run_as(
 
 
 def _python_for(uid: int) -> str:
-    """An interpreter with zsvc's dependencies that *uid* may run (this one may be under
-    /root), or skip."""
-    candidates = [sys.executable, str(REPO / ".venv-floor" / "bin" / "python"), "/usr/bin/python3"]
-    for python in candidates:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            env = {"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-            imports = "import zsvc.daemon.main, zsvc.cli.app"
-            probe = run_as(uid, [python, "-c", imports], env, Path("/"), 60)
-            if probe.returncode == 0:
-                return python
-    pytest.skip("no interpreter with zsvc's dependencies that another user may run")
+    return python_for_user(uid, uid)
 
 
 def test_a_squatted_fallback_runtime_dir_is_refused(users: Callable[[str], int]) -> None:
