@@ -160,16 +160,26 @@ class Call:
 # --------------------------------------------------------------------------- SIGKILL
 
 
+def kill_schedule(default_rounds: int) -> tuple[int, int, random.Random]:
+    """The seed (``ZSVC_FAULT_SEED`` replays one), the rounds and the generator of kill points."""
+    seed = int(os.environ.get("ZSVC_FAULT_SEED", random.randrange(1 << 32)))
+    rounds = int(os.environ.get("ZSVC_FAULT_ROUNDS", str(default_rounds)))
+    print(f"kill schedule: ZSVC_FAULT_SEED={seed} ZSVC_FAULT_ROUNDS={rounds}")
+    return seed, rounds, random.Random(seed)
+
+
+def quick_notify_command(workdir: Path) -> str:
+    """The command of a task that is ready at once (:data:`QUICK_NOTIFY`)."""
+    program = workdir / "quick_notify.py"
+    program.write_text(QUICK_NOTIFY)
+    return f"python3 {program}"
+
+
 def test_sigkill_at_random_points_of_start_and_stop_loses_nothing_acknowledged(
     daemons: Callable[..., Daemon], make_context: Callable[..., Path], workdir: Path
 ) -> None:
-    seed = int(os.environ.get("ZSVC_FAULT_SEED", random.randrange(1 << 32)))
-    rounds = int(os.environ.get("ZSVC_FAULT_ROUNDS", "12"))
-    print(f"kill schedule: ZSVC_FAULT_SEED={seed} ZSVC_FAULT_ROUNDS={rounds}")
-    rng = random.Random(seed)
-    program = workdir / "quick_notify.py"
-    program.write_text(QUICK_NOTIFY)
-    command = f"python3 {program}"
+    seed, rounds, rng = kill_schedule(12)
+    command = quick_notify_command(workdir)
     contexts: dict[str, Path] = {}
     daemon = daemons()
     for number in range(rounds):
@@ -228,14 +238,9 @@ def test_sigkill_during_a_stop_forget_start_race_leaves_no_untracked_task(
     context) of one transaction sent together. Whatever the order they are served in
     and wherever the daemon dies, no task runs that the table does not know, and a
     transaction whose forget was acknowledged never comes back."""
-    seed = int(os.environ.get("ZSVC_FAULT_SEED", random.randrange(1 << 32)))
-    rounds = int(os.environ.get("ZSVC_FAULT_ROUNDS", "6"))
-    print(f"kill schedule: ZSVC_FAULT_SEED={seed} ZSVC_FAULT_ROUNDS={rounds}")
-    rng = random.Random(seed)
-    program = workdir / "quick_notify.py"
-    program.write_text(QUICK_NOTIFY)
-    tasks = [TaskDef(f"t{i}", command=f"python3 {program}", notify=True, location=None)
-             for i in "ab"]  # fmt: skip
+    seed, rounds, rng = kill_schedule(6)
+    command = quick_notify_command(workdir)
+    tasks = [TaskDef(f"t{i}", command=command, notify=True, location=None) for i in "ab"]
     daemon = daemons()
     for number in range(rounds):
         name = f"F{number}"

@@ -96,7 +96,7 @@ def test_a_ready_that_arrives_before_the_pid_is_known_is_not_lost(tmp_path: Path
         child = subprocess.Popen([sys.executable, "-c", code], env=env)
         try:
             select.select([runner.notify_server.fileno()], [], [], 10)
-            runner._on_notify()  # the datagram is read while the pid is unknown
+            runner.reader.read()  # the datagram is read while the pid is unknown
             assert events.ready == []
             spec = _spec(tmp_path, ["unused"])
             runner._started(spec, child.pid)  # now the pid is registered

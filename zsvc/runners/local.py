@@ -435,9 +435,6 @@ class LocalRunner(Runner):
 
     # --- sd_notify ----------------------------------------------------------
 
-    def _on_notify(self) -> None:
-        self.reader.read()
-
     def _deliver_status(self, key: TaskKey, text: str) -> None:
         if self.events is not None:
             self.events.on_status(key, text)
