@@ -114,6 +114,21 @@ class RestartMode(StrEnum):
     ALWAYS = "always"
 
 
+class StartType(StrEnum):
+    """When a command task counts as started (systemd's ``Type=``, the subset that fits).
+
+    ``simple``: once its process exists; ``exec``: once its program was executed;
+    ``notify``: at its own ``READY=1``; ``forking``: once its first process exited
+    successfully, leaving the daemon it forked as the task's main process.
+    A Python task is always ``notify``: its host reports READY=1.
+    """
+
+    SIMPLE = "simple"
+    EXEC = "exec"
+    NOTIFY = "notify"
+    FORKING = "forking"
+
+
 class ServiceType(StrEnum):
     """The seed's ``serviceType``: a task in its own process, or a thread."""
 

@@ -22,7 +22,7 @@ from zsvc.config import BusEndpoints, Context, TaskSpec, Trigger, load_context, 
 from zsvc.config.model import RestartPolicy
 from zsvc.errors import ConfigError
 from zsvc.hostwire import MAX_CONFIGURATION_BYTES, SPEC_ENV, HostSpec, configuration_size
-from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent
+from zsvc.states import RestartMode, ServiceType, StartType, TaskAction, TriggerEvent
 
 CONF = Path(__file__).resolve().parents[2] / "Conf"
 ECHO = CONF / "Context-EchoAction.xml"
@@ -226,7 +226,7 @@ def test_defaults() -> None:
         {},
     )
     assert task.location == Path("/srv/app/Services").resolve()
-    assert (task.command, task.notify) == (None, False)
+    assert (task.command, task.start_type) == (None, StartType.NOTIFY)  # its host notifies
 
 
 def test_task_attributes() -> None:

@@ -27,7 +27,7 @@ from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_LIMITS
 from zsvc.runners.local import LocalRunner
 from zsvc.runners.localexec import wrap_exec
 from zsvc.runners.localtask import LocalTask
-from zsvc.states import Result
+from zsvc.states import Result, StartType
 
 REPO = Path(__file__).resolve().parents[2]
 CGROUPS = find_hierarchy() if os.environ.get("ZSVC_CGROUPS", "1") != "0" else None
@@ -75,7 +75,7 @@ def _spec(
         argv=tuple(argv),
         env=dict(os.environ, PYTHONPATH=str(REPO), **{INVOCATION_ENV: uuid.uuid4().hex}),
         cwd=str(tmp),
-        notify=notify,
+        start_type=StartType.NOTIFY if notify else StartType.EXEC,
         start_timeout=10.0,
         stop_timeout=stop_timeout,
         log_path=tmp / "t1.log",
@@ -448,6 +448,7 @@ FALLBACK = textwrap.dedent(
     from zsvc.hostwire import INVOCATION_ENV
     from zsvc.runners.base import LaunchSpec
     from zsvc.runners.local import LocalRunner
+    from zsvc.states import StartType
 
     tmp, ending, orphaner = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 
@@ -471,7 +472,7 @@ FALLBACK = textwrap.dedent(
         await runner.open(events)
         env = dict(os.environ, **{INVOCATION_ENV: uuid.uuid4().hex})
         spec = LaunchSpec("TX", "t1", "zsvc-TX-t1.service", (sys.executable, "-c", orphaner,
-                          ending), env, str(tmp), True, 10.0, 2.0, tmp / "t1.log")
+                          ending), env, str(tmp), StartType.NOTIFY, 10.0, 2.0, tmp / "t1.log")
         task = await runner.start(spec)
         grandchild, watch = await asyncio.wait_for(events.status.get(), 10)
         try:

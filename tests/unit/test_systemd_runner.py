@@ -22,7 +22,7 @@ from zsvc.runners.choose import choose_runner, systemd_booted
 from zsvc.runners.systemd import NO_INSTANCE, SystemdRunner
 from zsvc.runners.systemdtask import SystemdTask
 from zsvc.runners.transient import unit_path
-from zsvc.states import Result
+from zsvc.states import Result, StartType
 
 PROPS = "org.freedesktop.DBus.Properties"
 SVC, UNIT = "org.freedesktop.systemd1.Service", "org.freedesktop.systemd1.Unit"
@@ -110,7 +110,7 @@ def launch_spec() -> LaunchSpec:
         argv=("/bin/true",),
         env={},
         cwd="/",
-        notify=True,
+        start_type=StartType.NOTIFY,
         start_timeout=5.0,
         stop_timeout=5.0,
         log_path=Path("/dev/null"),
@@ -256,7 +256,7 @@ def test_choose_runner_local_and_auto_without_systemd() -> None:
 def test_a_command_that_ran_and_ended_at_once_was_ready_first(runner) -> None:
     """Type=exec, exit 4 within one systemd loop turn: "active" is never signalled."""
     runner, events, task = runner
-    task.spec = LaunchSpec(**{**launch_spec().__dict__, "notify": False})
+    task.spec = LaunchSpec(**{**launch_spec().__dict__, "start_type": StartType.EXEC})
     feed(runner, unit("activating", "start", job=9), svc(0, "exit-code", 1, 4))
     feed(runner, unit("failed", "failed"))
     assert events.seen == [("ready", (TX, TASK)), ("exit", ExitInfo(Result.EXIT_CODE, exit_code=4))]
@@ -264,7 +264,7 @@ def test_a_command_that_ran_and_ended_at_once_was_ready_first(runner) -> None:
 
 def test_a_program_that_could_not_be_executed_was_never_ready(runner) -> None:
     runner, events, task = runner
-    task.spec = LaunchSpec(**{**launch_spec().__dict__, "notify": False})
+    task.spec = LaunchSpec(**{**launch_spec().__dict__, "start_type": StartType.EXEC})
     feed(runner, unit("activating", "start", job=9), svc(0, "exit-code", 1, 203))
     feed(runner, unit("failed", "failed"))
     assert events.seen == [("exit", ExitInfo(Result.EXIT_CODE, exit_code=203))]

@@ -28,7 +28,7 @@ from zsvc.runners.transient import (
     usec,
     wire_problem,
 )
-from zsvc.states import ID_PATTERN, Result
+from zsvc.states import ID_PATTERN, Result, StartType
 
 
 def spec(**changes: object) -> LaunchSpec:
@@ -39,7 +39,7 @@ def spec(**changes: object) -> LaunchSpec:
         "argv": ("python3", "-m", "zsvc.task"),
         "env": {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/zsvc/notify", "INVOCATION_ID": "x"},
         "cwd": "/srv",
-        "notify": True,
+        "start_type": StartType.NOTIFY,
         "start_timeout": 20.0,
         "stop_timeout": 2.5,
         "log_path": Path("/dev/null"),
@@ -82,7 +82,9 @@ def test_properties_of_a_notifying_task() -> None:
 
 def test_a_command_that_does_not_notify_is_type_exec_and_a_watchdog_is_in_usec() -> None:
     props = by_name(
-        transient_properties(spec(notify=False, watchdog_sec=1.5), "/bin/sleep", "s.slice", "x")
+        transient_properties(
+            spec(start_type=StartType.EXEC, watchdog_sec=1.5), "/bin/sleep", "s.slice", "x"
+        )
     )
     assert props["Type"].value == "exec"
     assert (props["WatchdogUSec"].signature, props["WatchdogUSec"].value) == ("t", 1_500_000)

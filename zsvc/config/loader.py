@@ -47,7 +47,14 @@ from zsvc.config.model import (
 )
 from zsvc.errors import ConfigError, ConfigIssue
 from zsvc.hostwire import MAX_CONFIGURATION_BYTES, configuration_size
-from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent, is_valid_id
+from zsvc.states import (
+    RestartMode,
+    ServiceType,
+    StartType,
+    TaskAction,
+    TriggerEvent,
+    is_valid_id,
+)
 from zsvc.xmlsafe import doctype_at, safe_parser
 
 __all__ = ["load_context", "load_context_text"]
@@ -647,7 +654,7 @@ def _task_spec(
         configuration=config,
         location=location,
         command=command,
-        notify=notify,
+        start_type=StartType.NOTIFY if notify or command is None else StartType.EXEC,
         start_timeout=start_timeout,
         stop_timeout=stop_timeout,
         restart=restart,

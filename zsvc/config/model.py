@@ -8,12 +8,13 @@ converter quirks (a single TaskService being a dict instead of a list,
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zsvc.states import RestartMode, ServiceType, TaskAction, TriggerEvent
+from zsvc.states import RestartMode, ServiceType, StartType, TaskAction, TriggerEvent
 
 DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5556"
 """Where subscribers connect (the seed's ``FrontEndEndpoint``, ``sub_port``)."""
@@ -68,6 +69,73 @@ class BusEndpoints:
 
 
 @dataclass(frozen=True)
+class ProcessSettings:
+    """What a runner applies to every process of a task (systemd.exec(5),
+    systemd.resource-control(5)); each ``None``/``False`` leaves what the daemon has.
+
+    Names and meanings are systemd's (``User=``, ``UMask=``, ``MemoryMax=``, …), so
+    that an operator who knows one knows the other; the runners carry each one out
+    (the transient unit's property, or the local runner's own means) or refuse the
+    start, saying what is missing: a setting is never silently ignored.
+    """
+
+    user: str | None = None
+    """``User=``: a user name or uid; its primary group unless ``group`` is given."""
+    group: str | None = None
+    """``Group=``: a group name or gid."""
+    supplementary_groups: tuple[str, ...] = ()
+    """``SupplementaryGroups=``: besides the user's own groups (initgroups)."""
+    umask: int | None = None
+    """``UMask=``."""
+    nice: int | None = None
+    """``Nice=``: absolute, -20 … 19."""
+    limit_nofile: int | None = None
+    """``LimitNOFILE=``: soft and hard open-files limit. Unset: the soft limit the
+    daemon was started with (the daemon raises its own)."""
+    memory_max: int | None = None
+    """``MemoryMax=``, in bytes: the task's processes together (a cgroup)."""
+    cpu_quota: float | None = None
+    """``CPUQuota=``, in percent of one CPU (``200`` is two CPUs): a cgroup."""
+    tasks_max: int | None = None
+    """``TasksMax=``: processes and threads of the task together (a cgroup)."""
+    no_new_privileges: bool = False
+    """``NoNewPrivileges=``: no set-uid, set-gid or file capability gains."""
+    private_tmp: bool = False
+    """``PrivateTmp=``: a /tmp and /var/tmp of the task's own, empty at each start."""
+
+    @property
+    def needs_cgroup(self) -> bool:
+        """True when a setting is a cgroup limit (the local runner needs a cgroup)."""
+        return any(v is not None for v in (self.memory_max, self.cpu_quota, self.tasks_max))
+
+
+@dataclass(frozen=True)
+class EnvironmentFile:
+    """``EnvironmentFile=``: ``KEY=value`` lines read at each start."""
+
+    path: Path
+    optional: bool = False
+    """systemd's ``-`` prefix: a missing file is no error."""
+
+
+@dataclass(frozen=True)
+class ExecSettings:
+    """A task's execution settings as written in its context.
+
+    The daemon resolves ``environment``, ``environment_files`` and
+    ``working_directory`` into the launch's environment and directory
+    (:mod:`zsvc.daemon.launch`); ``process`` goes to the runner as it is.
+    """
+
+    process: ProcessSettings = field(default_factory=ProcessSettings)
+    environment: tuple[tuple[str, str], ...] = ()
+    """``Environment=``, in the file's order (a later one wins); over the env files."""
+    environment_files: tuple[EnvironmentFile, ...] = ()
+    working_directory: Path | None = None
+    """``WorkingDirectory=``; unset: the task's location or the context file's directory."""
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One ``<TaskService>`` of a context.
 
@@ -88,7 +156,18 @@ class TaskSpec:
     configuration: Mapping[str, Any] = field(default_factory=dict)
     location: Path | None = None
     command: tuple[str, ...] | None = None
-    notify: bool = False
+    start_type: StartType = StartType.EXEC
+    """When the task counts as started; always ``notify`` for a Python task."""
+    pid_file: Path | None = None
+    """``PIDFile=`` of a ``forking`` task: where its daemon writes its pid."""
+    start_secs: float = 0.0
+    """Minimal uptime (supervisord's ``startsecs``): a ``simple``/``exec`` task is ready
+    only once it has run this long, and a start fails when it ends before."""
+    kill_signal: int = signal.SIGTERM
+    """``KillSignal=``: what a stop sends first."""
+    final_kill_signal: int = signal.SIGKILL
+    """``FinalKillSignal=``: what a stop sends after ``stop_timeout``."""
+    exec: ExecSettings = field(default_factory=ExecSettings)
     start_timeout: float = DEFAULT_START_TIMEOUT
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     restart: RestartPolicy = field(default_factory=RestartPolicy)
@@ -102,6 +181,11 @@ class TaskSpec:
     def starts_with_transaction(self) -> bool:
         """True when the task starts with its transaction (entry trigger on_start)."""
         return self.entry is TriggerEvent.ON_START
+
+    @property
+    def notify(self) -> bool:
+        """True when the task reports its own readiness (READY=1)."""
+        return self.start_type is StartType.NOTIFY
 
     @property
     def is_command(self) -> bool:

@@ -30,7 +30,7 @@ from zsvc.hostwire import (
 from zsvc.naming import unit_name
 from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.base import LaunchSpec
-from zsvc.states import ServiceType
+from zsvc.states import ServiceType, StartType
 
 HOST_STOP_MARGIN = 5.0
 """A thread host's stop timeout beyond its longest task's: time to tear down and report."""
@@ -65,7 +65,7 @@ class Launcher:
         env = self._environment(transaction, spec.id, spec.service_name, invocation)
         context_dir = str(context.path.parent)
         if spec.is_command:
-            argv, cwd, notify = tuple(spec.command or ()), context_dir, spec.notify
+            argv, cwd, start_type = tuple(spec.command or ()), context_dir, spec.start_type
         else:
             location = str(spec.location or context_dir)
             # A task in a crash streak is likely to fail in setup() again: its host joins
@@ -74,7 +74,7 @@ class Launcher:
             env[SPEC_ENV] = host.to_json()
             argv = self._task_host_argv()
             cwd = location if os.path.isdir(location) else context_dir
-            notify = True
+            start_type = StartType.NOTIFY
         return LaunchSpec(
             transaction=transaction,
             task_id=spec.id,
@@ -82,7 +82,7 @@ class Launcher:
             argv=argv,
             env=env,
             cwd=cwd,
-            notify=notify,
+            start_type=start_type,
             start_timeout=spec.start_timeout,
             stop_timeout=spec.stop_timeout,
             log_path=self.state.task_log(transaction, spec.id),
@@ -90,6 +90,10 @@ class Launcher:
             host_entry=not spec.is_command,
             watchdog_sec=spec.watchdog_sec,
             service_name=spec.service_name,
+            process=spec.exec.process,
+            pid_file=str(spec.pid_file) if spec.pid_file is not None else None,
+            kill_signal=spec.kill_signal,
+            final_kill_signal=spec.final_kill_signal,
         )
 
     def host_spec(
@@ -123,7 +127,7 @@ class Launcher:
             argv=(),
             env={INVOCATION_ENV: invocation},
             cwd=host.cwd,
-            notify=True,
+            start_type=StartType.NOTIFY,
             start_timeout=spec.start_timeout,
             stop_timeout=spec.stop_timeout,
             log_path=host.log_path,
@@ -155,7 +159,7 @@ class Launcher:
             argv=self._task_host_argv(),
             env=env,
             cwd=str(context.path.parent),
-            notify=True,
+            start_type=StartType.NOTIFY,
             start_timeout=start_timeout,
             stop_timeout=stop_timeout + HOST_STOP_MARGIN,
             log_path=self.state.task_log(transaction, THREAD_HOST_ID),

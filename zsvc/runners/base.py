@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from zsvc.config.model import ProcessSettings
 from zsvc.hostwire import INVOCATION_ENV
 from zsvc.procs import descendants, find_invocation
-from zsvc.states import Result
+from zsvc.states import Result, StartType
 
 TaskKey = tuple[str, str]
 """(transaction, task id): how runners and the daemon name one task."""
@@ -41,7 +42,7 @@ class LaunchSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     cwd: str
-    notify: bool
+    start_type: StartType
     start_timeout: float
     stop_timeout: float
     log_path: Path
@@ -51,6 +52,15 @@ class LaunchSpec:
     watchdog_sec: float | None = None
     """Kill the task (result ``watchdog``) when it sends no WATCHDOG=1 for this long."""
     service_name: str = ""
+    process: ProcessSettings = field(default_factory=ProcessSettings)
+    """User, limits and sandboxing of the task's processes: the runner applies each one
+    or refuses the start (:class:`LaunchError`) saying what it is missing."""
+    pid_file: str | None = None
+    """A ``forking`` task's ``PIDFile=``: where its main process is read from."""
+    kill_signal: int = signals.SIGTERM
+    """What :meth:`TaskHandle.stop` sends first."""
+    final_kill_signal: int = signals.SIGKILL
+    """What :meth:`TaskHandle.stop` sends after the stop timeout."""
     thread_host: LaunchSpec | None = None
     """Set for a Thread task: the launch of the process that runs its transaction's Thread
     tasks (:mod:`zsvc.runners.threads`); the task itself is a thread in it."""
@@ -58,6 +68,11 @@ class LaunchSpec:
     @property
     def key(self) -> TaskKey:
         return (self.transaction, self.task_id)
+
+    @property
+    def notify(self) -> bool:
+        """True when the task reports its own readiness (READY=1)."""
+        return self.start_type is StartType.NOTIFY
 
     @property
     def invocation(self) -> str:
