@@ -160,6 +160,10 @@ COMMANDS: dict[str, Command] = {
             "Remove a stopped transaction from the table.",
             (Param("transaction", str, required=True),),
         ),
+        Command(
+            "reexec",
+            "Execute the daemon anew (its code and settings from disk); every task keeps running.",
+        ),
         Command("shutdown", "Stop every task, then the daemon."),
     )
 }

@@ -101,3 +101,32 @@ def test_a_reload_that_would_read_invalid_settings_is_refused(daemons, workdir) 
     # Mended, the file is read by the next reload.
     settings.write_text("[daemon]\nlog_level = warning\n")
     reload_and_wait(daemon)
+
+
+def test_zsvc_reexec_returns_once_the_new_daemon_answers(daemon, make_context) -> None:
+    """``zsvc reexec`` (what ``systemctl reload zsvc`` runs): when it returns, the new
+    daemon answers at once — a SIGHUP returned before the new one listened."""
+    context = make_context([TaskDef("cmd", command="sleep 3600", location=None)])
+    assert daemon.cli("start", "--context", str(context), "REEXEC").code == 0
+    before = daemon.call("status", transaction="REEXEC")["tasks"][0]["pid"]
+    ping = daemon.call("ping")
+    done = daemon.cli("reexec", "--timeout", "30")
+    assert done.code == 0, done.stderr
+    assert f"daemon executed anew (pid {ping['pid']})" in done.stdout
+    after = daemon.call("ping")  # no wait: it must already listen
+    assert (after["pid"], after["since"] != ping["since"]) == (ping["pid"], True)
+    assert daemon.call("status", transaction="REEXEC")["tasks"][0]["pid"] == before
+    assert daemon.cli("stop", "REEXEC").code == 0
+
+
+def test_zsvc_reexec_with_invalid_settings_fails_and_names_them(daemons, workdir) -> None:
+    settings = workdir / "zsvc.conf"
+    settings.write_text("[daemon]\nlog_level = info\n")
+    daemon = daemons(args=["--config", str(settings)])
+    ping = daemon.call("ping")
+    settings.write_text("[daemon]\nlog_level = loud\n")
+    done = daemon.cli("reexec")
+    assert done.code == 1
+    assert "reload refused, the daemon goes on as it was: invalid settings" in done.stderr
+    assert f"{settings}:2:1: log_level: 'loud' is not one of" in done.stderr
+    assert daemon.call("ping")["since"] == ping["since"], "the daemon did not execute anew"

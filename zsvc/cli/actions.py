@@ -126,6 +126,43 @@ def call(runtime: str | os.PathLike[str] | None, command: str, wait: float, **ar
         raise CommandFailed(exc.exit_code) from None
 
 
+def reexec(runtime: str | os.PathLike[str] | None, timeout: float) -> dict[str, Any]:
+    """Have the daemon execute anew and wait until the new one answers: its ``ping``.
+
+    The new daemon is told from the old by its start time (``since``); the old one may
+    close before its reply to ``reexec`` is sent, which is no error: only a refusal
+    (invalid settings) is, and it comes while the old daemon goes on. Raises
+    :class:`CommandFailed` on a refusal, or when no new daemon answers within *timeout*.
+    """
+    import time
+
+    from zsvc.client import ControlClient
+    from zsvc.paths import client_runtime_dir
+
+    old = call(runtime, "ping", 10.0)
+    where = client_runtime_dir(runtime)
+    try:
+        with ControlClient(where, timeout=10.0) as client:
+            client.call("reexec")
+    except ZsvcError as exc:
+        print(f"zsvc: {printable(exc.message)}", file=sys.stderr)
+        raise CommandFailed(exc.exit_code) from None
+    except DaemonUnreachable:
+        pass  # it closed before its reply went out: it is executing anew
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with ControlClient(where, timeout=max(0.1, deadline - time.monotonic())) as client:
+                new: dict[str, Any] = client.call("ping")
+            if new.get("since") != old.get("since"):
+                return new
+        except DaemonUnreachable:
+            pass  # between the two daemons: nothing listens for a moment
+        time.sleep(0.05)  # a poll of another process, bounded by the deadline
+    print(f"zsvc: no new daemon answered within {timeout:g} s", file=sys.stderr)
+    raise CommandFailed(ExitCode.UNREACHABLE)
+
+
 def show_transaction(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(record, indent=2, sort_keys=True))

@@ -426,6 +426,21 @@ def shutdown(
 
 
 @app.command()
+def reexec(
+    timeout: float = typer.Option(
+        60.0, "--timeout", callback=_seconds, help="Seconds to wait for the new daemon."
+    ),
+) -> None:
+    """Execute the daemon anew, with its code and settings from disk; every task keeps
+    running. Returns once the new daemon answers ('systemctl reload zsvc' runs this)."""
+    try:
+        new = actions.reexec(_state["runtime_dir"], timeout)
+    except actions.CommandFailed as failed:
+        raise typer.Exit(failed.code) from None
+    typer.echo(f"daemon executed anew (pid {new.get('pid')}): {new.get('status', '')}")
+
+
+@app.command()
 def keys(
     directory: Path = typer.Argument(
         None, help="Keys directory (default /etc/zsvc/keys as root, else ~/.config/zsvc/keys)."

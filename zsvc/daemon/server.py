@@ -154,21 +154,26 @@ class Daemon:
             self._jobs.spawn(self._ping_watchdog(interval), "watchdog")
 
     def _reload(self) -> None:
-        """SIGHUP: execute anew, unless the new daemon would refuse to start.
+        """SIGHUP: execute anew (:meth:`_reexec`), or log why not."""
+        self._reexec()
+
+    def _reexec(self) -> str | None:
+        """Execute anew, unless the new daemon would refuse to start; returns why not.
 
         A reload re-reads the settings: an invalid file (or keys that do not
         load) would stop the new daemon, and with it every command, so it is
         checked first and a reload that would fail is refused and logged.
         """
         if self.stopped.is_set():
-            return
+            return "the daemon is shutting down"
         problem = self.check_reload() if self.check_reload is not None else None
         if problem:
             log.error("reload refused, the daemon goes on as it was: %s", problem)
             tell_supervisor(f"STATUS=reload refused: {problem.splitlines()[0]}")
-            return
+            return problem
         self.reexec = True
         self.stopped.set()
+        return None
 
     def _status_line(self) -> str:
         transactions = self.manager.transactions
@@ -347,6 +352,11 @@ class Daemon:
             if not record.broken
         ]
         self.bus.release([*self._fixed_endpoints, *in_use])
+
+    async def cmd_reexec(self) -> dict[str, Any]:
+        if problem := self._reexec():
+            raise OperationFailed(f"reload refused, the daemon goes on as it was: {problem}")
+        return {"reexecuting": True, "pid": os.getpid(), "since": self.started_at}
 
     async def cmd_shutdown(self) -> dict[str, Any]:
         self.stopped.set()  # from now on nothing is started; run() stops every task
