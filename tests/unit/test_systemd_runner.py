@@ -9,6 +9,8 @@ same code against a real systemd.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +290,73 @@ def test_the_runner_says_which_journal_has_the_output() -> None:
     assert LogSource.USER_JOURNAL.journal and LogSource.USER_JOURNAL.user
     assert LogSource.SYSTEM_JOURNAL.journal and not LogSource.SYSTEM_JOURNAL.user
     assert not LogSource.FILES.journal
+
+
+def forking_spec(**changes: Any) -> LaunchSpec:
+    return dataclasses.replace(launch_spec(), start_type=StartType.FORKING, **changes)
+
+
+def starter(control: int, main: int = 0, result: str = "success") -> Message:
+    """A forking unit's Service signal: the starter is systemd's control process."""
+    return changed(
+        SVC,
+        {
+            "MainPID": ("u", main),
+            "ControlPID": ("u", control),
+            "Result": ("s", result),
+            "ExecMainCode": ("i", 0),
+            "ExecMainStatus": ("i", 0),
+        },
+    )
+
+
+def test_a_forking_task_is_its_starter_then_reports_its_daemon(runner) -> None:
+    """The sequence systemd 252 sent for Type=forking + PIDFile (a starter that forks a
+    daemon, writes its pid, and exits 0 after 0.5 s): ControlPID, then MainPID."""
+    runner, events, _ = runner
+    task = SystemdTask(spec=forking_spec(), pid=0, runner=runner, unit=NAME, path=PATH)
+    runner.by_path[PATH] = task
+    feed(runner, starter(49), unit("inactive", "dead", job=84))
+    assert task.pid == 49 and task._pid_known.is_set()  # start() returns with the starter
+    task._returned = True
+    task._release()
+    feed(
+        runner,
+        starter(49),
+        unit("activating", "start", job=84),
+        starter(0, main=51),
+        unit("active", "running"),
+        manager_signal("JobRemoved", "uoss", [84, "/job/84", NAME, "done"]),
+    )
+    assert task.pid == 51
+    assert events.seen == [("main_pid", 51), ("ready", (TX, TASK))]
+
+
+def test_a_forking_starter_that_fails_is_never_ready(runner) -> None:
+    runner, events, task = runner
+    task.spec = forking_spec()
+    feed(
+        runner,
+        starter(58),
+        unit("activating", "start", job=9),
+        starter(0, result="exit-code"),
+        unit("failed", "failed"),
+    )
+    assert [kind for kind, _ in events.seen] == ["exit"]
+    info = events.seen[0][1]
+    assert info.result is Result.EXIT_CODE and "starting process failed" in info.detail
+
+
+def test_a_stop_by_the_tasks_kill_signal_ends_in_success(runner) -> None:
+    """KillSignal=SIGQUIT: systemd says Result=signal; zsvc asked for that stop."""
+    runner, events, task = runner
+    task.spec = dataclasses.replace(launch_spec(), kill_signal=signal.SIGQUIT)
+    feed(runner, svc(42), unit("active", "running"))
+    task.stop_requested = True  # as stop() does before StopUnit
+    feed(
+        runner,
+        unit("deactivating", "stop-sigterm"),
+        svc(0, "signal", 2, signal.SIGQUIT),
+        unit("failed", "failed"),
+    )
+    assert events.seen[-1] == ("exit", ExitInfo(Result.SUCCESS, signal=signal.SIGQUIT))

@@ -6,21 +6,25 @@ Expected values are the verified facts of shared/research/systemd-dbus.md
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zsvc.config.model import ProcessSettings
 from zsvc.naming import slice_name, systemd_escape, unit_name
 from zsvc.runners.base import ExitInfo, LaunchSpec
 from zsvc.runners.transient import (
     Prop,
     UnitView,
     ascii_safe,
+    cpu_quota_usec,
     exit_info,
     parse_unit_name,
     resolve_program,
+    run_verdict,
     task_environment,
     transient_properties,
     unescape,
@@ -88,6 +92,110 @@ def test_a_command_that_does_not_notify_is_type_exec_and_a_watchdog_is_in_usec()
     )
     assert props["Type"].value == "exec"
     assert (props["WatchdogUSec"].signature, props["WatchdogUSec"].value) == ("t", 1_500_000)
+
+
+ALL_SETTINGS = ProcessSettings(
+    user="www-data",
+    group="www-data",
+    supplementary_groups=("adm", "audio"),
+    umask=0o027,
+    nice=5,
+    limit_nofile=4096,
+    memory_max=256 * 1024 * 1024,
+    cpu_quota=50.0,
+    tasks_max=64,
+    no_new_privileges=True,
+    private_tmp=True,
+)
+SETTING_PROPERTIES = {
+    # Name and signature of each: accepted by systemd 252 and read back with `systemctl
+    # show` from a running unit (docs/runners.md; tests/system/test_systemd_settings.py).
+    "User": ("s", "www-data"),
+    "Group": ("s", "www-data"),
+    "SupplementaryGroups": ("as", ["adm", "audio"]),
+    "UMask": ("u", 0o027),
+    "Nice": ("i", 5),
+    "LimitNOFILE": ("t", 4096),
+    "LimitNOFILESoft": ("t", 4096),
+    "MemoryMax": ("t", 268_435_456),
+    "CPUQuotaPerSecUSec": ("t", 500_000),
+    "TasksMax": ("t", 64),
+    "NoNewPrivileges": ("b", True),
+    "PrivateTmp": ("b", True),
+    "KillSignal": ("i", 2),
+    "FinalKillSignal": ("i", 3),
+}
+
+
+def test_every_process_setting_and_kill_signal_becomes_its_unit_property() -> None:
+    launch = spec(process=ALL_SETTINGS, kill_signal=signal.SIGINT, final_kill_signal=signal.SIGQUIT)
+    props = by_name(transient_properties(launch, "/bin/sleep", "s.slice", "x"))
+    plain = by_name(transient_properties(spec(), "/bin/sleep", "s.slice", "x"))
+    added = {name: (p.signature, p.value) for name, p in props.items() if name not in plain}
+    assert added == SETTING_PROPERTIES
+    assert all(isinstance(p.value, list) for p in props.values() if p.signature == "as")
+
+
+def test_unset_settings_send_nothing_so_systemd_keeps_its_defaults() -> None:
+    """No LimitNOFILE: systemd's soft 1024 stays, as the local runner gives back the
+    daemon's starting soft limit; no KillSignal: SIGTERM, then SIGKILL."""
+    props = by_name(transient_properties(spec(), "/bin/sleep", "s.slice", "x"))
+    assert not set(SETTING_PROPERTIES) & set(props)
+    assert "PIDFile" not in props
+
+
+@pytest.mark.parametrize("start_type", list(StartType))
+def test_the_start_type_is_systemds_type(start_type: StartType) -> None:
+    launch = spec(start_type=start_type, pid_file="/run/app.pid")
+    props = by_name(transient_properties(launch, "/bin/app", "s.slice", "x"))
+    assert props["Type"] == Prop("Type", "s", start_type.value)
+    forking = start_type is StartType.FORKING
+    assert ("PIDFile" in props) is forking  # only a forking task's PID file means anything
+    if forking:
+        assert props["PIDFile"] == Prop("PIDFile", "s", "/run/app.pid")
+
+
+def test_a_forking_task_without_a_pid_file_lets_systemd_guess_its_main_process() -> None:
+    props = by_name(transient_properties(spec(start_type=StartType.FORKING), "/a", "s.slice", "x"))
+    assert props["Type"].value == "forking" and "PIDFile" not in props
+
+
+@given(st.floats(min_value=0.0001, max_value=100_000, allow_nan=False))
+def test_cpu_quota_is_cpu_microseconds_per_second(percent: float) -> None:
+    value = cpu_quota_usec(percent)
+    assert value >= 1
+    assert abs(value - percent * 10_000) <= 0.5 or (value == 1 and percent * 10_000 < 1)
+
+
+def test_cpu_quota_examples() -> None:
+    assert cpu_quota_usec(50) == 500_000  # systemctl show: CPUQuotaPerSecUSec=500ms
+    assert cpu_quota_usec(200) == 2_000_000  # two CPUs
+    assert cpu_quota_usec(0.00001) == 1  # 0 would mean no quota at all
+
+
+def test_a_stop_by_the_tasks_own_kill_signal_is_clean() -> None:
+    """systemd 252 says ``signal`` for a stop by KillSignal=SIGQUIT (not in its clean set)."""
+    quit_spec = spec(start_type=StartType.EXEC, kill_signal=signal.SIGQUIT)
+    by_quit = exit_info("signal", 2, signal.SIGQUIT)
+    assert run_verdict(by_quit, quit_spec, stop_requested=True) == ExitInfo(
+        Result.SUCCESS, signal=signal.SIGQUIT
+    )
+    assert run_verdict(by_quit, quit_spec, stop_requested=False) == by_quit  # not asked
+    by_kill = exit_info("signal", 2, signal.SIGKILL)
+    assert run_verdict(by_kill, quit_spec, stop_requested=True) == by_kill
+    assert run_verdict(exit_info("success", 2, 2), spec(kill_signal=2), True).clean
+
+
+def test_a_forking_starter_that_failed_says_so() -> None:
+    forking = spec(start_type=StartType.FORKING, pid_file="/run/a.pid", start_timeout=2.0)
+    failed = run_verdict(exit_info("exit-code", 0, 0), forking, stop_requested=False)
+    assert failed.result is Result.EXIT_CODE and "starting process failed" in failed.detail
+    late = run_verdict(exit_info("timeout", 0, 0), forking, stop_requested=False)
+    assert late.detail == (
+        "no main process within 2 s: the starter did not exit or wrote no PID file /run/a.pid"
+    )
+    ended = exit_info("exit-code", 1, 3)  # the daemonised main process exited 3
+    assert run_verdict(ended, forking, stop_requested=False) == ended
 
 
 def test_structs_are_lists_for_dbus_fast_184() -> None:
@@ -242,6 +350,13 @@ def test_the_exit_status_comes_from_the_service_signal_before_failed() -> None:
     view.update(UNIT, unit("failed", "failed"))
     assert view.ended
     assert view.exit() == ExitInfo(Result.EXIT_CODE, exit_code=3)
+
+
+def test_a_forking_starter_is_the_control_pid_until_the_main_process_is_known() -> None:
+    view = UnitView()
+    view.update(SVC, {**service(0), "ControlPID": 49})
+    assert (view.control_pid, view.main_pid) == (49, 0)
+    assert view.update(SVC, {**service(51), "ControlPID": 0}) == {"main_pid", "control_pid"}
 
 
 def test_a_start_that_fails_without_ever_running_is_over() -> None:

@@ -14,8 +14,15 @@ signals into the daemon's events, in order:
 * **events are held until start()/adopt() returned** (:meth:`SystemdTask._release`),
   so the daemon has the handle before it hears that the task is ready or gone
   (the local runner has the same order);
-* **stop** is systemd's ``StopUnit`` (SIGTERM, ``TimeoutStopUSec``, SIGKILL to
-  the cgroup), with a bounded wait for systemd's report of the end.
+* **stop** is systemd's ``StopUnit`` (the unit's ``KillSignal``, ``TimeoutStopUSec``,
+  ``FinalKillSignal`` to the cgroup: the task's ``kill_signal`` and
+  ``final_kill_signal``, set on the unit by :mod:`~zsvc.runners.transient`), with a
+  bounded wait for systemd's report of the end;
+* **a forking task** (``Type=forking``) has no MainPID while its starter runs: its pid
+  is then the starter's (systemd's ControlPID), and the daemonised process, read by
+  systemd from ``PIDFile=`` or guessed from the cgroup, is reported with
+  ``on_main_pid`` when it comes after start() returned. It is ready when the unit is
+  active (the starter exited 0 and a main process is known).
 
 The daemon's own events for a task go to the journal with the task's fields
 (:mod:`zsvc.journal`).
@@ -39,9 +46,12 @@ from zsvc.runners.cgroup import cgroup_of, members_of
 from zsvc.runners.exitcodes import KILL_WAIT
 from zsvc.runners.notifyflow import StatusFlow
 from zsvc.runners.sdbus import NO_SUCH_UNIT, SystemdError, variant
-from zsvc.states import Result, State
+from zsvc.states import Result, StartType, State
 
 log = logging.getLogger(__name__)
+
+READY_AT_EXEC = frozenset({StartType.SIMPLE, StartType.EXEC})
+"""Start types that are ready once the program runs (a forking starter that ran is not)."""
 
 
 class UnitOwner(Protocol):
@@ -100,7 +110,8 @@ class SystemdTask(TaskHandle):
             self.runner.bus_send("KillUnit", "ssi", [self.unit, "all", int(signal.SIGKILL)])
 
     async def stop(self, timeout: float | None = None) -> ExitInfo:
-        """StopUnit: systemd sends SIGTERM, waits TimeoutStopUSec, then SIGKILLs the cgroup."""
+        """StopUnit: systemd sends the unit's KillSignal, waits TimeoutStopUSec, then its
+        FinalKillSignal to the cgroup (never a signal of the runner's own choosing)."""
         if self.exit_info is not None:
             return self.exit_info
         assert self.runner is not None
@@ -115,7 +126,7 @@ class SystemdTask(TaskHandle):
             if exc.name != NO_SUCH_UNIT:
                 log.warning("%s/%s: StopUnit: %s", *self.key, exc)
             elif self.exit_info is None:  # gone, and its end not (yet) seen
-                self._finish(self.view.exit() if self.view.ended else vanished())
+                self._finish(self._verdict() if self.view.ended else vanished())
         if await self._wait_exit(limit + KILL_WAIT):
             return self.exit_info  # type: ignore[return-value]
         log.warning("%s/%s: systemd reported no end after %g s: SIGKILL", *self.key, limit)
@@ -160,6 +171,9 @@ class SystemdTask(TaskHandle):
         if self.exit_info is not None:
             return
         changed = self.view.update(interface, properties)
+        if "control_pid" in changed and self._starter_only:
+            self.pid = self.view.control_pid  # the starter, until the daemon is known
+            self._pid_known.set()
         if "main_pid" in changed and self.view.main_pid:
             news = self._returned and self.view.main_pid != self.pid  # or MAINPID= from the task
             self.pid = self.view.main_pid
@@ -177,11 +191,23 @@ class SystemdTask(TaskHandle):
             elif state == State.DEACTIVATING and self.ready and not self.stop_requested:
                 self._emit(self._report(lambda e: e.on_stopping(self.key)))
         if self.view.ended:
-            if not self.ready and not self.spec.notify and self.view.exec_succeeded:
+            ran = self.spec.start_type in READY_AT_EXEC and self.view.exec_succeeded
+            if ran and not self.ready:
                 # Type=exec: it ran, and ended within one systemd loop turn, so "active"
                 # was never signalled. The local runner calls such a task ready at exec.
                 self._became_ready()
-            self._finish(self.view.exit())
+            self._finish(self._verdict())
+
+    @property
+    def _starter_only(self) -> bool:
+        """A forking task's starter runs and no main process is known yet."""
+        forking = self.spec.start_type is StartType.FORKING
+        return forking and bool(self.view.control_pid) and not self.view.main_pid and not self.pid
+
+    def _verdict(self) -> ExitInfo:
+        """How the run ended, as systemd said it, in zsvc's words (a stop by the task's
+        own kill signal is clean: :func:`~zsvc.runners.transient.run_verdict`)."""
+        return transient.run_verdict(self.view.exit(), self.spec, self.stop_requested)
 
     def _became_ready(self) -> None:
         self.ready = True
@@ -213,7 +239,7 @@ class SystemdTask(TaskHandle):
             self.runner.jobs.spawn(self.runner.resync(self), f"resync {self.unit}")
             return
         if self.exit_info is None:
-            self._finish(self.view.exit())
+            self._finish(self._verdict())
         self.removed.set()
 
     def _status(self, text: str) -> Callable[[], None]:

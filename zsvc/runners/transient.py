@@ -12,20 +12,33 @@ in ``shared/research/systemd-dbus.md`` (systemd 252):
   signal of its Service interface: :class:`UnitView` folds those signals;
 * dbus-fast 1.84 (Debian 12) marshals a non-ASCII string with a wrong
   length and the bus drops the connection: :func:`wire_problem` finds what
-  must not be sent with such a library.
+  must not be sent with such a library;
+* the execution settings (issue 14), verified the same way on 252 in the box
+  (accepted by StartTransientUnit, read back with ``systemctl show``, and seen
+  from inside the task in ``/proc/<pid>/status``, ``limits``, ``stat``,
+  ``mountinfo``): ``User``/``Group`` ``s``, ``SupplementaryGroups`` ``as``,
+  ``UMask`` ``u``, ``Nice`` ``i``, ``LimitNOFILE`` + ``LimitNOFILESoft`` ``t``,
+  ``MemoryMax`` ``t`` (bytes), ``CPUQuotaPerSecUSec`` ``t`` (50 % → 500000,
+  shown ``500ms``), ``TasksMax`` ``t``, ``NoNewPrivileges`` ``b``,
+  ``PrivateTmp`` ``b``, ``KillSignal``/``FinalKillSignal`` ``i``, ``Type`` ``s``
+  (simple, exec, notify, forking), ``PIDFile`` ``s``. A wrong signature fails
+  the whole StartTransientUnit (``ENXIO … Unexpected message contents``), so
+  each is pinned by a unit test; the table per setting is ``docs/runners.md``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zsvc.config.model import ProcessSettings
 from zsvc.naming import INSTANCE_LENGTH
 from zsvc.runners.base import ExitInfo, LaunchSpec
 from zsvc.runners.exitcodes import SETUP_FAILURES
-from zsvc.states import DOWN, HAS_PROCESS, Result, State
+from zsvc.states import DOWN, HAS_PROCESS, Result, StartType, State
 
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
 
@@ -147,7 +160,7 @@ def transient_properties(
             "Description", "s", spec.description or f"zsvc task {spec.transaction}/{spec.task_id}"
         ),
         Prop("Slice", "s", slice_unit),
-        Prop("Type", "s", "notify" if spec.notify else "exec"),
+        *start_properties(spec),
         Prop("NotifyAccess", "s", "main"),
         Prop("ExecStart", "a(sasb)", [[program, list(spec.argv), False]]),
         Prop("WorkingDirectory", "s", spec.cwd),
@@ -163,7 +176,77 @@ def transient_properties(
     ]
     if spec.watchdog_sec is not None and spec.watchdog_sec > 0:
         props.append(Prop("WatchdogUSec", "t", usec(spec.watchdog_sec)))
+    props += kill_properties(spec)
+    props += process_properties(spec.process)
     return props
+
+
+def start_properties(spec: LaunchSpec) -> list[Prop]:
+    """``Type=`` (zsvc's start types are systemd's words) and a forking task's ``PIDFile=``.
+
+    Without a PID file systemd guesses a forking task's main process (the one
+    left in its cgroup: ``GuessMainPID=yes``), as the issue asks.
+    """
+    props = [Prop("Type", "s", spec.start_type.value)]
+    if spec.start_type is StartType.FORKING and spec.pid_file:
+        props.append(Prop("PIDFile", "s", spec.pid_file))
+    return props
+
+
+def kill_properties(spec: LaunchSpec) -> list[Prop]:
+    """``KillSignal=``/``FinalKillSignal=``, sent only when not systemd's defaults.
+
+    StopUnit sends KillSignal to the cgroup, and FinalKillSignal after
+    ``TimeoutStopUSec`` (systemd.kill(5)): the runner never signals a stop itself.
+    """
+    props = []
+    if spec.kill_signal != signal.SIGTERM:
+        props.append(Prop("KillSignal", "i", int(spec.kill_signal)))
+    if spec.final_kill_signal != signal.SIGKILL:
+        props.append(Prop("FinalKillSignal", "i", int(spec.final_kill_signal)))
+    return props
+
+
+def process_properties(settings: ProcessSettings) -> list[Prop]:
+    """The unit properties of a task's :class:`ProcessSettings` (each unset one: none).
+
+    An unset ``limit_nofile`` sends nothing: systemd then gives the task its
+    default soft limit of 1024, as the local runner gives back the daemon's
+    starting soft limit (select() breaks past 1024). ``LimitNOFILE`` over D-Bus is
+    the hard limit and ``LimitNOFILESoft`` the soft one; both get the value,
+    as ``LimitNOFILE=N`` in a unit file does. ``CPUQuota=`` travels as
+    ``CPUQuotaPerSecUSec``: CPU time per second of wall time, so 1 % is 10,000 µs.
+    """
+    props: list[Prop] = []
+    if settings.user is not None:
+        props.append(Prop("User", "s", settings.user))
+    if settings.group is not None:
+        props.append(Prop("Group", "s", settings.group))
+    if settings.supplementary_groups:
+        props.append(Prop("SupplementaryGroups", "as", list(settings.supplementary_groups)))
+    if settings.umask is not None:
+        props.append(Prop("UMask", "u", settings.umask))
+    if settings.nice is not None:
+        props.append(Prop("Nice", "i", settings.nice))
+    if settings.limit_nofile is not None:
+        props.append(Prop("LimitNOFILE", "t", settings.limit_nofile))
+        props.append(Prop("LimitNOFILESoft", "t", settings.limit_nofile))
+    if settings.memory_max is not None:
+        props.append(Prop("MemoryMax", "t", settings.memory_max))
+    if settings.cpu_quota is not None:
+        props.append(Prop("CPUQuotaPerSecUSec", "t", cpu_quota_usec(settings.cpu_quota)))
+    if settings.tasks_max is not None:
+        props.append(Prop("TasksMax", "t", settings.tasks_max))
+    if settings.no_new_privileges:
+        props.append(Prop("NoNewPrivileges", "b", True))
+    if settings.private_tmp:
+        props.append(Prop("PrivateTmp", "b", True))
+    return props
+
+
+def cpu_quota_usec(percent: float) -> int:
+    """``CPUQuota=`` in percent of one CPU as systemd's µs of CPU per second (at least 1)."""
+    return max(1, round(percent * 10_000))
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -215,6 +298,33 @@ def exit_info(result: str, code: int, status: int) -> ExitInfo:
     return ExitInfo(verdict, detail=detail or "the main process never ran")
 
 
+def run_verdict(info: ExitInfo, spec: LaunchSpec, stop_requested: bool) -> ExitInfo:
+    """systemd's verdict on a run (:func:`exit_info`) in the words both runners use.
+
+    * A stop that ends the task by its own ``kill_signal`` is a clean stop: systemd
+      counts only SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean (systemd.service(5),
+      ``SuccessExitStatus=``; SIGQUIT read ``signal``, verified on 252), but the task
+      did what it was asked. Only a stop zsvc asked for: the same signal from
+      elsewhere is still a failure.
+    * A ``forking`` task whose starter failed: systemd keeps the exit status of the
+      main process only (``ExecMainStatus``), and the starter is its control
+      process, whose status is in the journal alone (the unit is collected).
+    """
+    if stop_requested and info.result is Result.SIGNAL and info.signal == spec.kill_signal:
+        return ExitInfo(Result.SUCCESS, signal=info.signal, detail=info.detail)
+    if spec.start_type is StartType.FORKING and info.exit_code is None and info.signal is None:
+        return ExitInfo(info.result, detail=_forking_failure(info.result, spec))
+    return info
+
+
+def _forking_failure(result: Result, spec: LaunchSpec) -> str:
+    """Why a forking task never had a main process, as far as systemd's signals tell."""
+    if result is not Result.TIMEOUT:
+        return "its starting process failed (Type=forking; its exit status: journalctl -u UNIT)"
+    why = f"or wrote no PID file {spec.pid_file}" if spec.pid_file else "or left no process"
+    return f"no main process within {spec.start_timeout:g} s: the starter did not exit {why}"
+
+
 def unwrap(properties: Mapping[str, Any]) -> dict[str, Any]:
     """``a{sv}`` as plain values (dbus-fast gives Variants; 1.84 lists, 5.x tuples)."""
     return {name: getattr(value, "value", value) for name, value in properties.items()}
@@ -235,6 +345,8 @@ class UnitView:
     sub_state: str = ""
     job: bool = False
     main_pid: int = 0
+    control_pid: int = 0
+    """A ``forking`` task's starter, until it exits (systemd's control process)."""
     result: str = "success"
     exec_code: int = 0
     exec_status: int = 0
@@ -258,6 +370,7 @@ class UnitView:
 
         if interface.endswith(".Service"):
             take("main_pid", "MainPID", int)
+            take("control_pid", "ControlPID", int)
             take("result", "Result", str)
             take("exec_code", "ExecMainCode", int)
             take("exec_status", "ExecMainStatus", int)
