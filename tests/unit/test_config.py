@@ -49,7 +49,7 @@ TEMPLATE = """\
   {more}
 </Context>
 """
-ALLOWED_IN_TASK = "<description>, <command>, <message>, <state>"
+ALLOWED_IN_TASK = "<description>, <command>, <exec>, <message>, <state>"
 ALLOWED_IN_CONTEXT = (
     "<FrontEndEndpoint>, <BackendEndpoint>, <FrontBind>, <BackendBind>, "
     "<ContextID>, <TaskLogName>, <TaskService>"
@@ -57,7 +57,8 @@ ALLOWED_IN_CONTEXT = (
 TASK_ATTRS = (
     "'id', 'instance', 'serviceType', 'topic', 'start_timeout', 'stop_timeout', "
     "'restart', 'restart_sec', 'restart_max_sec', 'restart_stable_sec', "
-    "'start_limit_burst', 'start_limit_interval_sec', 'after', 'watchdog_sec'"
+    "'start_limit_burst', 'start_limit_interval_sec', 'after', 'watchdog_sec', "
+    "'start_secs', 'kill_signal', 'final_kill_signal'"
 )
 
 

@@ -23,6 +23,7 @@ import keyword
 import math
 import re
 import shlex
+import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,11 @@ from typing import Any
 from lxml import etree
 
 from zsvc.builtin import builtin_task
+from zsvc.config.execvalues import FALSE_WORDS as _FALSE_WORDS
+from zsvc.config.execvalues import TRUE_WORDS as _TRUE_WORDS
+from zsvc.config.execvalues import ValueProblem, parse_signal
+from zsvc.config.execvalues import parse_bool as _parse_bool
+from zsvc.config.execxml import read_exec
 from zsvc.config.model import (
     DEFAULT_PUB_ENDPOINT,
     DEFAULT_START_TIMEOUT,
@@ -72,8 +78,6 @@ MAX_SCHEMA_ROUNDS = 100
 _ID_RULE = "1-64 characters of A-Z a-z 0-9 _ -"
 """How :func:`zsvc.states.is_valid_id` reads in a message."""
 _XS = "{http://www.w3.org/2001/XMLSchema}"
-_TRUE_WORDS = frozenset({"true", "yes", "on"})
-_FALSE_WORDS = frozenset({"false", "no", "off"})
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][+-]?[0-9]+)?")
 _TCP_RE = re.compile(
@@ -415,16 +419,6 @@ def _text(element: _Element | None) -> str | None:
     return (element.text or "").strip()
 
 
-def _parse_bool(value: str) -> bool | None:
-    """true/false/yes/no/on/off/1/0, any case; None when it is none of them."""
-    word = value.strip().lower()
-    if word in _TRUE_WORDS or word == "1":
-        return True
-    if word in _FALSE_WORDS or word == "0":
-        return False
-    return None
-
-
 def _is_python_name(value: str) -> bool:
     """Usable as an identifier in Python code (keywords excluded)."""
     return value.isidentifier() and not keyword.iskeyword(value)
@@ -626,19 +620,15 @@ def _task_spec(
     restart = _restart_policy(reader)
     after = _after(reader, task_id)
     watchdog_sec = _seconds(reader, "watchdog_sec")
+    start_secs = _seconds(reader, "start_secs", zero=True)
+    kill_signal, final_kill_signal = (_signal(reader, attr) for attr in _SIGNAL_DEFAULTS)
     parts = _task_parts(reader, _exactly_one(element, groups, "Task", issues, reader.label))
-    command, notify = _command(reader, parts.get("command"))
-    if command is not None and service_type is ServiceType.THREAD:
-        reader.at(element, "a <command> runs as a process; serviceType must be 'Process'")
-    if watchdog_sec is not None and _never_notifies(parts.get("command")):
-        reader.at(
-            element,
-            'watchdog_sec needs a program that notifies; expected <command notify="true"> '
-            "(a program that does not notify cannot send WATCHDOG=1)",
-        )
+    command = _command(reader, parts.get("command"))
+    _check_process_settings(reader, service_type, command, parts.get("exec"))
+    _check_start(reader, command, watchdog_sec=watchdog_sec, start_secs=start_secs)
     service_name = _service_name(reader, parts.get("message"))
     config, device_action, location = _configuration(reader, parts.get("message"))
-    if command is None:
+    if command.argv is None:
         location = _builtin(reader, instance, parts.get("message"), config, location)
     entry, triggers = _state(reader, parts.get("state"))
     return TaskSpec(
@@ -653,8 +643,13 @@ def _task_spec(
         triggers=triggers,
         configuration=config,
         location=location,
-        command=command,
-        start_type=StartType.NOTIFY if notify or command is None else StartType.EXEC,
+        command=command.argv,
+        start_type=command.start_type,
+        pid_file=command.pid_file,
+        start_secs=start_secs or 0.0,
+        kill_signal=kill_signal,
+        final_kill_signal=final_kill_signal,
+        exec=read_exec(parts.get("exec"), reader.at),
         start_timeout=start_timeout,
         stop_timeout=stop_timeout,
         restart=restart,
@@ -676,7 +671,7 @@ def _task_parts(reader: _TaskReader, task: _Element | None) -> dict[str, _Elemen
         return {}
     groups = _groups(task)
     parts: dict[str, _Element] = {}
-    for tag in ("description", "command", "state"):
+    for tag in ("description", "command", "exec", "state"):
         child = _at_most_one(task, groups, tag, reader.issues)
         if child is not None:
             parts[tag] = child
@@ -888,15 +883,68 @@ def _after(reader: _TaskReader, task_id: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _never_notifies(command: _Element | None) -> bool:
-    """True for a <command> whose notify is absent or false: it cannot send WATCHDOG=1.
+def _check_start(
+    reader: _TaskReader, command: _Command, *, watchdog_sec: float | None, start_secs: float | None
+) -> None:
+    """watchdog_sec needs a program that notifies; start_secs one that does not.
 
-    A notify that is not a boolean is reported by :func:`_command` already.
+    A <command> whose type or notify is wrong is reported by :func:`_command` already.
     """
-    if command is None:
-        return False
-    raw = command.get("notify")
-    return raw is None or _parse_bool(raw) is False
+    if not command.known:
+        return
+    kind = command.start_type
+    if watchdog_sec is not None and command.argv is not None and kind is not StartType.NOTIFY:
+        reader.at(
+            reader.element,
+            'watchdog_sec needs a program that notifies; expected <command notify="true"> '
+            "(a program that does not notify cannot send WATCHDOG=1)",
+        )
+    if reader.element.get("start_secs") is None:
+        return
+    if command.argv is None:
+        reader.at(
+            reader.element,
+            "start_secs applies to command tasks (type 'simple' or 'exec'); "
+            "a Python task is ready at its READY=1",
+        )
+    elif kind is StartType.NOTIFY or kind is StartType.FORKING:
+        when = "at its READY=1" if kind is StartType.NOTIFY else "when its first process exits"
+        reader.at(
+            reader.element,
+            f'start_secs applies to <command type="simple"> or type="exec"; '
+            f"a {kind} task is ready {when}",
+        )
+
+
+def _check_process_settings(
+    reader: _TaskReader, service_type: ServiceType, command: _Command, exec_: _Element | None
+) -> None:
+    """A Thread task has no process of its own: no <command>, <exec> or kill signals."""
+    if service_type is not ServiceType.THREAD:
+        return
+    shared = "a Thread task runs in its transaction's shared host process"
+    if command.argv is not None:
+        reader.at(reader.element, "a <command> runs as a process; serviceType must be 'Process'")
+    if exec_ is not None:
+        reader.at(exec_, f"{shared}; <exec> needs serviceType 'Process'")
+    for attr in _SIGNAL_DEFAULTS:
+        if reader.element.get(attr) is not None:
+            reader.at(reader.element, f"{shared}; {attr} needs serviceType 'Process'")
+
+
+_SIGNAL_DEFAULTS = {"kill_signal": signal.SIGTERM, "final_kill_signal": signal.SIGKILL}
+
+
+def _signal(reader: _TaskReader, attr: str) -> int:
+    """A signal attribute (name or number); its default when absent or wrong (reported)."""
+    value = reader.element.get(attr)
+    if value is None:
+        return int(_SIGNAL_DEFAULTS[attr])
+    try:
+        return parse_signal(value)
+    except ValueProblem as problem:
+        _attr_issue(reader, attr, value, str(problem))
+        return int(_SIGNAL_DEFAULTS[attr])
 
 
 def _check_order_cycles(
@@ -945,32 +993,86 @@ def _report_cycle(
     issues.add(specs[ring[0]].line or 1, 1, f"tasks {names} form an ordering cycle in 'after'")
 
 
-def _command(reader: _TaskReader, element: _Element | None) -> tuple[tuple[str, ...] | None, bool]:
-    """The <command> argv (shell-like quoting, no shell) and its notify flag."""
+@dataclass(frozen=True)
+class _Command:
+    """What <command> says: the argv (None: a Python task), when it is ready, its PID file."""
+
+    argv: tuple[str, ...] | None = None
+    start_type: StartType = StartType.NOTIFY
+    pid_file: Path | None = None
+    known: bool = True
+    """False when 'type' or 'notify' was wrong (reported): checks that need it keep quiet."""
+
+
+def _command(reader: _TaskReader, element: _Element | None) -> _Command:
+    """The <command> argv (shell-like quoting, no shell), its start type and PID file."""
     if element is None:
-        return None, False
-    notify = False
-    raw_notify = element.get("notify")
-    if raw_notify is not None:
-        parsed = _parse_bool(raw_notify)
-        if parsed is None:
-            reader.at(
-                element,
-                f"<command> attribute 'notify': '{raw_notify}' is not a boolean; "
-                "expected true/false/1/0/yes/no",
-            )
-        notify = bool(parsed)
+        return _Command()
+    start_type, known = _start_type(reader, element)
+    pid_file = _pid_file(reader, element, start_type if known else None)
     text = _text(element)
     if text is None:
-        return None, notify
+        return _Command(None, start_type, pid_file, known)
     try:
         argv = tuple(shlex.split(text))
     except ValueError as exc:
         reader.at(element, f"<command> cannot be split into arguments: {exc}")
-        return (), notify
+        return _Command((), start_type, pid_file, known)
     if not argv:
         reader.at(element, "<command> is empty; expected a program and its arguments")
-    return argv, notify
+    return _Command(argv, start_type, pid_file, known)
+
+
+def _start_type(reader: _TaskReader, element: _Element) -> tuple[StartType, bool]:
+    """'type' (simple, exec, notify, forking) and its older synonym notify="true"."""
+    raw_notify, raw_type = element.get("notify"), element.get("type")
+    notify = None if raw_notify is None else _parse_bool(raw_notify)
+    notify_ok = raw_notify is None or notify is not None
+    if not notify_ok:
+        reader.at(
+            element,
+            f"<command> attribute 'notify': '{raw_notify}' is not a boolean; "
+            "expected true/false/1/0/yes/no",
+        )
+    if raw_type is None:
+        return (StartType.NOTIFY if notify else StartType.EXEC), notify_ok
+    try:
+        kind = StartType(raw_type)
+    except ValueError:
+        *first, last = (f"'{kind.value}'" for kind in StartType)
+        reader.at(
+            element,
+            f"<command> attribute 'type': '{raw_type}' is not a start type; "
+            f"expected {', '.join(first)} or {last}",
+        )
+        return StartType.EXEC, False
+    if notify is not None and notify != (kind is StartType.NOTIFY):
+        reader.at(
+            element,
+            f"<command> attributes 'type' and 'notify' disagree: type='{raw_type}' but "
+            f'notify=\'{raw_notify}\'; give only type (notify="true" means type="notify")',
+        )
+        return kind, False
+    return kind, notify_ok
+
+
+def _pid_file(reader: _TaskReader, element: _Element, kind: StartType | None) -> Path | None:
+    """'pid_file': an absolute path, only with type="forking" (*kind* None: type was wrong)."""
+    value = element.get("pid_file")
+    if value is None:
+        return None
+    text = value.strip()
+    if kind is not None and kind is not StartType.FORKING:
+        reader.at(
+            element,
+            f"<command> attribute 'pid_file' needs type=\"forking\"; this command's type is "
+            f"'{kind}' (a program that stays in the foreground is its own main process)",
+        )
+        return None
+    if not text.startswith("/"):
+        reader.at(element, f"<command> attribute 'pid_file': '{value}' is not an absolute path")
+        return None
+    return Path(text)
 
 
 def _service_name(reader: _TaskReader, message: _Element | None) -> str:

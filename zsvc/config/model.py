@@ -129,7 +129,8 @@ class ExecSettings:
 
     process: ProcessSettings = field(default_factory=ProcessSettings)
     environment: tuple[tuple[str, str], ...] = ()
-    """``Environment=``, in the file's order (a later one wins); over the env files."""
+    """``Environment=``, in the file's order, each name once; the environment files
+    override it, as systemd's ``EnvironmentFile=`` overrides ``Environment=``."""
     environment_files: tuple[EnvironmentFile, ...] = ()
     working_directory: Path | None = None
     """``WorkingDirectory=``; unset: the task's location or the context file's directory."""
