@@ -41,9 +41,16 @@ def verdict(
     notify: bool = True,
     ready: bool = True,
     stop_requested: bool = False,
+    kill_signal: int = signal.SIGTERM,
 ) -> ExitInfo:
     return classify_exit(
-        code, status, reason=reason, notify=notify, ready=ready, stop_requested=stop_requested
+        code,
+        status,
+        reason=reason,
+        notify=notify,
+        ready=ready,
+        stop_requested=stop_requested,
+        kill_signal=kill_signal,
     )
 
 
@@ -153,6 +160,17 @@ def test_the_environment_names_the_runners_socket_and_its_own_watchdog() -> None
 )
 def test_classify_exit(end: ExitInfo, expected: ExitInfo) -> None:
     assert end == expected
+
+
+def test_a_task_killed_by_its_own_stop_signal_ended_cleanly() -> None:
+    """KillSignal=SIGUSR1 (say): killed by it when asked to stop is a success, as SIGTERM
+    is; the same signal from elsewhere, or another one, is a signal end."""
+    usr1 = signal.SIGUSR1
+    stopped = verdict(KILLED, usr1, stop_requested=True, kill_signal=usr1)
+    assert stopped == ExitInfo(Result.SUCCESS, signal=usr1)
+    assert verdict(KILLED, usr1, kill_signal=usr1).result is Result.SIGNAL
+    assert verdict(KILLED, usr1, stop_requested=True).result is Result.SIGNAL
+    assert verdict(DUMPED, signal.SIGQUIT, stop_requested=True).result is Result.CORE_DUMP
 
 
 @given(

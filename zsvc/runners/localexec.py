@@ -164,12 +164,15 @@ def classify_exit(
     notify: bool,
     ready: bool,
     stop_requested: bool,
+    kill_signal: int = signal.SIGTERM,
 ) -> ExitInfo:
     """systemd's verdict on a ``Type=notify`` (or exec) service's end (systemd.service(5)).
 
     *code* and *status* are waitid(2)'s ``si_code`` and ``si_status``; *reason*
     is the result zsvc itself caused when it ended the process (a timeout, the
-    watchdog), which wins over how the process happened to die.
+    watchdog), which wins over how the process happened to die. A task killed by
+    its own *kill_signal* (``KillSignal=``) when asked to stop ended cleanly, as one
+    killed by SIGTERM: the stop signal did what it was chosen for.
     """
     if code == os.CLD_EXITED:
         if reason is not None:
@@ -183,6 +186,8 @@ def classify_exit(
         return ExitInfo(reason, signal=status)
     if code == os.CLD_DUMPED:
         return ExitInfo(Result.CORE_DUMP, signal=status)
+    if stop_requested and status == kill_signal:
+        return ExitInfo(Result.SUCCESS, signal=status)
     if status in CLEAN_SIGNALS and (stop_requested or status != signal.SIGPIPE):
         return ExitInfo(Result.SUCCESS, signal=status)
     return ExitInfo(Result.SIGNAL, signal=status)

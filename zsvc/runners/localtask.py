@@ -4,12 +4,12 @@
 local runner (:mod:`zsvc.runners.local`, which starts tasks, reads their
 notifications and keeps the books). What it does, in systemd's terms:
 
-* **stop** (``KillMode=control-group``): SIGTERM to the task's process group
-  and, with a cgroup, to every process of the task; the stop timeout; then
-  SIGKILL to everything it started (``cgroup.kill``, the process group, the
-  descendants seen while it ran). When the main process ends by itself,
-  whatever it left is SIGKILLed too, and the end is reported once the
-  cgroup is empty (bounded by :data:`~zsvc.runners.exitcodes.KILL_WAIT`).
+* **stop** (``KillMode=control-group``): ``KillSignal=`` (SIGTERM) to the task's
+  process group and, with a cgroup, to every process of the task; the stop
+  timeout; then ``FinalKillSignal=`` (SIGKILL) to everything it started
+  (``cgroup.kill``, the process group, the descendants seen while it ran). When
+  the main process ends by itself, whatever it left is SIGKILLed too, and the
+  end is reported once the cgroup is empty (bounded by :data:`~zsvc.runners.exitcodes.KILL_WAIT`).
 * **start timeout**: a ``Type=notify`` task that sends no READY=1 in time is
   stopped, with result ``timeout`` (``EXTEND_TIMEOUT_USEC=`` moves the limit).
 * **watchdog** (``LaunchSpec.watchdog_sec``): from READY=1 on, a task that sends
@@ -99,23 +99,37 @@ class LocalTask(TaskHandle):
         self._cancel_timers()
         if not self._main_gone.is_set():
             self._remember_descendants()
-            self._signal_all(signal.SIGTERM)
+            self._signal_all(self.spec.kill_signal)
             limit = self.spec.stop_timeout if timeout is None else timeout
             try:
                 await asyncio.wait_for(self._main_gone.wait(), limit)
             except TimeoutError:
-                log.warning("%s/%s did not stop within %g s: SIGKILL", *self.key, limit)
+                final = self.spec.final_kill_signal
+                log.warning("%s/%s did not stop within %g s: signal %d", *self.key, limit, final)
                 if self.reason is None:  # the first reason stays (watchdog, start timeout)
                     self.reason = Result.TIMEOUT
-                self.kill()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._main_gone.wait(), KILL_WAIT)
+                await self._final_kill()
             if not self._main_gone.is_set():  # not even SIGKILL ended it (uninterruptible sleep)
                 reason = self.reason or Result.TIMEOUT
                 self._finish(ExitInfo(reason, detail="did not die after SIGKILL"))
         # What the main process left behind is killed now; bounded by KILL_WAIT.
         await self._exited.wait()
         return self.exit_info  # type: ignore[return-value]
+
+    async def _final_kill(self) -> None:
+        """``FinalKillSignal=`` to everything the task started, and wait (bounded) for the
+        main process to end. Another signal than SIGKILL (SIGQUIT for a core, say) may be
+        survived: SIGKILL follows after :data:`~zsvc.runners.exitcodes.KILL_WAIT`."""
+        if self.spec.final_kill_signal != signal.SIGKILL:
+            self._remember_descendants()
+            self._signal_all(self.spec.final_kill_signal)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._main_gone.wait(), KILL_WAIT)
+            if self._main_gone.is_set():
+                return
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._main_gone.wait(), KILL_WAIT)
 
     def kill(self) -> None:
         self._remember_descendants()
@@ -224,10 +238,16 @@ class LocalTask(TaskHandle):
             os.killpg(self.pgid, signum)
 
     def _signal_all(self, signum: int) -> None:
-        """*signum* to the process group and, with a cgroup, to every process of the task."""
+        """*signum* once to each process of the task: its process group and, with a
+        cgroup, the members that left the group. Once: a program that ends gracefully at
+        its stop signal restores the default action on the way out, and a second copy
+        would kill it (a Python ``sys.exit`` handler died of SIGUSR1 that way)."""
         self._signal_group(signum)
         if self.cgroup is not None:
-            self.cgroup.signal(signum)
+            for pid in self.cgroup.procs():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getpgid(pid) != self.pgid:
+                        os.kill(pid, signum)
 
     def _remember_descendants(self) -> None:
         """Record every descendant now, so that one that left the process group is killed too."""
@@ -329,6 +349,7 @@ class LocalTask(TaskHandle):
             notify=self.spec.notify,
             ready=self.ready,
             stop_requested=self.stop_requested,
+            kill_signal=self.spec.kill_signal,
         )
 
     def _main_ended(self, info: ExitInfo) -> None:
