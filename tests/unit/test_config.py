@@ -392,6 +392,24 @@ def test_one_side_given_other_side_defaults() -> None:
     )
 
 
+def test_a_context_without_endpoints_has_none_and_binds_nothing() -> None:
+    endpoints = load(ctx()).endpoints
+    assert endpoints == BusEndpoints(None, None, None, None)
+    assert endpoints.bind_pair is None
+
+
+def test_a_context_with_one_side_binds_both_sides() -> None:
+    endpoints = load(ctx(top="<FrontBind>tcp://*:7002</FrontBind>")).endpoints
+    assert endpoints.bind_pair == ("tcp://*:7002", "tcp://127.0.0.1:5556")
+
+
+def test_only_invalid_endpoints_are_issues_not_defaults() -> None:
+    assert errors(ctx(top="<FrontBind>udp://x</FrontBind>")) == [
+        f"{E}:2:1: <FrontBind> 'udp://x' is not a valid bind endpoint: "
+        "expected tcp://HOST:PORT or ipc://PATH"
+    ]
+
+
 # --------------------------------------------------------------------------- typing
 
 

@@ -526,7 +526,8 @@ def _endpoints(root: _Element, groups: dict[str, list[_Element]], issues: _Issue
 
     A missing bind follows its connect endpoint; a missing connect endpoint
     follows its bind with a wildcard host made local; a side with neither
-    gets the model's default.
+    gets the model's default when the other side is written. A file that
+    writes none has none: the daemon binds nothing for it (issue 14).
     """
     given: dict[tuple[str, str], tuple[str, _Element]] = {}
     valid = True
@@ -541,6 +542,8 @@ def _endpoints(root: _Element, groups: dict[str, list[_Element]], issues: _Issue
             valid = False
             continue
         given[side, role] = (value, element)
+    if not given:
+        return BusEndpoints()
     resolved = {side: _derive(side, given) for side in ("sub", "pub")}
     if valid:
         _check_distinct(given, resolved, issues)

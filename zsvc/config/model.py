@@ -17,9 +17,11 @@ from typing import Any
 from zsvc.states import RestartMode, ServiceType, StartType, TaskAction, TriggerEvent
 
 DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5556"
-"""Where subscribers connect (the seed's ``FrontEndEndpoint``, ``sub_port``)."""
+"""Where subscribers connect (the seed's ``FrontEndEndpoint``, ``sub_port``), when a context
+writes only the publishers' side."""
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5557"
-"""Where publishers connect (the seed's ``BackendEndpoint``, ``pub_port``)."""
+"""Where publishers connect (the seed's ``BackendEndpoint``, ``pub_port``), when a context
+writes only the subscribers' side."""
 
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -59,13 +61,23 @@ class BusEndpoints:
 
     ``pub_connect``/``sub_connect`` are where clients connect;
     ``pub_bind``/``sub_bind`` are what the daemon's device binds (the
-    seed's ``FrontBind`` and ``BackendBind``).
+    seed's ``FrontBind`` and ``BackendBind``). A context that writes none has
+    none (every field None): zsvc's own processes use the runtime directory's
+    ``ipc://`` pair, so nothing is bound for it. A context that writes some has
+    all four (the loader derives the rest).
     """
 
-    sub_connect: str = DEFAULT_SUB_ENDPOINT
-    pub_connect: str = DEFAULT_PUB_ENDPOINT
-    sub_bind: str = DEFAULT_SUB_ENDPOINT
-    pub_bind: str = DEFAULT_PUB_ENDPOINT
+    sub_connect: str | None = None
+    pub_connect: str | None = None
+    sub_bind: str | None = None
+    pub_bind: str | None = None
+
+    @property
+    def bind_pair(self) -> tuple[str, str] | None:
+        """(publishers', subscribers') endpoints the daemon binds for the context, or None."""
+        if self.pub_bind is None or self.sub_bind is None:
+            return None
+        return (self.pub_bind, self.sub_bind)
 
 
 @dataclass(frozen=True)

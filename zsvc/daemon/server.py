@@ -137,10 +137,11 @@ class Daemon:
         for note in lost:
             log.warning("lost: %s", note)
         for record in self.manager.transactions.values():
-            if record.broken:
-                continue  # a stand-in context: it names no endpoints of its own
+            pair = record.context.endpoints.bind_pair
+            if record.broken or pair is None:
+                continue  # a stand-in context, or a file that writes no endpoints
             try:
-                self.bus.bind(record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
+                self.bus.bind(*pair)
             except BindError as exc:
                 log.warning("transaction %s: %s", record.id, exc)
         self.control.start(self.call)
@@ -296,7 +297,8 @@ class Daemon:
                 )
             context = load_text(context_text, context_path or "<context>")
             try:
-                self.bus.bind(context.endpoints.pub_bind, context.endpoints.sub_bind)
+                if (pair := context.endpoints.bind_pair) is not None:
+                    self.bus.bind(*pair)
             except BindError as exc:
                 raise OperationFailed(str(exc)) from exc
         elif context_path is not None:
@@ -347,9 +349,9 @@ class Daemon:
         context's pair and creates its transaction without yielding.
         """
         in_use = [
-            (record.context.endpoints.pub_bind, record.context.endpoints.sub_bind)
+            pair
             for record in self.manager.transactions.values()
-            if not record.broken
+            if not record.broken and (pair := record.context.endpoints.bind_pair) is not None
         ]
         self.bus.release([*self._fixed_endpoints, *in_use])
 

@@ -70,7 +70,7 @@ async def open_daemon(
             parts.callback(os.close, fd)
         contexts = [_load_file(path) for path in options.contexts]
         fixed = [(runtime.bus_pub_endpoint, runtime.bus_sub_endpoint)]
-        fixed += [(c.endpoints.pub_bind, c.endpoints.sub_bind) for c in contexts]
+        fixed += [pair for c in contexts if (pair := c.endpoints.bind_pair) is not None]
         context = zmq.asyncio.Context()
         parts.callback(context.term)
         table = Table(state.database, durable=options.durable, mode=modes.file, group=modes.group)

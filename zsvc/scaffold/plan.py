@@ -206,6 +206,15 @@ def _check_header(request: Request, existing: Context) -> None:
     for name, port, found in pairs:
         if wanted.server_ip is None and port is None:
             continue
+        if found is None:
+            problems.append(
+                Problem(
+                    wanted.at(name if port is not None else "server_ip"),
+                    f"{existing.path} writes no bus endpoints; leave server_ip and {name} out "
+                    "to keep it so",
+                )
+            )
+            continue
         host, _, found_port = found.removeprefix("tcp://").rpartition(":")
         asked_host = wanted.host if wanted.server_ip is not None else host
         asked = f"tcp://{asked_host}:{port if port is not None else found_port}"
