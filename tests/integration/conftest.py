@@ -89,7 +89,49 @@ class TaskDef:
     stop_timeout: float = 5.0
     triggers: dict[str, tuple[str, str]] = field(default_factory=dict)
     attrs: dict[str, str] = field(default_factory=dict)
-    """More attributes of <TaskService> (restart=, after=, watchdog_sec=, …)."""
+    """More attributes of <TaskService> (restart=, after=, watchdog_sec=, kill_signal=, …)."""
+    command_type: str | None = None
+    """<command type=…> (simple, exec, notify, forking); given, it replaces notify=."""
+    pid_file: str | None = None
+    """<command pid_file=…> (with command_type="forking")."""
+    exec_attrs: dict[str, str] = field(default_factory=dict)
+    """Attributes of <exec> (user=, working_directory=, umask=, memory_max=, …)."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """<environment name=…> elements of <exec>."""
+    environment_files: list[str] = field(default_factory=list)
+    """<environment_file> elements of <exec>; a leading "-" (systemd's) makes one optional."""
+    extra_xml: str = ""
+    """Raw XML inserted into <Task>, for what the fields above do not say."""
+
+    def exec_xml(self) -> str:
+        """The <exec> element, or "" when the task has no execution settings."""
+        if not (self.exec_attrs or self.environment or self.environment_files):
+            return ""
+        attrs = "".join(
+            f' {k}="{escape(v, {chr(34): "&quot;"})}"' for k, v in self.exec_attrs.items()
+        )
+        env = "".join(
+            f'<environment name="{name}">{escape(value)}</environment>'
+            for name, value in self.environment.items()
+        )
+        for path in self.environment_files:
+            optional = ' optional="true"' if path.startswith("-") else ""
+            env += (
+                f"<environment_file{optional}>{escape(path.removeprefix('-'))}</environment_file>"
+            )
+        return f"<exec{attrs}>{env}</exec>"
+
+    def command_xml(self) -> str:
+        """The <command> element, or "" for a Python task."""
+        if self.command is None:
+            return ""
+        kind = (
+            f'type="{self.command_type}"'
+            if self.command_type is not None
+            else f'notify="{"true" if self.notify else "false"}"'
+        )
+        pid_file = f' pid_file="{escape(self.pid_file)}"' if self.pid_file is not None else ""
+        return f"<command {kind}{pid_file}>{escape(self.command)}</command>"
 
 
 def render_context(
@@ -101,10 +143,7 @@ def render_context(
         config = "".join(f"<{k}>{escape(str(v))}</{k}>" for k, v in task.config.items())
         if task.location is not None:
             config += f"<location>{escape(str(task.location))}</location>"
-        command = ""
-        if task.command is not None:
-            notify = "true" if task.notify else "false"
-            command = f'<command notify="{notify}">{escape(task.command)}</command>'
+        command = task.command_xml() + task.exec_xml() + task.extra_xml
         triggers = "".join(
             f"<{name}><action>{action}</action><call>{call}</call></{name}>"
             for name, (action, call) in task.triggers.items()

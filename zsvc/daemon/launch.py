@@ -6,18 +6,23 @@ class), its environment, working directory, readiness protocol, timeouts and
 log, and for a Thread task the launch of the process its thread runs in.
 A runner only carries a :class:`~zsvc.runners.base.LaunchSpec` out.
 
-These functions do no I/O but two ``stat`` calls (does the task's location
-exist, does its module); they are tested without a daemon.
+These functions do little I/O: ``stat`` calls (does the task's location exist,
+does its module, its working directory), user and group look-ups, and reading
+the task's environment files, which systemd too reads at each start; they are
+tested without a daemon.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from zsvc.config.model import Context, TaskSpec
+from zsvc.config.envfile import EnvFileError, parse_environment_file
+from zsvc.config.model import Context, EnvironmentFile, TaskSpec
 from zsvc.errors import OperationFailed
 from zsvc.hostwire import (
     INVOCATION_ENV,
@@ -29,8 +34,8 @@ from zsvc.hostwire import (
 )
 from zsvc.naming import unit_name
 from zsvc.paths import RuntimeLayout, StateLayout
-from zsvc.runners.base import LaunchSpec
-from zsvc.states import ServiceType, StartType
+from zsvc.runners.base import ExitInfo, LaunchError, LaunchSpec
+from zsvc.states import Result, ServiceType, StartType
 
 HOST_STOP_MARGIN = 5.0
 """A thread host's stop timeout beyond its longest task's: time to tear down and report."""
@@ -57,12 +62,29 @@ class Launcher:
         return cls(runtime, state, env)
 
     def task(
-        self, transaction: str, context: Context, spec: TaskSpec, invocation: str, crashing: bool
+        self,
+        transaction: str,
+        context: Context,
+        spec: TaskSpec,
+        invocation: str,
+        crashing: bool,
+        *,
+        read_files: bool = True,
     ) -> LaunchSpec:
-        """The launch of one run of *spec*; *crashing*: its last run failed early."""
+        """The launch of one run of *spec*; *crashing*: its last run failed early.
+
+        Its environment files are read now, as systemd reads them at each start; one that
+        went wrong since :func:`preflight` raises :class:`LaunchError` (result
+        ``resources``). A run being re-adopted has its environment already: *read_files*
+        False leaves them unread.
+        """
         if spec.service_type is ServiceType.THREAD:
             return self._thread(transaction, context, spec, invocation)
-        env = self._environment(transaction, spec.id, spec.service_name, invocation)
+        try:
+            own = task_environment(spec) if read_files else dict(spec.exec.environment)
+        except OperationFailed as exc:
+            raise LaunchError(exc.message, ExitInfo(Result.RESOURCES, detail=exc.message)) from exc
+        env = self._environment(transaction, spec.id, spec.service_name, invocation, own)
         context_dir = str(context.path.parent)
         if spec.is_command:
             argv, cwd, start_type = tuple(spec.command or ()), context_dir, spec.start_type
@@ -75,6 +97,8 @@ class Launcher:
             argv = self._task_host_argv()
             cwd = location if os.path.isdir(location) else context_dir
             start_type = StartType.NOTIFY
+        if spec.exec.working_directory is not None:
+            cwd = str(spec.exec.working_directory)
         return LaunchSpec(
             transaction=transaction,
             task_id=spec.id,
@@ -169,14 +193,22 @@ class Launcher:
         )
 
     def _environment(
-        self, transaction: str, task_id: str, service_name: str, invocation: str
+        self,
+        transaction: str,
+        task_id: str,
+        service_name: str,
+        invocation: str,
+        own: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
+        """The daemon's environment, the task's *own* over it, zsvc's variables over both
+        (the loader and :func:`task_environment` refuse a task's ZSVC_* names)."""
         env = dict(self.inherited_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(own or {})
         env.update(
             ZSVC_TRANSACTION=transaction,
             ZSVC_TASK_ID=task_id,
             ZSVC_SERVICE_NAME=service_name,
-            PYTHONUNBUFFERED="1",
         )
         env[INVOCATION_ENV] = invocation
         return env
@@ -199,7 +231,11 @@ def chosen_specs(context: Context, services: list[str]) -> list[TaskSpec]:
 
 
 def preflight(spec: TaskSpec) -> None:
-    """Refuse to start what cannot possibly run, before anything is started."""
+    """Refuse to start what cannot possibly run, before anything is started.
+
+    Each message names the task; ``zsvc start`` prints it (OperationFailed, exit 1).
+    """
+    _check_exec(spec)
     if spec.is_command:
         return
     location = spec.location
@@ -210,3 +246,77 @@ def preflight(spec: TaskSpec) -> None:
             f" (instance {spec.instance!r} is looked up as"
             f" <location>/{spec.instance}/Service{spec.instance}.py)"
         )
+
+
+def _check_exec(spec: TaskSpec) -> None:
+    """The user and groups exist here, the working directory too, the environment files read."""
+    process = spec.exec.process
+    if process.user is not None and not _known(process.user, pwd.getpwnam):
+        raise OperationFailed(
+            f"task {spec.id}: user {process.user!r} does not exist on this host (<exec user>)"
+        )
+    for group, attr in _groups(process.group, process.supplementary_groups):
+        if not _known(group, grp.getgrnam):
+            raise OperationFailed(
+                f"task {spec.id}: group {group!r} does not exist on this host (<exec {attr}>)"
+            )
+    directory = spec.exec.working_directory
+    if directory is not None and not directory.is_dir():
+        why = "is not a directory" if directory.exists() else "does not exist"
+        raise OperationFailed(
+            f"task {spec.id}: working directory {directory} {why} (<exec working_directory>)"
+        )
+    task_environment(spec)
+
+
+def _groups(group: str | None, supplementary: Iterable[str]) -> Iterable[tuple[str, str]]:
+    if group is not None:
+        yield group, "group"
+    for name in supplementary:
+        yield name, "supplementary_groups"
+
+
+def _known(name: str, lookup: Callable[[str], object]) -> bool:
+    """A number needs no entry (as systemd: setuid takes any id); a name must have one."""
+    if name.isdigit():
+        return True
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
+def task_environment(spec: TaskSpec) -> dict[str, str]:
+    """The variables a task sets itself: its ``<environment>``, then its environment files
+    in order, which override it (systemd's ``EnvironmentFile=`` over ``Environment=``).
+
+    Raises :class:`OperationFailed` naming the task and the file (and its line).
+    """
+    env = dict(spec.exec.environment)
+    for file in spec.exec.environment_files:
+        env.update(_read_environment_file(spec.id, file))
+    return env
+
+
+def _read_environment_file(task_id: str, file: EnvironmentFile) -> list[tuple[str, str]]:
+    where = f"task {task_id}: environment file {file.path}"
+    try:
+        data = file.path.read_bytes()
+    except FileNotFoundError:
+        if file.optional:
+            return []
+        raise OperationFailed(
+            f'{where} does not exist (<environment_file optional="true"> starts without it)'
+        ) from None
+    except OSError as exc:
+        raise OperationFailed(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OperationFailed(f"{where}:{line}: not UTF-8 text") from None
+    try:
+        return parse_environment_file(text, str(file.path))
+    except EnvFileError as exc:
+        raise OperationFailed(f"task {task_id}: environment file {exc}") from None

@@ -373,7 +373,6 @@ class Manager:
     async def _launch(self, record: TransactionRecord, task: TaskRecord) -> None:
         invocation = uuid.uuid4().hex
         crashing = task.restart_state.crashes > 0
-        spec = self.launcher.task(record.id, record.context, task.spec, invocation, crashing)
         before = task.to_row()
         task.begin_run(asyncio.get_running_loop())
         task.runner_data = {"invocation": invocation}
@@ -383,7 +382,8 @@ class Manager:
         except StorageError:
             task.load_row(before)  # nothing was started: the record says so again
             raise
-        try:
+        try:  # the launch reads the environment files: a LaunchError when one went wrong
+            spec = self.launcher.task(record.id, record.context, task.spec, invocation, crashing)
             handle = await self.runner.start(spec)
         except LaunchError as exc:
             log.error("%s/%s: %s", record.id, task.id, exc)

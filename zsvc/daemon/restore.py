@@ -111,7 +111,9 @@ async def _find_run(
         unsaved = runner.find_unsaved_run(invocation)
         if unsaved is not None:
             description.update(unsaved)
-    launch = launcher.task(record.id, record.context, task.spec, invocation, crashing=False)
+    launch = launcher.task(
+        record.id, record.context, task.spec, invocation, crashing=False, read_files=False
+    )
     try:
         handle = await runner.adopt(launch, description) if description.get("pid") else None
     except NotAdoptable as exc:
