@@ -8,6 +8,7 @@ with real processes.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -20,7 +21,9 @@ from hypothesis import strategies as st
 from zsvc.runners.base import ExitInfo
 from zsvc.runners.exitcodes import EXIT_CHDIR, EXIT_EXEC
 from zsvc.runners.localexec import (
+    SETPRIV,
     SHELL,
+    UNSHARE,
     adopted_exit,
     chdir_failure,
     classify_exit,
@@ -29,6 +32,7 @@ from zsvc.runners.localexec import (
     launch_environment,
     wrap_exec,
 )
+from zsvc.runners.procsettings import Resolved
 from zsvc.states import Result
 
 EXITED, KILLED, DUMPED = os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED
@@ -76,6 +80,76 @@ def test_wrap_exec_passes_its_values_as_arguments_then_the_program(
     assert script.endswith('exec "$@"')
     assert ("cgroup.procs" in script) is (cgroup is not None)
     assert ("ulimit -S -n" in script) is (fd_limit is not None)
+
+
+SETTINGS = {
+    "nofile": (4096, "ulimit -n", "4096"),
+    "umask": (0o27, "umask", "0027"),
+    "nice": (-5, "renice -n", "-5"),
+}
+"""Each shell step of a setting: its value, the command in the script, its argument."""
+
+
+@given(
+    chosen=st.sets(st.sampled_from(sorted(SETTINGS))),
+    cgroup=st.sampled_from([None, "/cg"]),
+    fd_limit=st.sampled_from([None, 1024]),
+    private_tmp=st.booleans(),
+)
+def test_wrap_exec_runs_each_setting_as_a_step_with_its_value_as_an_argument(
+    chosen: set[str], cgroup: str | None, fd_limit: int | None, private_tmp: bool
+) -> None:
+    """Every combination: the steps in systemd's order (cgroup, limits, umask, nice, /tmp),
+    each value an argument; LimitNOFILE= replaces the runner's soft limit."""
+    values = {name: SETTINGS[name][0] for name in chosen}
+    wrapped = wrap_exec(
+        ["prog", "$1"], cgroup, fd_limit, Resolved(private_tmp=private_tmp, **values)
+    )
+    if not (chosen or cgroup or fd_limit or private_tmp):
+        assert wrapped == ["prog", "$1"]
+        return
+    if private_tmp:
+        assert wrapped[: len(UNSHARE)] == list(UNSHARE) and "--mount" in UNSHARE
+        wrapped = wrapped[len(UNSHARE) :]
+    assert wrapped[:2] == [SHELL, "-c"] and wrapped[3] == "sh"
+    script, args = wrapped[2], wrapped[4:]
+    expected = ([cgroup] if cgroup else []) + [SETTINGS[n][2] for n in SETTINGS if n in chosen]
+    if fd_limit and "nofile" not in chosen:
+        expected.insert(1 if cgroup else 0, "1024")
+    assert args == [*expected, "prog", "$1"]
+    steps = [
+        ("cgroup.procs" if cgroup else None),
+        *(SETTINGS[n][1] for n in SETTINGS if n in chosen),
+    ]
+    positions = [script.index(step) for step in steps if step]
+    assert positions == sorted(positions)
+    assert ("ulimit -S -n" in script) is (fd_limit is not None and "nofile" not in chosen)
+    assert ("mount -t tmpfs" in script) is private_tmp
+    assert script.endswith('exec "$@"')
+
+
+@pytest.mark.parametrize(
+    ("settings", "options"),
+    [
+        (Resolved(uid=7, gid=8, groups=(8, 9)), ["--reuid=7", "--regid=8", "--groups=8,9"]),
+        (Resolved(uid=7, gid=8, groups=()), ["--reuid=7", "--regid=8", "--clear-groups"]),
+        (Resolved(gid=8), ["--regid=8", "--clear-groups"]),
+        (Resolved(no_new_privs=True), ["--no-new-privs"]),
+        (
+            Resolved(uid=0, gid=0, groups=(0,), no_new_privs=True),
+            ["--reuid=0", "--regid=0", "--groups=0", "--no-new-privs"],
+        ),
+    ],
+)
+def test_the_user_is_set_last_by_setpriv_which_execs_the_program(
+    settings: Resolved, options: list[str]
+) -> None:
+    """setpriv ends the chain (what needs root is done before); with nothing else to do,
+    no shell at all."""
+    assert wrap_exec(["prog"], None, None, settings) == [SETPRIV, *options, "--", "prog"]
+    wrapped = wrap_exec(["prog"], "/cg", None, dataclasses.replace(settings, umask=0o22))
+    assert wrapped[:2] == [SHELL, "-c"]
+    assert wrapped[-len(options) - 3 :] == [SETPRIV, *options, "--", "prog"]
 
 
 # --- executable_error ---------------------------------------------------------------------

@@ -21,8 +21,13 @@ ids never touch each other's groups. Then:
   is removed at the next start of that unit, or by :meth:`CgroupTree.sweep`
   once it is a minute old.
 
-Only the cgroup2 core files are used (no controller is enabled), so the
-"no internal processes" rule never applies. Standard library only: the
+Only the cgroup2 core files are used, unless a task has a limit
+(``memory_max``, ``cpu_quota``, ``tasks_max``): then its controller is enabled in
+``cgroup.subtree_control`` of each level from the hierarchy's root down to the
+instance's directory (:meth:`CgroupTree.enable`; a controller reaches a group only
+through its parent), and the limit is written in the run's group before the task
+joins it (:meth:`Cgroup.set_limits`). Those levels hold no process, only task
+groups, so the "no internal processes" rule is kept. Standard library only: the
 zygote imports it.
 
 Limits: the groups are made directly under the hierarchy's root, outside of
@@ -43,7 +48,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from zsvc.naming import instance_slice, unit_prefix
@@ -190,9 +195,27 @@ class CgroupTree:
     def __repr__(self) -> str:
         return f"CgroupTree({str(self.slice)!r})"
 
-    def create(self, name: str, alternative: str) -> Cgroup:
+    def create(
+        self, name: str, alternative: str, limits: Mapping[str, str] | None = None
+    ) -> Cgroup:
         """A new, empty group *name*; *alternative* when *name* is still in use (OSError if
-        neither can be made). A stale empty group of an earlier run is removed first."""
+        neither can be made). A stale empty group of an earlier run is removed first.
+
+        With *limits* (``{"memory.max": "268435456"}``), their controllers are enabled
+        (:meth:`enable`; the file's prefix is the controller's name) and the values
+        written in the new group: OSError, and no group, when one is refused."""
+        if limits:
+            self.enable({file.partition(".")[0] for file in limits})
+        group = self._make(name, alternative)
+        if limits:
+            try:
+                group.set_limits(limits)
+            except OSError:
+                group.remove()
+                raise
+        return group
+
+    def _make(self, name: str, alternative: str) -> Cgroup:
         path = self.slice / name
         try:
             try:
@@ -211,6 +234,28 @@ class CgroupTree:
                 path = self.slice / alternative
                 path.mkdir()
         return Cgroup(path, self, relative=f"{self._slice_relative}/{path.name}")
+
+    def controllers(self) -> frozenset[str]:
+        """The controllers the hierarchy offers (its root's ``cgroup.controllers``): on a
+        hybrid host, those not bound to cgroup1 (often none that limits anything)."""
+        try:
+            return frozenset((self.root / "cgroup.controllers").read_text().split())
+        except OSError:
+            return frozenset()
+
+    def enable(self, controllers: Iterable[str]) -> None:
+        """Make *controllers* available in the groups made here: enabled in the
+        ``cgroup.subtree_control`` of the root, ``zsvc.slice`` and the instance's
+        directory, where not yet. OSError when the kernel refuses."""
+        wanted = set(controllers)
+        levels = [self.root]
+        for part in self.slice.relative_to(self.root).parts:
+            levels.append(levels[-1] / part)
+        for level in levels:
+            control = level / "cgroup.subtree_control"
+            missing = wanted - set(control.read_text().split())
+            if missing:
+                control.write_text(" ".join(f"+{name}" for name in sorted(missing)))
 
     def sweep(self, min_age: float = STALE_AGE) -> list[Path]:
         """Remove empty groups made more than *min_age* seconds ago: left by runs whose
@@ -283,6 +328,13 @@ class Cgroup:
 
     def __repr__(self) -> str:
         return f"Cgroup({str(self.path)!r})"
+
+    def set_limits(self, limits: Mapping[str, str]) -> None:
+        """Write each of *limits* (``memory.max``: ``"268435456"``, …) in the group, before
+        any process joins it; OSError when one is refused (its controller not enabled)."""
+        for name, value in limits.items():
+            with open(self.path / name, "w") as handle:
+                handle.write(value)
 
     def procs(self) -> list[int]:
         """Every process in the group (empty when the group is gone)."""

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 EXIT_CHDIR = 200
 """The working directory could not be changed to (systemd's EXIT_CHDIR)."""
+EXIT_NICE = 201
+"""The nice level could not be set (EXIT_NICE)."""
 EXIT_EXEC = 203
 """The program could not be executed: not found, or not executable (EXIT_EXEC)."""
 EXIT_LIMITS = 205
 """A resource limit (the open-files one) could not be set (EXIT_LIMITS)."""
+EXIT_GROUP = 216
+"""The group or the supplementary groups could not be set (EXIT_GROUP)."""
+EXIT_USER = 217
+"""The user could not be set, or is unknown (EXIT_USER)."""
 EXIT_CGROUP = 219
 """The task's first process could not join its cgroup (EXIT_CGROUP)."""
+EXIT_NAMESPACE = 226
+"""The task's mount namespace (``PrivateTmp=``) could not be set up (EXIT_NAMESPACE)."""
+EXIT_NO_NEW_PRIVILEGES = 227
+"""``NoNewPrivileges=`` could not be set (EXIT_NO_NEW_PRIVILEGES)."""
 SETUP_FAILURES = (EXIT_CHDIR, 243)
 """The range of systemd's statuses for a child that failed before exec, EXIT_CHDIR to
 EXIT_CREDENTIALS: such a process never ran the program."""

@@ -102,8 +102,10 @@ from zsvc.runners.localexec import (
     launch_environment,
     wrap_exec,
 )
+from zsvc.runners.localsettings import cgroup_limits, prepare, refused
 from zsvc.runners.localtask import LocalTask
 from zsvc.runners.notifyflow import NotifyReader, StatusFlow
+from zsvc.runners.procsettings import NOTHING, Resolved
 from zsvc.runners.subreaper import Subreaper
 from zsvc.runners.zygote_client import Zygote
 from zsvc.states import Result
@@ -187,7 +189,7 @@ class LocalRunner(Runner):
             for stale in self.cgroups.sweep():
                 log.info("removed the stale cgroup %s", stale)
         else:
-            why = "no writable cgroup2 hierarchy" if self.use_cgroups else "ZSVC_CGROUPS=0"
+            why = self._no_cgroups()
             log.info("%s: tasks are tracked by process group and invocation id", why)
         # A subreaper collects the zygote's tasks and, without cgroups, finds orphans.
         hunt_orphans = self.cgroups is None
@@ -196,6 +198,12 @@ class LocalRunner(Runner):
                 self.subreaper.zygote = Zygote(self.task_fd_limit)
         elif self.use_zygote:
             log.warning("cannot become a child subreaper: Python tasks will be executed")
+
+    def _no_cgroups(self) -> str | None:
+        """Why tasks get no cgroup of their own; None when they do."""
+        if self.cgroups is not None:
+            return None
+        return "no writable cgroup2 hierarchy" if self.use_cgroups else "ZSVC_CGROUPS=0"
 
     async def close(self) -> None:
         if self.notify_server is not None:
@@ -237,9 +245,10 @@ class LocalRunner(Runner):
         env = launch_environment(spec.env, self.layout.notify, spec.watchdog_sec)
         invocation = env.get(INVOCATION_ENV)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        settings = prepare(spec.task_id, spec.process, self.cgroups, self._no_cgroups())
         cgroup = self._make_cgroup(spec, invocation)
         try:
-            pid = await self._spawn(spec, env, invocation, cgroup)
+            pid = await self._spawn(spec, env, invocation, cgroup, settings)
         except BaseException:
             if cgroup is not None:
                 cgroup.kill()
@@ -251,9 +260,15 @@ class LocalRunner(Runner):
         if self.cgroups is None:
             return None
         suffix = (invocation or os.urandom(8).hex())[:12]
+        limits = cgroup_limits(spec.process)
         try:
-            return self.cgroups.create(spec.unit, f"{spec.unit}-{suffix}")
+            return self.cgroups.create(spec.unit, f"{spec.unit}-{suffix}", limits)
         except OSError as exc:
+            if limits:  # never silently ignored: no group, no limits, no start
+                raise refused(
+                    f"task {spec.task_id!r}: cannot set {', '.join(limits)} in its cgroup"
+                    f" under {self.cgroups.slice}: {exc}"
+                ) from exc
             log.warning(
                 "%s/%s: cannot make its cgroup (%s): its processes are tracked without one",
                 *spec.key,
@@ -262,7 +277,12 @@ class LocalRunner(Runner):
             return None
 
     async def _spawn(
-        self, spec: LaunchSpec, env: dict[str, str], invocation: str | None, cgroup: Cgroup | None
+        self,
+        spec: LaunchSpec,
+        env: dict[str, str],
+        invocation: str | None,
+        cgroup: Cgroup | None,
+        settings: Resolved = NOTHING,
     ) -> int:
         """Start the task's first process (already in *cgroup*); its pid."""
         where = str(cgroup.path) if cgroup is not None else None
@@ -274,7 +294,8 @@ class LocalRunner(Runner):
                 marker_path.parent.mkdir(exist_ok=True)
                 marker = str(marker_path)
             try:
-                return await zygote.spawn(env, spec.cwd, str(spec.log_path), marker, where)
+                wire = None if settings.empty else settings.to_wire()
+                return await zygote.spawn(env, spec.cwd, str(spec.log_path), marker, where, wire)
             except ConnectionError as exc:
                 log.warning("%s: executing tasks instead", exc)
             except OSError as exc:
@@ -282,18 +303,20 @@ class LocalRunner(Runner):
                     f"cannot start the task host: {exc}",
                     ExitInfo(Result.RESOURCES, detail=str(exc)),
                 ) from exc
-        return self._execute(spec, env, where)
+        return self._execute(spec, env, where, settings)
 
-    def _execute(self, spec: LaunchSpec, env: dict[str, str], cgroup: str | None) -> int:
+    def _execute(
+        self, spec: LaunchSpec, env: dict[str, str], cgroup: str | None, settings: Resolved
+    ) -> int:
         """Execute the task's program (through the shell wrapper when it must first join
-        *cgroup* or set its open-files limit); its pid."""
+        *cgroup*, set its open-files limit or carry out *settings*); its pid."""
         argv: list[str] = list(spec.argv)
-        if cgroup is not None or self.task_fd_limit is not None:
+        if cgroup is not None or self.task_fd_limit is not None or not settings.empty:
             # The shell wrapper, not Popen, executes the program: refuse a missing one now.
             error = executable_error(argv[0] if argv else "", env, spec.cwd)
             if error is not None:
                 raise exec_failure(argv[0] if argv else "", error)
-            argv = wrap_exec(argv, cgroup, self.task_fd_limit)
+            argv = wrap_exec(argv, cgroup, self.task_fd_limit, settings)
         try:
             log_fd = os.open(
                 spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640

@@ -7,8 +7,9 @@ check it without starting anything; :mod:`zsvc.runners.local` and
 
 * the task's environment (:func:`launch_environment`);
 * the command line its first process executes (:func:`wrap_exec`): the
-  program itself, or ``/bin/sh -c`` that first joins the task's cgroup and
-  sets its open-files limit, then ``exec``\\ s the program (same pid);
+  program itself, or ``/bin/sh -c`` that first joins the task's cgroup, sets its
+  open-files limit and its process settings (umask, nice, a private /tmp; the
+  user through ``setpriv``), then ``exec``\\ s the program (same pid);
 * what exec would say of a program the shell is to execute
   (:func:`executable_error`), and systemd's verdict on a start that failed
   (:func:`exec_failure`, :func:`chdir_failure`);
@@ -28,17 +29,34 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 
 from zsvc.runners.base import ExitInfo, LaunchError
-from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_CHDIR, EXIT_EXEC, EXIT_LIMITS
+from zsvc.runners.exitcodes import (
+    EXIT_CGROUP,
+    EXIT_CHDIR,
+    EXIT_EXEC,
+    EXIT_LIMITS,
+    EXIT_NAMESPACE,
+    EXIT_NICE,
+)
+from zsvc.runners.procsettings import NOTHING, PRIVATE_TMP_DIRS, TMPFS_OPTIONS, Resolved
 from zsvc.states import Result
 
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 """Signals systemd counts as a clean end (systemd.service(5), SuccessExitStatus=)."""
 SHELL = "/bin/sh"
+SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+"""Where the wrapper's tools are looked for, once: not in the task's own PATH."""
+
+
+def _tool(name: str) -> str:
+    return shutil.which(name, path=SYSTEM_PATH) or name
+
+
 JOIN_CGROUP = (
     'echo $$ > "$1/cgroup.procs"'
     f' || {{ echo "zsvc: cannot join the cgroup $1" >&2; exit {EXIT_CGROUP}; }}\n'
@@ -51,6 +69,33 @@ SET_FD_LIMIT = (
     "shift\n"
 )
 """``sh -c`` step: set the soft open-files limit given as $1 (and drop it from the arguments)."""
+SET_NOFILE = (
+    'ulimit -n "$1"'
+    f' || {{ echo "zsvc: cannot set the open-files limit to $1" >&2; exit {EXIT_LIMITS}; }}\n'
+    "shift\n"
+)
+"""``sh -c`` step: ``LimitNOFILE=``, the soft and the hard limit (dash: no -S/-H is both)."""
+SET_UMASK = 'umask "$1"\nshift\n'
+"""``sh -c`` step: ``UMask=`` (the daemon writes it as 4 octal digits: the builtin takes it)."""
+SET_NICE = (
+    f'{_tool("renice")} -n "$1" -p $$ >/dev/null'
+    f' || {{ echo "zsvc: cannot set the nice level to $1" >&2; exit {EXIT_NICE}; }}\n'
+    "shift\n"
+)
+"""``sh -c`` step: ``Nice=``, absolute: util-linux 2.38's ``renice -n`` sets the level
+(coreutils' ``nice -n`` adds to the inherited one, and only warns when it cannot)."""
+MOUNT_TMP = (
+    " && ".join(
+        f"{_tool('mount')} -t tmpfs -o {TMPFS_OPTIONS},nosuid,nodev tmpfs {d}"
+        for d in PRIVATE_TMP_DIRS
+    )
+    + f' || {{ echo "zsvc: cannot mount a private /tmp" >&2; exit {EXIT_NAMESPACE}; }}\n'
+)
+"""``sh -c`` step, in the mount namespace ``unshare`` made: ``PrivateTmp=``."""
+UNSHARE = (_tool("unshare"), "--mount", "--propagation", "private", "--")
+"""Before the shell, for ``PrivateTmp=``: a mount namespace of the task's own (no fork)."""
+SETPRIV = _tool("setpriv")
+"""util-linux (essential in Debian): the uid, gid, groups and no_new_privs, then exec."""
 EXEC = 'exec "$@"'
 """``sh -c`` last step: become the task (the same pid)."""
 
@@ -92,11 +137,19 @@ def executable_error(program: str, env: Mapping[str, str], cwd: str) -> OSError 
     return OSError(code, os.strerror(code), program)
 
 
-def wrap_exec(argv: list[str], cgroup: str | None, fd_limit: int | None) -> list[str]:
+def wrap_exec(
+    argv: list[str], cgroup: str | None, fd_limit: int | None, settings: Resolved = NOTHING
+) -> list[str]:
     """*argv* as executed by a task's first process: through ``sh -c`` when that process
-    must first join *cgroup* or set its soft open-files limit to *fd_limit*, else as is.
+    must first join *cgroup*, set its soft open-files limit to *fd_limit* or carry out
+    *settings*, else as is.
 
-    The shell ends in ``exec``, so the task keeps its pid (what the runner watches).
+    The chain, each link exec'ing the next (the task keeps its pid, what the runner
+    watches): ``unshare --mount`` (private_tmp), ``sh -c`` as root (join the cgroup,
+    ``ulimit``, ``umask``, ``renice``, mount the private /tmp), ``setpriv`` (groups,
+    gid, uid, no_new_privs: last, once nothing needs root any more), the program. Each
+    shell step that fails exits with systemd's status for it; ``setpriv`` itself exits
+    127 when it cannot change the ids (the daemon resolved and checked them before).
     Ways to give an executed task its soft ``RLIMIT_NOFILE``, measured on 2
     noisy cores (Python 3.11; ``/bin/true`` spawned the way the local runner
     does from a daemon-like parent: the daemon's modules imported, a zmq I/O
@@ -128,16 +181,58 @@ def wrap_exec(argv: list[str], cgroup: str | None, fd_limit: int | None) -> list
     (the daemon raised its own). An executed Python task host takes ~59 ms
     to start either way (+0.8 ms through the shell, within the noise).
     """
-    if cgroup is None and fd_limit is None:
+    if cgroup is None and fd_limit is None and settings.empty:
         return argv
+    program, args = _shell_steps(cgroup, fd_limit, settings)
+    command = [*drop_privileges(settings), *argv]
+    if program:
+        command = [SHELL, "-c", program + EXEC, "sh", *args, *command]
+    return [*UNSHARE, *command] if settings.private_tmp else command
+
+
+def _shell_steps(
+    cgroup: str | None, fd_limit: int | None, settings: Resolved
+) -> tuple[str, list[str]]:
+    """The ``sh -c`` program (without its ``exec``) and its arguments, one per step."""
     program, args = "", []
     if cgroup is not None:
         program += JOIN_CGROUP
         args.append(cgroup)
-    if fd_limit is not None:
+    if settings.nofile is not None:
+        program += SET_NOFILE
+        args.append(str(settings.nofile))
+    elif fd_limit is not None:
         program += SET_FD_LIMIT
         args.append(str(fd_limit))
-    return [SHELL, "-c", program + EXEC, "sh", *args, *argv]
+    if settings.umask is not None:
+        program += SET_UMASK
+        args.append(f"{settings.umask:04o}")
+    if settings.nice is not None:
+        program += SET_NICE
+        args.append(str(settings.nice))
+    if settings.private_tmp:
+        program += MOUNT_TMP
+    return program, args
+
+
+def drop_privileges(settings: Resolved) -> list[str]:
+    """The ``setpriv`` prefix that sets *settings*' groups, gid, uid and no_new_privs, then
+    execs the rest (same pid); empty when there is none of them. Last in the chain: what
+    needs root (the cgroup, limits, nice, mounts) is done before."""
+    if not settings.credentials:
+        return []
+    options = []
+    if settings.uid is not None:
+        options.append(f"--reuid={settings.uid}")
+    if settings.gid is not None:
+        options.append(f"--regid={settings.gid}")
+    if settings.groups:
+        options.append("--groups=" + ",".join(str(gid) for gid in settings.groups))
+    elif settings.groups is not None or settings.gid is not None:
+        options.append("--clear-groups")  # setpriv wants one of them with --regid
+    if settings.no_new_privs:
+        options.append("--no-new-privs")
+    return [SETPRIV, *options, "--"]
 
 
 def exec_failure(program: str, exc: OSError) -> LaunchError:

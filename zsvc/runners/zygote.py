@@ -35,7 +35,8 @@ one the daemon was started with, given as its second argument; see
 every task it forks inherits it, at no cost per task.
 
 Protocol on a SOCK_SEQPACKET socketpair, one JSON object per packet:
-request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "...", "cgroup": "..."}``,
+request ``{"env": {...}, "cwd": "...", "log": "...", "marker": "...", "cgroup": "...",
+"settings": {...}}``,
 reply ``{"pid": N}`` or ``{"error": "..."}``. The zygote exits when the
 daemon's end closes. A packet is at most the socket's send buffer less 32 bytes (212,960
 bytes by default): the client refuses a larger request before sending it, and
@@ -43,6 +44,12 @@ the loader caps what makes a request large, a task's configuration
 (:data:`zsvc.hostwire.MAX_CONFIGURATION_BYTES`). A zygote that dies or stops
 answering is replaced by the client, with a backoff
 (:mod:`zsvc.runners.zygote_client`).
+
+With ``settings`` (:class:`zsvc.runners.procsettings.Resolved`, as JSON; absent:
+none), the task takes on its umask, limits, nice level, private /tmp, groups and
+user (in that order, systemd's) after the change to ``cwd`` and before the task
+host imports the user's module; a step that fails ends the child with systemd's
+status for it (EXIT_USER, …), its reason in the task's log.
 
 With ``cgroup`` (a directory of a cgroup2 hierarchy, or null), the task's
 first act is to join that group, before it runs any task code: everything
@@ -70,6 +77,7 @@ from typing import Any
 
 from zsvc.runners.cgroup import join
 from zsvc.runners.exitcodes import EXIT_CGROUP, EXIT_CHDIR
+from zsvc.runners.procsettings import Resolved, SetupFailed, apply
 
 MAX_PACKET = 1 << 20
 """Receive buffer: above any packet the socket can carry (no request is truncated)."""
@@ -155,6 +163,12 @@ def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket, star
         os.environ.update(request["env"])
         if "WATCHDOG_USEC" in os.environ:
             os.environ["WATCHDOG_PID"] = str(os.getpid())
+        if settings := request.get("settings"):
+            try:
+                apply(Resolved.from_wire(settings))
+            except SetupFailed as exc:
+                os.write(2, f"zsvc: {exc}\n".encode())
+                os._exit(exc.code)
         sys.argv = [sys.executable, "-m", "zsvc.task"]
         from zsvc.task.host import main
 

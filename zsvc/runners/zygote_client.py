@@ -30,6 +30,7 @@ import logging
 import socket
 import subprocess
 import sys
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -172,24 +173,28 @@ class Zygote:
         log_path: str,
         marker: str | None,
         cgroup: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> int:
         """Fork a task host; OSError when the zygote refused or the request is too large
-        for it (the zygote is fine), ConnectionError when it is gone (it is replaced)."""
-        request = json.dumps(
-            {"env": env, "cwd": cwd, "log": log_path, "marker": marker, "cgroup": cgroup}
-        ).encode()
+        for it (the zygote is fine), ConnectionError when it is gone (it is replaced).
+        *settings*: what the child applies to itself first
+        (:meth:`zsvc.runners.procsettings.Resolved.to_wire`)."""
+        request = {"env": env, "cwd": cwd, "log": log_path, "marker": marker, "cgroup": cgroup}
+        if settings is not None:
+            request["settings"] = settings
+        packet = json.dumps(request).encode()
         loop = asyncio.get_running_loop()
         async with self.lock:
             if self._broken:
                 raise ConnectionError("the zygote is gone")
-            if len(request) > self.max_request:
+            if len(packet) > self.max_request:
                 raise OSError(
                     errno.EMSGSIZE,
-                    f"the task's request to the zygote is {len(request)} bytes, more than its"
+                    f"the task's request to the zygote is {len(packet)} bytes, more than its"
                     f" socket takes ({self.max_request}): the task's environment is too large",
                 )
             try:
-                await loop.sock_sendall(self.sock, request)
+                await loop.sock_sendall(self.sock, packet)
                 packet = await asyncio.wait_for(
                     loop.sock_recv(self.sock, REPLY_BYTES), SPAWN_TIMEOUT
                 )
