@@ -502,3 +502,14 @@ def test_two_tasks_one_with_exec() -> None:
     text = ctx(task=CMD + '<exec nice="3"/>', more=other_task("ts_2"))
     first, second = load(text).tasks
     assert first.exec.process.nice == 3 and second.exec == ExecSettings()
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def test_every_exec_and_command_attribute_has_a_row_in_the_docs() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "context-format.md").read_text()
+    attributes = [name.strip("'") for name in EXEC_ATTRS.split(", ")]
+    attributes += ["type", "pid_file", "start_secs", "kill_signal", "final_kill_signal"]
+    missing = [name for name in attributes if f"\n| `{name}` |" not in docs]
+    assert not missing, f"docs/context-format.md has no row for {missing}"
