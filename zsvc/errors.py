@@ -101,7 +101,7 @@ class DaemonForbidden(DaemonUnreachable):
     """The daemon's sockets exist but this user may not use them (exit 3).
 
     Membership of group ``zsvc`` (or root) is the permission: the runtime
-    directory is ``0750 root:zsvc``, so anyone else gets EACCES on connect.
+    control socket is ``0660 root:zsvc``, so anyone else gets EACCES on connect.
     """
 
     hint = "hint: members of group zsvc may control it (as root: adduser USER zsvc)"

@@ -15,6 +15,21 @@ zsvc's local runner plays systemd's part, so this module holds:
 * :func:`parse_notification` and :class:`Notification`, the pure wire format;
 * :class:`NotifyServer`, the daemon's notify socket.
 
+**Who may send to the local runner's socket** (issue 14). A task may run as
+another user (``setpriv``, uwsgi ``--uid``, postgres), so, like systemd's
+``/run/systemd/notify``, the socket accepts datagrams from every local user
+(:data:`PUBLIC_SOCKET_MODE`) and the daemon believes only credentials: a
+datagram counts for a task when its kernel-reported pid is the task's main
+process, or a process of the task (its process group, its cgroup); any other
+is held a few seconds for a pid not yet known, then dropped
+(:mod:`zsvc.runners.local`). The socket is the file ``notify`` in the runtime
+directory, which only root writes to and everybody may search but not list
+(0751: :data:`zsvc.paths.RUNTIME_TRAVERSE`), so nobody can bind that path
+before the daemon does, not even while it reloads; an abstract name
+(``@…``) could be taken by anyone first. The rest of that directory stays
+closed by its own modes (control and bus sockets 0660 root:zsvc, lock 0640,
+``spawned/`` 0700).
+
 Standard library only: a task process imports this without zsvc's dependencies.
 """
 
@@ -35,6 +50,7 @@ from types import TracebackType
 from typing import NamedTuple, Self
 
 __all__ = [
+    "PUBLIC_SOCKET_MODE",
     "Notification",
     "NotifyProtocolError",
     "NotifyServer",
@@ -69,6 +85,11 @@ SCM_MAX_FD = 253
 
 SOCKET_MODE = 0o660
 """Senders need write permission on a path socket: the owner and its group, nobody else."""
+PUBLIC_SOCKET_MODE = 0o666
+"""The local runner's socket: any user may send (systemd's ``/run/systemd/notify`` is
+0777), since a task may run as another user; who *speaks for a task* is decided by the
+sender's kernel credentials alone (:attr:`Notification.pid`), never by the file's mode.
+Its directory decides who can reach it (:data:`zsvc.paths.RUNTIME_TRAVERSE`)."""
 
 _UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 _INT_SIZE = array.array("i").itemsize
@@ -376,10 +397,13 @@ class NotifyServer:
     the sender's pid, as reported by the kernel).
 
     *path* is a filesystem path, or ``@name`` for Linux's abstract namespace (no
-    file, nothing to clean up, but visible to the whole network namespace).
+    file, nothing to clean up, but visible to the whole network namespace, and
+    anybody may bind the name first, e.g. while the daemon reloads: the local
+    runner uses a path in a directory only root writes to). *mode* is the socket
+    file's: :data:`SOCKET_MODE`, or :data:`PUBLIC_SOCKET_MODE` for tasks of any user.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], mode: int = SOCKET_MODE) -> None:
         self._path = os.fspath(path)
         self._abstract = self._path.startswith("@")
         address = _socket_address(self._path)
@@ -393,7 +417,7 @@ class NotifyServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             _raise_receive_buffer(sock)
             sock.bind(address)
-            self._identity = None if self._abstract else _restrict_socket_file(self._path)
+            self._identity = None if self._abstract else _set_socket_mode(self._path, mode)
         except BaseException:
             sock.close()
             raise
@@ -566,14 +590,14 @@ def _remove_stale_socket(path: str) -> None:
         os.unlink(path)
 
 
-def _restrict_socket_file(path: str) -> tuple[int, int]:
-    """Set the socket file's mode to :data:`SOCKET_MODE`; return its (device, inode).
+def _set_socket_mode(path: str, mode: int) -> tuple[int, int]:
+    """Set the socket file's mode to *mode*; return its (device, inode).
 
     bind() creates the file with the umask's mode, so this is done right after.
     The identity lets :meth:`NotifyServer.close` avoid unlinking a newer server's
     socket that has since replaced ours at the same path.
     """
-    os.chmod(path, SOCKET_MODE)
+    os.chmod(path, mode)
     info = os.lstat(path)
     return info.st_dev, info.st_ino
 

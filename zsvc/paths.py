@@ -18,7 +18,7 @@ from zsvc.errors import DaemonUnreachable
 from zsvc.naming import instance_id
 
 SYSTEM_RUNTIME_DIR = Path("/run/zsvc")
-"""The system daemon's (zsvc.service, RuntimeDirectory=zsvc): mode 0750, group zsvc."""
+"""The system daemon's (zsvc.service, RuntimeDirectory=zsvc): mode 0751, group zsvc."""
 
 
 def runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -125,6 +125,29 @@ def plan_modes(euid: int, control_gid: int | None) -> Modes:
     if euid == 0:
         return Modes(dir=0o750, file=0o640, group=control_gid)
     return Modes(dir=0o700, file=0o600, group=None)
+
+
+RUNTIME_TRAVERSE = 0o001
+"""Search permission for everybody on root's runtime directory (no listing).
+
+Why: a task that runs as another user (``setpriv``, uwsgi ``--uid``, postgres)
+must reach the ``notify`` socket, as every user reaches systemd's
+``/run/systemd/notify``; path lookup needs search permission on every directory
+on the way. Nothing else becomes reachable: the control and bus sockets are
+0660 root:zsvc (connect needs write permission), the lock 0640, ``spawned/``
+0700, and without read permission nobody lists the directory. The socket is a
+file in a directory only root writes to, so nobody can bind its path first
+(an abstract name could be taken by anyone while the daemon reloads)."""
+
+
+def plan_runtime_modes(euid: int, control_gid: int | None) -> Modes:
+    """The modes of the runtime directory (pure): :func:`plan_modes`, plus
+    :data:`RUNTIME_TRAVERSE` for root's daemon, whose tasks may run as other users.
+    A user's daemon cannot start tasks as anybody else: its directory stays 0700."""
+    modes = plan_modes(euid, control_gid)
+    if euid == 0:
+        return Modes(dir=modes.dir | RUNTIME_TRAVERSE, file=modes.file, group=modes.group)
+    return modes
 
 
 def dir_problem(info: os.stat_result, euid: int, *, private: bool = False) -> str | None:

@@ -23,7 +23,14 @@ from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import cap_logs
 from zsvc.daemon.table import Table
-from zsvc.paths import Modes, RuntimeLayout, StateLayout, dir_problem, plan_modes
+from zsvc.paths import (
+    Modes,
+    RuntimeLayout,
+    StateLayout,
+    dir_problem,
+    plan_modes,
+    plan_runtime_modes,
+)
 
 USER = Modes(dir=0o700, file=0o600, group=None)
 OTHER_UID = 65534
@@ -59,6 +66,12 @@ def test_root_shares_with_group_zsvc_and_a_user_keeps_to_themself() -> None:
     assert plan_modes(0, 997) == Modes(dir=0o750, file=0o640, group=997)
     assert plan_modes(0, None) == Modes(dir=0o750, file=0o640, group=None)
     assert plan_modes(1000, None) == Modes(dir=0o700, file=0o600, group=None)
+
+
+def test_roots_runtime_dir_may_be_searched_by_all_for_the_notify_socket_not_listed() -> None:
+    """Tasks of other users reach ``notify`` (issue 14); nobody lists or writes the dir."""
+    assert plan_runtime_modes(0, 997) == Modes(dir=0o751, file=0o640, group=997)
+    assert plan_runtime_modes(1000, None) == plan_modes(1000, None)
 
 
 @pytest.mark.parametrize(

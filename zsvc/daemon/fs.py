@@ -26,7 +26,7 @@ import socket
 import stat
 from pathlib import Path
 
-from zsvc.paths import Modes, dir_problem, plan_modes
+from zsvc.paths import Modes, dir_problem, plan_modes, plan_runtime_modes
 
 CONTROL_GROUP = "zsvc"
 """Members of this group may control a daemon run by root (DESIGN §2)."""
@@ -53,6 +53,12 @@ def control_gid() -> int | None:
 def daemon_modes() -> Modes:
     """The modes this process's daemon gives its files."""
     return plan_modes(os.geteuid(), control_gid())
+
+
+def runtime_modes() -> Modes:
+    """The modes this process's daemon gives its runtime directory (the notify socket's
+    directory: :data:`zsvc.paths.RUNTIME_TRAVERSE`)."""
+    return plan_runtime_modes(os.geteuid(), control_gid())
 
 
 def prepare_dir(path: Path, modes: Modes, *, private: bool = False, advice: str = "") -> None:

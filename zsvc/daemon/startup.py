@@ -152,13 +152,14 @@ def _prepare_dirs(runtime: RuntimeLayout, state: StateLayout, modes: Modes) -> N
     else:
         advice = "give it to this user, writable by nobody else, or choose another --runtime-dir"
     state_advice = "give it to this user, writable by nobody else, or choose another --state-dir"
-    for path, private, why in (
-        (state.root, False, state_advice),
-        (state.logs, False, state_advice),
-        (runtime.root, fallback, advice),
+    runtime_modes = fs.runtime_modes()
+    for path, private, why, planned in (
+        (state.root, False, state_advice, modes),
+        (state.logs, False, state_advice, modes),
+        (runtime.root, fallback, advice, runtime_modes),  # reachable notify socket: fs.py
     ):
         try:
-            fs.prepare_dir(path, modes, private=private, advice=why)
+            fs.prepare_dir(path, planned, private=private, advice=why)
         except fs.UnsafePath as exc:
             raise DaemonError(str(exc)) from None
         except OSError as exc:

@@ -81,7 +81,7 @@ from typing import Any
 from zsvc.hostwire import INVOCATION_ENV
 from zsvc.jobs import Jobs
 from zsvc.naming import instance_id
-from zsvc.notify import Notification, NotifyServer
+from zsvc.notify import PUBLIC_SOCKET_MODE, Notification, NotifyServer
 from zsvc.paths import RuntimeLayout
 from zsvc.procs import invocation_of, process_start_time
 from zsvc.runners.base import (
@@ -180,7 +180,10 @@ class LocalRunner(Runner):
 
     async def open(self, events: RunnerEvents) -> None:
         self.events = events
-        self.notify_server = NotifyServer(self.layout.notify)
+        # Any user may send (a task may run as another user); the sender's credentials
+        # say which task spoke (_sender), the root-only directory who may bind the path.
+        self.notify_server = NotifyServer(self.layout.notify, PUBLIC_SOCKET_MODE)
+        self._private_spawned_dir()
         self.reader.start(self.notify_server)
         if self.use_cgroups:
             self.cgroups = find_hierarchy(instance=self.instance)
@@ -198,6 +201,16 @@ class LocalRunner(Runner):
                 self.subreaper.zygote = Zygote(self.task_fd_limit)
         elif self.use_zygote:
             log.warning("cannot become a child subreaper: Python tasks will be executed")
+
+    def _private_spawned_dir(self) -> None:
+        """The zygote's pid notes are the daemon's alone: 0700 whatever the umask, as the
+        runtime directory itself may be searched by everybody (the notify socket)."""
+        path = self.layout.spawned_dir
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        with contextlib.suppress(OSError):
+            if not path.is_symlink():
+                path.chmod(0o700)
 
     def _no_cgroups(self) -> str | None:
         """Why tasks get no cgroup of their own; None when they do."""
@@ -291,7 +304,7 @@ class LocalRunner(Runner):
             marker = None
             if invocation:
                 marker_path = self.layout.spawned(invocation)
-                marker_path.parent.mkdir(exist_ok=True)
+                marker_path.parent.mkdir(mode=0o700, exist_ok=True)
                 marker = str(marker_path)
             try:
                 wire = None if settings.empty else settings.to_wire()
