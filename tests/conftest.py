@@ -11,10 +11,13 @@ assertions: on a loaded CI machine one slow example fails a correct test
 in tests, so the profile every run loads switches both off. Examples stay
 random (a new run may find a new bug); a failure prints its reproduction blob.
 
-Tiers: every test under ``tests/integration``, ``tests/system`` and
-``tests/package`` is marked ``integration`` by its directory (a new file
-cannot forget it), so ``-m "not integration"`` (``./dev test --unit``) runs
-the unit tier alone: no daemon, no box, in under a minute.
+Tiers: every test under ``tests/integration``, ``tests/system``,
+``tests/programs`` and ``tests/package`` is marked ``integration`` by its
+directory (a new file cannot forget it), so ``-m "not integration"``
+(``./dev test --unit``) runs the unit tier alone: no daemon, no box, in under
+a minute. ``tests/programs`` (real Debian programs as tasks on both runners)
+is also marked ``programs``: ``-m programs`` runs it alone, ``-m "not programs"``
+leaves it out.
 """
 
 import os
@@ -36,12 +39,22 @@ settings.register_profile(
 settings.load_profile("zsvc")
 
 TESTS = Path(__file__).resolve().parent
-INTEGRATION_TIERS = tuple(TESTS / tier for tier in ("integration", "system", "package"))
+INTEGRATION_TIERS = tuple(TESTS / tier for tier in ("integration", "system", "programs", "package"))
 """The tiers that run real daemons, processes or a systemd box."""
+PROGRAMS_TIER = TESTS / "programs"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "programs: runs real Debian programs (redis, haproxy, uwsgi, nginx) as tasks"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test of an integration tier ``integration``, by where its file is."""
+    """Mark every test of an integration tier ``integration`` (and of the real-program
+    tier ``programs``), by where its file is."""
     for item in items:
         if any(item.path.is_relative_to(tier) for tier in INTEGRATION_TIERS):
             item.add_marker(pytest.mark.integration)
+        if item.path.is_relative_to(PROGRAMS_TIER):
+            item.add_marker(pytest.mark.programs)
