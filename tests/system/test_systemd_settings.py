@@ -333,5 +333,17 @@ def test_a_context_with_exec_settings_runs_as_written(
     app = zsvc_service.task(tx, "app")
     assert (app["result"], app["last_exit"]) == ("success", "killed by SIGINT (success)")
     wait_for(lambda: not zsvc_service.alive(daemon), what="the forking program's daemon gone")
-    if place != [WORKDIR, "FOO=bar"]:
-        pytest.xfail(f"<exec>'s working_directory and environment do not reach it: {place}")
+    assert place == [WORKDIR, "FOO=bar"]  # resolved by the daemon's launch, as locally
+
+
+def test_an_unknown_user_fails_the_start_naming_the_task(
+    zsvc_service: Zsvc, settings_box: SystemdBox
+) -> None:
+    """Refused by the daemon before any runner is asked (its preflight), as locally."""
+    tx = "sys-nouser"
+    inside = exec_context(zsvc_service.box, tx)
+    written = zsvc_service.read(inside).replace(f'user="{USER}"', 'user="zsvc-nobody"')
+    zsvc_service.box.host_path(inside).write_text(written)
+    done = zsvc_service.zsvc("start", "--context", inside, tx)
+    assert done.returncode == 1, done.stderr
+    assert "task app: user 'zsvc-nobody' does not exist on this host" in done.stderr

@@ -415,8 +415,9 @@ class SystemdRunner(Runner):
         task.on_properties(UNIT, unit_props)
         view = task.view
         wanted = description.get("invocation_id")
-        same = (wanted == view.invocation) if wanted else description.get("pid") == view.main_pid
-        if task.exit_info is not None or not view.main_pid or not same:
+        same = (wanted == view.invocation) if wanted else description.get("pid") == task.pid
+        # task.pid: the main process, or a forking task's starter while it runs
+        if task.exit_info is not None or not task.pid or not same:
             if not same and task.exit_info is None:
                 log.warning("%s runs, but not the run the table knows: not adopted", unit)
             self._forget(task)
