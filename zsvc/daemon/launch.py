@@ -80,10 +80,7 @@ class Launcher:
         """
         if spec.service_type is ServiceType.THREAD:
             return self._thread(transaction, context, spec, invocation)
-        try:
-            own = task_environment(spec) if read_files else dict(spec.exec.environment)
-        except OperationFailed as exc:
-            raise LaunchError(exc.message, ExitInfo(Result.RESOURCES, detail=exc.message)) from exc
+        own = _launch_environment(spec) if read_files else dict(spec.exec.environment)
         env = self._environment(transaction, spec.id, spec.service_name, invocation, own)
         context_dir = str(context.path.parent)
         if spec.is_command:
@@ -116,6 +113,7 @@ class Launcher:
             service_name=spec.service_name,
             process=spec.exec.process,
             pid_file=str(spec.pid_file) if spec.pid_file is not None else None,
+            start_secs=spec.start_secs,
             kill_signal=spec.kill_signal,
             final_kill_signal=spec.final_kill_signal,
         )
@@ -297,6 +295,15 @@ def task_environment(spec: TaskSpec) -> dict[str, str]:
     for file in spec.exec.environment_files:
         env.update(_read_environment_file(spec.id, file))
     return env
+
+
+def _launch_environment(spec: TaskSpec) -> dict[str, str]:
+    """:func:`task_environment` at launch: a file gone wrong since :func:`preflight` ends the
+    run (result ``resources``), as a program that cannot be executed does."""
+    try:
+        return task_environment(spec)
+    except OperationFailed as exc:
+        raise LaunchError(exc.message, ExitInfo(Result.RESOURCES, detail=exc.message)) from exc
 
 
 def _read_environment_file(task_id: str, file: EnvironmentFile) -> list[tuple[str, str]]:
