@@ -168,6 +168,21 @@ def test_the_tree_enables_a_controller_at_each_level_once(tmp_path: Path) -> Non
     assert written == ["+pids", "+memory +pids", "+memory +pids"]
 
 
+def test_a_group_made_with_limits_has_them_before_anyone_joins(tmp_path: Path) -> None:
+    """The same plain-file tree: the run's group is made with its limit files written
+    (in cgroupfs the kernel makes them when the controller is enabled in the parent)."""
+    instance = tmp_path / "zsvc.slice" / "zsvc-i.slice"
+    instance.mkdir(parents=True)
+    for level in (tmp_path, tmp_path / "zsvc.slice", instance):
+        (level / "cgroup.subtree_control").write_text("")
+    tree = CgroupTree(tmp_path, instance, tmp_path / "zsvc.slice")
+    limits = cgroup_limits(ProcessSettings(memory_max=1 << 30, cpu_quota=150, tasks_max=9))
+    group = tree.create("u.service", "u.service-2", limits)
+    written = {name: (group.path / name).read_text() for name in limits}
+    assert written == {"memory.max": str(1 << 30), "cpu.max": "150000 100000", "pids.max": "9"}
+    assert (instance / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+
+
 # --- real processes -------------------------------------------------------------------------
 
 
