@@ -8,6 +8,7 @@ directories for everybody else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import stat
@@ -224,6 +225,15 @@ class RuntimeLayout:
     def spawned_dir(self) -> Path:
         """The directory of the zygote's pid notes (:meth:`spawned`)."""
         return self.root / "spawned"
+
+    def make_spawned_dir(self) -> None:
+        """Make :attr:`spawned_dir` 0700 whatever the umask: the zygote's pid notes are the
+        daemon's alone, and root's runtime directory may be searched by all (notify)."""
+        with contextlib.suppress(FileExistsError):
+            self.spawned_dir.mkdir(mode=0o700)
+        with contextlib.suppress(OSError):
+            if not self.spawned_dir.is_symlink():
+                self.spawned_dir.chmod(0o700)
 
     def spawned(self, invocation: str) -> Path:
         """Where the zygote notes the pid of a task it forked (see :mod:`zsvc.runners.zygote`)."""

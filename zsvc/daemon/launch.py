@@ -113,6 +113,7 @@ class Launcher:
             service_name=spec.service_name,
             process=spec.exec.process,
             pid_file=str(spec.pid_file) if spec.pid_file is not None else None,
+            start_secs=spec.start_secs,
             kill_signal=spec.kill_signal,
             final_kill_signal=spec.final_kill_signal,
         )

@@ -57,6 +57,9 @@ class LaunchSpec:
     or refuses the start (:class:`LaunchError`) saying what it is missing."""
     pid_file: str | None = None
     """A ``forking`` task's ``PIDFile=``: where its main process is read from."""
+    start_secs: float = 0.0
+    """A ``simple``/``exec`` task is ready only once it has run this long (supervisord's
+    ``startsecs``); ending before is a failed start (:mod:`zsvc.runners.ends`)."""
     kill_signal: int = signals.SIGTERM
     """What :meth:`TaskHandle.stop` sends first."""
     final_kill_signal: int = signals.SIGKILL
@@ -101,6 +104,10 @@ class ExitInfo:
             how = f"killed by {_signal_name(self.signal)}"
         else:
             how = "ended"
+        if self.result is Result.TIMEOUT and self.detail:
+            # zsvc ended it: its reason ("no READY=1 within 3 s") leads, not the status of
+            # a process that merely obeyed the SIGTERM ("exited with status 0").
+            return f"{self.detail} ({self.result})" + (f"; {how}" if how != "ended" else "")
         text = f"{how} ({self.result})"
         return f"{text}: {self.detail}" if self.detail else text
 

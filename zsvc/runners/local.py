@@ -95,6 +95,7 @@ from zsvc.runners.base import (
 )
 from zsvc.runners.cgroup import Cgroup, CgroupTree, cgroup_of, find_hierarchy
 from zsvc.runners.exitcodes import KILL_WAIT
+from zsvc.runners.forking import group_of
 from zsvc.runners.localexec import (
     chdir_failure,
     exec_failure,
@@ -183,7 +184,7 @@ class LocalRunner(Runner):
         # Any user may send (a task may run as another user); the sender's credentials
         # say which task spoke (_sender), the root-only directory who may bind the path.
         self.notify_server = NotifyServer(self.layout.notify, PUBLIC_SOCKET_MODE)
-        self._private_spawned_dir()
+        self.layout.make_spawned_dir()
         self.reader.start(self.notify_server)
         if self.use_cgroups:
             self.cgroups = find_hierarchy(instance=self.instance)
@@ -201,16 +202,6 @@ class LocalRunner(Runner):
                 self.subreaper.zygote = Zygote(self.task_fd_limit)
         elif self.use_zygote:
             log.warning("cannot become a child subreaper: Python tasks will be executed")
-
-    def _private_spawned_dir(self) -> None:
-        """The zygote's pid notes are the daemon's alone: 0700 whatever the umask, as the
-        runtime directory itself may be searched by everybody (the notify socket)."""
-        path = self.layout.spawned_dir
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-        with contextlib.suppress(OSError):
-            if not path.is_symlink():
-                path.chmod(0o700)
 
     def _no_cgroups(self) -> str | None:
         """Why tasks get no cgroup of their own; None when they do."""
@@ -475,17 +466,31 @@ class LocalRunner(Runner):
         if self.events is not None:
             self.events.on_status(key, text)
 
-    def _switch_main(self, task: LocalTask, pid: int) -> None:
+    def task_ready(self, task: LocalTask) -> None:
+        self._report_ready(task)
+
+    def main_found(self, task: LocalTask, pid: int) -> None:
+        """A forking task's main process: followed, its own process group (a daemon calls
+        setsid) in the books, which a stop signals; then the task is ready."""
+        if self._switch_main(task, pid, known=True) and (pgid := group_of(pid)):
+            if self.by_pgid.get(task.pgid) is task:
+                del self.by_pgid[task.pgid]
+            task.pgid, self.by_pgid[pgid] = pgid, task
+        if task.pid == pid and task.became_ready():
+            self._report_ready(task)
+
+    def _switch_main(self, task: LocalTask, pid: int, known: bool = False) -> bool:
         """MAINPID=: the task follows another main process; the books follow it too."""
         old = task.pid
-        if not task.follow_main(pid):
-            return
+        if not task.follow_main(pid, known):
+            return False
         if self.by_pid.get(old) is task:
             del self.by_pid[old]
         self.by_pid[pid] = task
         if self.events is not None:
             self.flow.flush(task.key)
             self.events.on_main_pid(task.key, pid, task.describe())
+        return True
 
     def _hold(self, note: Notification) -> None:
         """Keep a notification from an unknown pid until that pid becomes a task (bounded)."""

@@ -33,11 +33,13 @@ from typing import Any, Protocol
 
 from zsvc.jobs import Jobs
 from zsvc.procs import descendants, process_start_time
+from zsvc.runners import ends
 from zsvc.runners.base import ExitInfo, TaskHandle
 from zsvc.runners.cgroup import Cgroup
 from zsvc.runners.exitcodes import KILL_WAIT
+from zsvc.runners.forking import NoMainProcess, guess_main, orphans_of, read_pid_file
 from zsvc.runners.localexec import adopted_exit, classify_exit
-from zsvc.states import Result
+from zsvc.states import Result, StartType
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ class TaskOwner(Protocol):
     def task_finished(self, task: LocalTask, info: ExitInfo) -> None:
         """The task has fully ended: drop it from the books, tell the daemon."""
 
+    def task_ready(self, task: LocalTask) -> None:
+        """The task became ready by itself (its start_secs passed): tell the daemon."""
+
+    def main_found(self, task: LocalTask, pid: int) -> None:
+        """A forking task's main process is *pid*: follow it (books too), then ready."""
+
 
 @dataclass(eq=False)
 class LocalTask(TaskHandle):
@@ -68,6 +76,8 @@ class LocalTask(TaskHandle):
     start_time: float | None = None
     ready: bool = False
     reason: Result | None = None  # set when zsvc itself ends the process (timeout, …)
+    reason_detail: str = ""
+    """zsvc's words for *reason* ("no READY=1 within 3 s"), put first in the end's detail."""
     stop_requested: bool = False
     pidfd: int = -1
     last_ping: float | None = None
@@ -81,6 +91,8 @@ class LocalTask(TaskHandle):
     _start_timer: asyncio.TimerHandle | None = None
     _watchdog_timer: asyncio.TimerHandle | None = None
     _watchdog_since: float = 0.0
+    _began: float = 0.0
+    """Loop time of :meth:`begin`: how long a run lasted before start_secs."""
 
     async def wait(self) -> ExitInfo:
         await self._exited.wait()
@@ -171,15 +183,28 @@ class LocalTask(TaskHandle):
             loop.add_reader(self.pidfd, self._on_pidfd)
 
     def begin(self) -> bool:
-        """The process runs: a task that notifies has the start timeout to say READY=1;
-        one that does not is ready now (``Type=exec``). True when it is ready now."""
-        if self.spec.notify:
-            loop = asyncio.get_running_loop()
+        """The process runs: a task that notifies has the start timeout to say READY=1, a
+        forking one for its starter to exit; one that does not is ready now
+        (``Type=exec``), or once it has run ``start_secs``. True when it is ready now."""
+        loop = asyncio.get_running_loop()
+        self._began = loop.time()
+        if self.spec.start_type not in ends.READY_AT_EXEC:
             self._start_timer = loop.call_later(self.spec.start_timeout, self._start_timed_out)
+            return False
+        if self.spec.start_secs > 0:
+            self._start_timer = loop.call_later(self.spec.start_secs, self._ran_start_secs)
             return False
         self.ready = True
         self.arm_watchdog()
         return True
+
+    def _ran_start_secs(self) -> None:
+        """It has run start_secs (supervisord's ``startsecs``): now it is ready."""
+        self._start_timer = None
+        if self.stop_requested or self._main_gone.is_set() or self.exit_info is not None:
+            return
+        if self.became_ready() and self.runner is not None:
+            self.runner.task_ready(self)
 
     def became_ready(self) -> bool:
         """READY=1 arrived: stop the start timer, start the watchdog. False if it was already."""
@@ -194,9 +219,10 @@ class LocalTask(TaskHandle):
         """WATCHDOG=1 arrived: the watchdog's deadline counts from now."""
         self.last_ping = asyncio.get_running_loop().time()
 
-    def follow_main(self, pid: int) -> bool:
+    def follow_main(self, pid: int, known: bool = False) -> bool:
         """MAINPID=: follow *pid* as the task's main process (sd_notify(3)); False when
-        refused (not one of the task's processes, or the task is ending).
+        refused (not one of the task's processes, or the task is ending). *known*: the
+        runner found it among the task's processes itself (a forking task's main one).
 
         The new main process is watched through its own pidfd; as a descendant of
         the task it becomes the daemon's child (a subreaper) when its parent
@@ -205,7 +231,8 @@ class LocalTask(TaskHandle):
         members = descendants(self.pid)
         if self.cgroup is not None:
             members.update(self.cgroup.procs())
-        if pid not in members or self.exit_info is not None or self._main_gone.is_set():
+        ending = self.exit_info is not None or self._main_gone.is_set()
+        if (not known and pid not in members) or ending:
             log.warning("%s/%s: MAINPID=%d is not one of its processes: ignored", *self.key, pid)
             return False
         try:
@@ -220,7 +247,8 @@ class LocalTask(TaskHandle):
 
     def extend_start_timeout(self, usec: int) -> None:
         """EXTEND_TIMEOUT_USEC=: READY=1 may come up to *usec* from now."""
-        if self._start_timer is not None and not self.ready:
+        waits_for_start = self.spec.start_type not in ends.READY_AT_EXEC
+        if self._start_timer is not None and not self.ready and waits_for_start:
             self._start_timer.cancel()
             loop = asyncio.get_running_loop()
             self._start_timer = loop.call_later(usec / 1e6, self._start_timed_out)
@@ -274,7 +302,9 @@ class LocalTask(TaskHandle):
         self._start_timer = None
         if self.ready or self.exit_info is not None:
             return
-        log.warning("%s/%s sent no READY=1 within %g s", *self.key, self.spec.start_timeout)
+        waited = round(asyncio.get_running_loop().time() - self._began, 1)
+        self.reason_detail = ends.start_timeout_detail(self.spec, waited)
+        log.warning("%s/%s: %s", *self.key, self.reason_detail)
         self.reason = Result.TIMEOUT
         self._spawn(self.stop(), "stop (no READY=1)")
 
@@ -330,8 +360,56 @@ class LocalTask(TaskHandle):
     def _on_pidfd(self) -> None:
         """The pidfd became readable: the process has ended."""
         info = self._collect()
-        if info is not None:
+        if info is not None and not self._starter_exited(info):
             self._main_ended(info)
+
+    # --- forking (Type=forking) -------------------------------------------
+
+    def _starter_exited(self, info: ExitInfo) -> bool:
+        """A forking task's starter exited 0: the main process it left is looked for
+        (:meth:`_take_over`) instead of ending the run. False: the run ends as usual (a
+        starter that failed is a failed start)."""
+        forking = self.spec.start_type is StartType.FORKING
+        if not forking or self.ready or self.stop_requested or self.reason is not None:
+            return False
+        if not info.clean or self.exit_info is not None:
+            return False
+        self._close_pidfd()
+        self._cancel_start_timer()  # _find_main waits until the same deadline
+        self._spawn(self._take_over(), "find the main process of")
+        return True
+
+    async def _take_over(self) -> None:
+        """Follow the forking task's main process, then it is ready; or fail its start."""
+        try:
+            pid = await self._find_main(self._began + self.spec.start_timeout)
+        except NoMainProcess as exc:
+            log.warning("%s/%s: %s", *self.key, exc)
+            self._main_ended(ends.forking_failure(str(exc)))
+            return
+        if self.exit_info is None and not self._main_gone.is_set() and self.runner is not None:
+            self.runner.main_found(self, pid)
+            log.info("%s/%s: main process %d (type forking)", *self.key, pid)
+
+    async def _find_main(self, deadline: float) -> int:
+        """The pid of the main process: the PID file's (a process of the task), or the
+        one process left."""
+        if self.spec.pid_file:
+            pid = await read_pid_file(self.spec.pid_file, deadline)
+            if pid not in self._members():
+                raise NoMainProcess(f"{self.spec.pid_file} names {pid}, not a process of the task")
+            return pid
+        return guess_main(self._members())
+
+    def _members(self) -> set[int]:
+        """The task's processes now: its cgroup, or the daemon's orphans of this run with
+        their descendants (without cgroups; the daemon is their subreaper)."""
+        if self.cgroup is not None:
+            return set(self.cgroup.procs())
+        members = orphans_of(self.invocation)
+        for pid in list(members):
+            members |= descendants(pid)
+        return members
 
     def _collect(self) -> ExitInfo | None:
         if self.adopted:
@@ -359,6 +437,7 @@ class LocalTask(TaskHandle):
         self._main_gone.set()
         self._cancel_timers()
         self._close_pidfd()
+        info = self._judged_early(info)
         if self.cgroup is not None and not self.cgroup.populated():
             # Nothing left in the group (the usual end): only the cheap part of kill(),
             # for a process that left the group, and no second look at the group.
@@ -366,7 +445,12 @@ class LocalTask(TaskHandle):
             self._kill_descendants()
             self._finish(info, group_empty=True)
             return
+        left = self._members() if self.reason is None and not self.stop_requested else set()
         self.kill()
+        if left:
+            detail = ends.leftover_detail(len(left), self.spec.start_type is StartType.FORKING)
+            log.warning("%s/%s: %s (pids %s)", *self.key, detail, sorted(left))
+            info = ends.with_reason(info, detail)
         if self.cgroup is not None and self.cgroup.populated():
             self._spawn(self._drain(info), "drain the cgroup of")
         else:
@@ -386,9 +470,19 @@ class LocalTask(TaskHandle):
         finally:
             self._finish(info)
 
+    def _judged_early(self, info: ExitInfo) -> ExitInfo:
+        """A simple/exec run that ended before its start_secs is a failed start."""
+        early = not self.ready and self.spec.start_type in ends.READY_AT_EXEC
+        if not early or self.spec.start_secs <= 0 or self.stop_requested or self.reason:
+            return info
+        ran = asyncio.get_running_loop().time() - self._began
+        return ends.before_start_secs(info, ran, self.spec.start_secs)
+
     def _finish(self, info: ExitInfo, group_empty: bool = False) -> None:
         if self.exit_info is not None:
             return
+        if self.reason_detail and info.result is self.reason:
+            info = ends.with_reason(info, self.reason_detail)
         self.exit_info = info
         self._cancel_timers()
         self._close_pidfd()
