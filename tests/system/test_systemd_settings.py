@@ -127,6 +127,9 @@ async def every_setting(runner, events):
         "every", ["/usr/bin/python3", "-c", program], process=settings,
         kill_signal=signal.SIGINT, final_kill_signal=signal.SIGKILL,
     )
+    # The box's systemd has no controller for the limits (the runner would refuse them):
+    # sent all the same, they are accepted and read back, which checks their signatures.
+    runner.controllers = None
     task = await runner.start(spec)
     await asyncio.sleep(0.3)  # the task's exec; the facts below are read once, not awaited
     shown = show(spec.unit)
@@ -157,12 +160,17 @@ async def forking(runner, events):
     return facts
 
 
+async def controllers(runner, events):
+    return {"usable": sorted(runner.controllers)}
+
+
 async def main():
     runner = SystemdRunner(user=False, instance="5e771265")
     events = Events()
     await runner.open(events)
     try:
-        facts = await {"every": every_setting, "forking": forking}[sys.argv[1]](runner, events)
+        scenarios = {"every": every_setting, "forking": forking, "controllers": controllers}
+        facts = await scenarios[sys.argv[1]](runner, events)
     finally:
         await runner.close()
     print(json.dumps(facts))
@@ -270,7 +278,6 @@ def exec_context(box: SystemdBox, tx: str) -> str:
       <command type="exec">{UWSGI_LIKE}</command>
       <exec user="{USER}" group="{USER}" supplementary_groups="adm audio"
             working_directory="{WORKDIR}" umask="0027" nice="5" limit_nofile="4096"
-            memory_max="256M" cpu_quota="50%" tasks_max="64"
             no_new_privileges="true" private_tmp="true">
         <environment name="FOO">bar</environment>
       </exec>
@@ -300,15 +307,12 @@ def test_a_context_with_exec_settings_runs_as_written(
     instance = instance_id("/var/lib/zsvc")
     app = zsvc_service.task(tx, "app")
     shown = zsvc_service.show(
-        unit_name(tx, "app", instance), "User", "SupplementaryGroups", "MemoryMax",
-        "CPUQuotaPerSecUSec", "TasksMax", "KillSignal", "PrivateTmp", "MainPID",
+        unit_name(tx, "app", instance), "User", "SupplementaryGroups", "KillSignal",
+        "PrivateTmp", "MainPID",
     )  # fmt: skip
     assert shown == {
         "User": USER,
         "SupplementaryGroups": "adm audio",
-        "MemoryMax": str(256 * 1024 * 1024),
-        "CPUQuotaPerSecUSec": "500ms",
-        "TasksMax": "64",
         "KillSignal": str(int(signal.SIGINT)),
         "PrivateTmp": "yes",
         "MainPID": str(app["pid"]),
@@ -347,3 +351,35 @@ def test_an_unknown_user_fails_the_start_naming_the_task(
     done = zsvc_service.zsvc("start", "--context", inside, tx)
     assert done.returncode == 1, done.stderr
     assert "task app: user 'zsvc-nobody' does not exist on this host" in done.stderr
+
+
+def test_a_cgroup_limit_is_enforced_or_refused_never_ignored(
+    zsvc_service: Zsvc, settings_box: SystemdBox
+) -> None:
+    """Where systemd has the controllers (cgroup2), the limits are in the unit's cgroup;
+    where it has none (this box: cgroup1 hierarchies read-only), zsvc start fails and
+    says so, as the local runner does: systemd would accept them and enforce nothing."""
+    usable = set(probe(settings_box, "controllers")["usable"])
+    tx = "sys-limits"
+    inside = exec_context(zsvc_service.box, tx)
+    limits = 'umask="0027" memory_max="256M" cpu_quota="50%" tasks_max="64"'
+    written = zsvc_service.read(inside).replace('umask="0027"', limits)
+    zsvc_service.box.host_path(inside).write_text(written)
+    done = zsvc_service.zsvc("start", "--context", inside, tx)
+    if {"memory", "cpu", "pids"} <= usable:
+        assert done.returncode == 0, done.stderr
+        unit = unit_name(tx, "app", instance_id("/var/lib/zsvc"))
+        shown = zsvc_service.show(unit, "MemoryMax", "CPUQuotaPerSecUSec", "TasksMax")
+        assert shown == {
+            "MemoryMax": str(256 * 1024 * 1024),
+            "CPUQuotaPerSecUSec": "500ms",
+            "TasksMax": "64",
+        }
+        zsvc_service.ok("stop", tx)
+    else:
+        assert done.returncode == 1, done.stdout
+        missing = next(c for c in ("memory", "cpu", "pids") if c not in usable)
+        assert f"needs the {missing} controller, which systemd does not have here" in (
+            done.stdout + done.stderr
+        )
+        zsvc_service.zsvc("stop", tx)

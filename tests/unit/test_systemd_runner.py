@@ -18,10 +18,18 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 
 from zsvc import journal
+from zsvc.config.model import ProcessSettings
 from zsvc.naming import unit_name
-from zsvc.runners.base import ExitInfo, LaunchSpec, LogSource, RunnerUnavailable, TaskKey
+from zsvc.runners.base import (
+    ExitInfo,
+    LaunchError,
+    LaunchSpec,
+    LogSource,
+    RunnerUnavailable,
+    TaskKey,
+)
 from zsvc.runners.choose import choose_runner, systemd_booted
-from zsvc.runners.systemd import NO_INSTANCE, SystemdRunner
+from zsvc.runners.systemd import NO_INSTANCE, SystemdRunner, usable_controllers
 from zsvc.runners.systemdtask import SystemdTask
 from zsvc.runners.transient import unit_path
 from zsvc.states import Result, StartType
@@ -360,3 +368,36 @@ def test_a_stop_by_the_tasks_kill_signal_ends_in_success(runner) -> None:
         unit("failed", "failed"),
     )
     assert events.seen[-1] == ("exit", ExitInfo(Result.SUCCESS, signal=signal.SIGQUIT))
+
+
+def test_usable_controllers_on_cgroup2_are_those_the_managers_cgroup_offers(tmp_path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
+    user = tmp_path / "user.slice" / "user-1000.slice" / "user@1000.service"
+    user.mkdir(parents=True)
+    (user / "cgroup.controllers").write_text("cpu memory pids\n")
+    everything = {"cpuset", "cpu", "io", "memory", "hugetlb", "pids"}
+    assert usable_controllers("", tmp_path) == everything  # the system manager
+    assert usable_controllers("/user.slice/user-1000.slice/user@1000.service", tmp_path) == {
+        "cpu",
+        "memory",
+        "pids",
+    }
+    assert usable_controllers("/gone.slice", tmp_path) == frozenset()
+
+
+def test_usable_controllers_on_cgroup1_are_the_hierarchies_present(tmp_path) -> None:
+    """A hybrid host: systemd's limits go to the cgroup1 hierarchies (writable here; the
+    box's read-only ones are checked by the system tier)."""
+    (tmp_path / "unified").mkdir()  # cgroup2 without controllers: not the root
+    for controller in ("memory", "pids"):
+        (tmp_path / controller).mkdir()
+    assert usable_controllers("", tmp_path) == {"memory", "pids"}
+
+
+def test_start_refuses_a_limit_systemd_cannot_enforce_before_asking_it() -> None:
+    runner = SystemdRunner(user=False)  # no bus: the refusal comes first
+    runner.controllers = frozenset({"cpu"})
+    spec = dataclasses.replace(launch_spec(), process=ProcessSettings(memory_max=1 << 28))
+    with pytest.raises(LaunchError, match="task 't1': memory_max needs the memory") as raised:
+        asyncio.run(runner.start(spec))
+    assert raised.value.info.result is Result.RESOURCES

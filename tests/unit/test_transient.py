@@ -20,6 +20,7 @@ from zsvc.runners.transient import (
     Prop,
     UnitView,
     ascii_safe,
+    controller_refusal,
     cpu_quota_usec,
     exit_info,
     parse_unit_name,
@@ -372,3 +373,17 @@ def test_marshals_unicode_tells_debians_dbus_fast_from_todays() -> None:
 
     major = int(version("dbus-fast").split(".")[0])
     assert marshals_unicode() is (major >= 3)  # 1.84 writes characters, 5.x bytes
+
+
+def test_a_cgroup_limit_systemd_cannot_enforce_is_refused() -> None:
+    limits = ProcessSettings(memory_max=1 << 28, tasks_max=8)
+    assert controller_refusal("t", limits, None) is None  # unknown: systemd decides
+    assert controller_refusal("t", limits, frozenset({"memory", "pids"})) is None
+    assert controller_refusal("t", ProcessSettings(user="x"), frozenset()) is None
+    why = controller_refusal("t", limits, frozenset({"memory"}))
+    assert why is not None and why.startswith(
+        "task 't': tasks_max needs the pids controller, which systemd does not have here"
+        " (it has: memory)"
+    )
+    why = controller_refusal("t", ProcessSettings(cpu_quota=50.0), frozenset())
+    assert why is not None and "cpu_quota needs the cpu controller" in why and "none" in why

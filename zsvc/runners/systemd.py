@@ -45,6 +45,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from dbus_fast import Message, MessageType
@@ -63,6 +64,7 @@ from zsvc.runners.base import (
     TaskKey,
 )
 from zsvc.runners.exitcodes import EXIT_CHDIR, EXIT_EXEC
+from zsvc.runners.localsettings import refused
 from zsvc.runners.notifyflow import StatusFlow
 from zsvc.runners.sdbus import (
     MANAGER,
@@ -92,6 +94,7 @@ SLICE_GRACE = 1.0
 DESTRUCTIVE = "org.freedesktop.systemd1.TransactionIsDestructive"
 NO_INSTANCE = "0" * INSTANCE_LENGTH
 """The instance of a runner made outside a daemon (tests): a valid slice name still."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 RECONNECT_WAIT = 5.0
 """How long to try to reach the bus again after losing it, before giving the tasks up."""
 
@@ -122,6 +125,9 @@ class SystemdRunner(Runner):
         """Starts in progress per transaction: its slice must not be stopped meanwhile."""
         self.listed: dict[str, tuple[str, str]] | None = None
         """``zsvc-*`` units found at open: name → (ActiveState, SubState), for adoption."""
+        self.controllers: frozenset[str] | None = None
+        """The cgroup controllers systemd can use for the tasks (None: unknown), read at
+        open: a cgroup limit it cannot enforce is refused (:func:`usable_controllers`)."""
 
     # --- connection -----------------------------------------------------------------
 
@@ -145,6 +151,9 @@ class SystemdRunner(Runner):
         await self._listen()
         units = await self.call("ListUnitsByPatterns", "asas", [[], ["zsvc-*"]])
         self.listed = {str(u[0]): (str(u[3]), str(u[4])) for u in units[0]}
+        assert self.bus is not None
+        root = await self.bus.call("Get", "ss", [MANAGER, "ControlGroup"], interface=PROPERTIES)
+        self.controllers = usable_controllers(str(getattr(root[0], "value", root[0])))
         manager = "user" if self.user else "system"
         log.info(
             "systemd runner on the %s manager (systemd %s): %d zsvc units loaded",
@@ -300,6 +309,8 @@ class SystemdRunner(Runner):
                 f"cannot change to {spec.cwd}: no such directory",
                 ExitInfo(Result.EXIT_CODE, exit_code=EXIT_CHDIR, detail=spec.cwd),
             )
+        if why := transient.controller_refusal(spec.task_id, spec.process, self.controllers):
+            raise refused(why)
         service_name = spec.env.get("ZSVC_SERVICE_NAME", spec.task_id)
         props = transient.transient_properties(
             spec, program, slice_name(spec.transaction, self.instance), service_name
@@ -452,3 +463,29 @@ class SystemdRunner(Runner):
                         self._forget(task)
         except Exception:  # a bad signal must not take the connection's reader down
             log.exception("while handling %s %s", message.member, message.path)
+
+
+def usable_controllers(manager_cgroup: str, root: Path = CGROUP_ROOT) -> frozenset[str]:
+    """The controllers systemd can use below its own cgroup *manager_cgroup* (its
+    ``ControlGroup``: empty for the system manager, ``…/user@UID.service`` for a user's).
+
+    On cgroup2 (``cgroup.controllers`` at the root) those its cgroup offers: all of
+    them for the system manager, the delegated ones for a user manager (Debian 12:
+    ``Delegate=pids memory cpu``). On a hybrid or cgroup1 host systemd puts these
+    limits in the cgroup1 hierarchies, usable when writable: in a container on a
+    cgroup1 host they are mounted read-only (the system tier's box), and systemd then
+    accepts a limit and enforces nothing.
+    """
+    unified = root / "cgroup.controllers"
+    if unified.exists():
+        offered = root / manager_cgroup.lstrip("/") / "cgroup.controllers"
+        try:
+            return frozenset(offered.read_text().split())
+        except OSError:
+            return frozenset()
+    found = set()
+    for controller in ("memory", "cpu", "pids"):
+        hierarchy = root / controller / manager_cgroup.lstrip("/")
+        if hierarchy.is_dir() and os.access(hierarchy, os.W_OK):
+            found.add(controller)
+    return frozenset(found)

@@ -38,6 +38,7 @@ from zsvc.config.model import ProcessSettings
 from zsvc.naming import INSTANCE_LENGTH
 from zsvc.runners.base import ExitInfo, LaunchSpec
 from zsvc.runners.exitcodes import SETUP_FAILURES
+from zsvc.runners.localsettings import CONTROLLERS, SETTING_OF, cgroup_limits
 from zsvc.states import DOWN, HAS_PROCESS, Result, StartType, State
 
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
@@ -242,6 +243,30 @@ def process_properties(settings: ProcessSettings) -> list[Prop]:
     if settings.private_tmp:
         props.append(Prop("PrivateTmp", "b", True))
     return props
+
+
+def controller_refusal(
+    task: str, settings: ProcessSettings, usable: frozenset[str] | None
+) -> str | None:
+    """Why systemd cannot enforce *settings*' cgroup limits, having only the *usable*
+    controllers; None when it can, or when what it has is unknown (*usable* None).
+
+    systemd accepts ``MemoryMax=`` and the others where it has no controller for them
+    and then enforces nothing (a container on a cgroup1 host gets those hierarchies
+    read-only: verified in the box), so the runner refuses, as the local runner does.
+    """
+    if usable is None or not settings.needs_cgroup:
+        return None
+    for name in cgroup_limits(settings):
+        controller = CONTROLLERS[name]
+        if controller not in usable:
+            return (
+                f"task {task!r}: {SETTING_OF[name]} needs the {controller} controller, which"
+                f" systemd does not have here (it has: {' '.join(sorted(usable)) or 'none'}),"
+                " so the limit would not be enforced: run zsvc where systemd has it (cgroup2,"
+                " or a writable cgroup1 hierarchy; a container on a cgroup1 host has neither)"
+            )
+    return None
 
 
 def cpu_quota_usec(percent: float) -> int:
