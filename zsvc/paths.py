@@ -213,6 +213,12 @@ class RuntimeLayout:
         """Subscribers connect here (the device's XPUB side)."""
         return self.root / "bus-sub"
 
+    def user_bus(self, uid: int) -> tuple[str, str]:
+        """The (publishers', subscribers') ``ipc://`` pair of the tasks run as *uid*
+        (``<exec user>``): the shared pair is group ``zsvc``'s, a task's user need not be
+        in it; this one's files belong to *uid* (:meth:`BusDevice.bind_for_user`)."""
+        return (f"ipc://{self.root}/bus-pub.{uid}", f"ipc://{self.root}/bus-sub.{uid}")
+
     @functools.cached_property
     def notify(self) -> Path:
         return self.root / "notify"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 
 import pytest
 import zmq
@@ -121,5 +123,32 @@ def test_messages_are_observed_only_once_someone_handles_them(tmp_path) -> None:
             await device.close()
             context.term()
         assert {message.action for message in observed} == {"after"}
+
+    asyncio.run(scenario())
+
+
+def test_a_users_pair_belongs_to_that_user_and_outlives_every_release(tmp_path) -> None:
+    """The pair of one uid's tasks (``bind_for_user``): its files are that uid's, 0600,
+    and a release of the contexts' pairs, which unbinds all else, leaves it bound."""
+    uid = os.getuid()
+
+    async def scenario() -> None:
+        context = zmq.asyncio.Context()
+        device = BusDevice(context)
+        pair = f"ipc://{tmp_path}/pub.{uid}", f"ipc://{tmp_path}/sub.{uid}"
+        other = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/sub"
+        try:
+            device.bind_for_user(uid, *pair)
+            device.bind_for_user(uid, *pair)  # once per uid: the second is a no-op
+            device.bind(*other)
+            for side in ("pub", "sub"):
+                info = os.stat(tmp_path / f"{side}.{uid}")
+                assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (uid, 0o600)
+            device.release([])
+            assert (device.pub_endpoints, device.sub_endpoints) == ({pair[0]}, {pair[1]})
+            assert not (tmp_path / "pub").exists()
+        finally:
+            await device.close()
+            context.term()
 
     asyncio.run(scenario())

@@ -65,6 +65,8 @@ HIGH_WATER_MARK = 10_000
 """Per-peer queue bound: a subscriber that never reads costs at most this many messages."""
 SOCKET_MODE = 0o660
 """The ``ipc://`` socket files' mode: connecting needs write permission."""
+USER_SOCKET_MODE = 0o600
+"""The mode of a pair bound for one user's tasks (:meth:`BusDevice.bind_for_user`)."""
 MAX_MESSAGE_BYTES = protocol.MAX_FRAME_BYTES + 4096
 """The largest frame a publisher may send: a body zsvc reads (1 MiB), or a legacy frame's
 topic and body."""
@@ -246,6 +248,8 @@ class BusDevice:
         self._loop: asyncio.AbstractEventLoop | None = None
         """Set by :meth:`start`: the loop that watches the sockets' FDs."""
         self._drain_scheduled = False
+        self._user_endpoints: set[str] = set()
+        """The pairs bound for tasks' users (:meth:`bind_for_user`): never released."""
         self._guards: list[TcpGuard] = []
         """Each side's TCP connection budget (:mod:`zsvc.daemon.admission`), from start."""
 
@@ -271,6 +275,20 @@ class BusDevice:
             side = " (CURVE)" if plan.curve else "" if plan.trusted else " (public side)"
             log.info("bus bound %s%s", plan.endpoint, side)
         self._drain_soon()  # binding processed the socket's commands: maybe its FD's signal
+
+    def bind_for_user(self, uid: int, pub_endpoint: str, sub_endpoint: str) -> None:
+        """Bind a trusted ``ipc://`` pair only *uid* (and root) may reach, kept until the
+        daemon closes: a Python task run as another user joins the bus there (the shared
+        pair is group ``zsvc``'s; that group would also open the control socket to it)."""
+        if pub_endpoint in self._user_endpoints:
+            return
+        self.bind(pub_endpoint, sub_endpoint)
+        for endpoint in (pub_endpoint, sub_endpoint):
+            path = _ipc_path(endpoint)
+            assert path is not None, "a user's pair is ipc://"
+            os.chown(path, uid, -1)
+            os.chmod(path, USER_SOCKET_MODE)
+        self._user_endpoints.update((pub_endpoint, sub_endpoint))
 
     def _plan(self, endpoint: str) -> BindPlan:
         return plan_bind(endpoint, curve=self.keys is not None, open_commands=self.open_commands)
@@ -331,8 +349,8 @@ class BusDevice:
         daemon fds, and its ports) until the daemon exits, long after its last
         transaction was forgotten, and a restarted daemon would not bind them.
         """
-        pubs = {self._plan(pub).endpoint for pub, _ in keep}
-        subs = {self._plan(sub).endpoint for _, sub in keep}
+        pubs = {self._plan(pub).endpoint for pub, _ in keep} | self._user_endpoints
+        subs = {self._plan(sub).endpoint for _, sub in keep} | self._user_endpoints
         for bound, wanted in ((self.pub_endpoints, pubs), (self.sub_endpoints, subs)):
             for endpoint in sorted(bound - wanted):
                 sock = self._bound_on.pop(endpoint)

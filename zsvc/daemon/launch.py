@@ -35,6 +35,7 @@ from zsvc.hostwire import (
 from zsvc.naming import unit_name
 from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.base import ExitInfo, LaunchError, LaunchSpec
+from zsvc.runners.exitcodes import EXIT_USER
 from zsvc.states import Result, ServiceType, StartType
 
 HOST_STOP_MARGIN = 5.0
@@ -55,11 +56,20 @@ class Launcher:
     inherited_env: Mapping[str, str]
     """The daemon's environment as every task inherits it (read once, not per launch)."""
     python: str = sys.executable
+    user_bus: Callable[[int], tuple[str, str]] | None = None
+    """Binds (once) and returns the bus pair of the Python tasks run as a uid
+    (:meth:`~zsvc.daemon.bus.BusDevice.bind_for_user`); raises :class:`LaunchError`.
+    None: the pair's names only (:meth:`RuntimeLayout.user_bus`), bound by nobody."""
 
     @classmethod
-    def for_daemon(cls, runtime: RuntimeLayout, state: StateLayout) -> Launcher:
+    def for_daemon(
+        cls,
+        runtime: RuntimeLayout,
+        state: StateLayout,
+        user_bus: Callable[[int], tuple[str, str]] | None = None,
+    ) -> Launcher:
         env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
-        return cls(runtime, state, env)
+        return cls(runtime, state, env, user_bus=user_bus)
 
     def task(
         self,
@@ -122,20 +132,30 @@ class Launcher:
         self, transaction: str, context: Context, spec: TaskSpec, join_after_setup: bool = False
     ) -> HostSpec:
         """What the task host is told about its task (``$ZSVC_TASK``)."""
+        bus_pub, bus_sub = self._bus_pair(spec)
         return HostSpec(
             transaction=transaction,
             task_id=spec.id,
             service_name=spec.service_name,
             instance=spec.instance,
             location=str(spec.location or context.path.parent),
-            bus_pub=self.runtime.bus_pub_endpoint,
-            bus_sub=self.runtime.bus_sub_endpoint,
+            bus_pub=bus_pub,
+            bus_sub=bus_sub,
             topic=spec.topic,
             device_action=spec.device_action,
             configuration=dict(spec.configuration),
             handshake_timeout=spec.start_timeout,
             join_after_setup=join_after_setup,
         )
+
+    def _bus_pair(self, spec: TaskSpec) -> tuple[str, str]:
+        """Where a Python task joins the bus: the shared pair (group ``zsvc``'s), or, for a
+        task run as another user, that user's own pair."""
+        user = spec.exec.process.user
+        if user is None:
+            return self.runtime.bus_pub_endpoint, self.runtime.bus_sub_endpoint
+        uid = _uid(spec.id, user)
+        return self.user_bus(uid) if self.user_bus is not None else self.runtime.user_bus(uid)
 
     def _thread(
         self, transaction: str, context: Context, spec: TaskSpec, invocation: str
@@ -272,6 +292,19 @@ def _groups(group: str | None, supplementary: Iterable[str]) -> Iterable[tuple[s
         yield group, "group"
     for name in supplementary:
         yield name, "supplementary_groups"
+
+
+def _uid(task: str, user: str) -> int:
+    """*user*'s uid (a number is one); :class:`LaunchError` when the name is unknown here."""
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise LaunchError(
+            f"task {task}: user {user!r} does not exist on this host (<exec user>)",
+            ExitInfo(Result.EXIT_CODE, exit_code=EXIT_USER, detail=f"unknown user {user!r}"),
+        ) from None
 
 
 def _known(name: str, lookup: Callable[[str], object]) -> bool:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import os
 import resource
@@ -34,15 +35,17 @@ from zsvc.config.model import Context
 from zsvc.daemon import fs
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.control import ControlServer
+from zsvc.daemon.launch import Launcher
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.monitor import MonitorService
 from zsvc.daemon.server import Daemon, DaemonError, DaemonOptions
 from zsvc.daemon.table import Table
 from zsvc.errors import ZsvcError
 from zsvc.paths import Modes, RuntimeLayout, StateLayout, fallback_runtime_dir
-from zsvc.runners.base import Runner, RunnerUnavailable
+from zsvc.runners.base import ExitInfo, LaunchError, Runner, RunnerUnavailable
 from zsvc.runners.choose import choose_runner
 from zsvc.runners.threads import ThreadRunner
+from zsvc.states import Result
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
     from zsvc.curve import ServerKeys
@@ -87,7 +90,10 @@ async def open_daemon(
         # process runner chosen here, which the thread runner wraps.
         runner = ThreadRunner(await _choose_runner(options, runtime, state), bus.publish)
         parts.push_async_callback(runner.close)
-        manager = Manager(runner, table, bus.publish, runtime, state, listened=bus.subscribers)
+        launcher = Launcher.for_daemon(runtime, state, functools.partial(_user_bus, bus, runtime))
+        manager = Manager(
+            runner, table, bus.publish, runtime, state, bus.subscribers, launcher=launcher
+        )
         await runner.open(manager)
         monitor = MonitorService(manager, bus.publish, bus.subscribers)
         parts.push_async_callback(monitor.close)
@@ -253,6 +259,20 @@ def _bind(bus: BusDevice, pairs: Endpoints) -> None:
             bus.bind(pub, sub)
     except BindError as exc:
         raise DaemonError(str(exc)) from exc
+
+
+def _user_bus(bus: BusDevice, runtime: RuntimeLayout, uid: int) -> tuple[str, str]:
+    """The bus pair of the Python tasks run as *uid*, bound on first use (a LaunchError
+    when it cannot be: the task fails to start, the daemon goes on)."""
+    pair = runtime.user_bus(uid)
+    try:
+        bus.bind_for_user(uid, *pair)
+    except (BindError, OSError) as exc:
+        raise LaunchError(
+            f"cannot open the bus to the tasks of uid {uid}: {exc}",
+            ExitInfo(Result.RESOURCES, detail=str(exc)),
+        ) from exc
+    return pair
 
 
 async def _close_bus(bus: BusDevice) -> None:
