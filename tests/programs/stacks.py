@@ -16,11 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import REPO, Daemon
 from tests.system.box import SystemdBox, zsvc_log
 
-COMMAND_TIMEOUT = 90.0
-"""Bound of one zsvc command (a start waits for READY=1 within the task's start_timeout)."""
+COMMAND_TIMEOUT = 45.0
+"""Bound of one zsvc command: a start waits for READY=1 within the task's start_timeout
+(10 s in this tier), then perhaps a stop; beyond that zsvc hangs, a bug to show."""
 
 
 class Stack:
@@ -49,8 +52,14 @@ class Stack:
     # --- shared, written once ------------------------------------------------------------
 
     def ok(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
-        """``zsvc ARGS`` that must succeed; its output."""
-        done = self.zsvc(*args, timeout=timeout)
+        """``zsvc ARGS`` that must succeed (within *timeout*); its output."""
+        try:
+            done = self.zsvc(*args, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"[{self.name}] zsvc {' '.join(args)}: no answer within {timeout:g} s\n"
+                f"--- daemon ---\n{self.daemon_log()}"
+            )
         assert done.returncode == 0, (
             f"[{self.name}] zsvc {' '.join(args)}: exit {done.returncode}\n"
             f"{done.stdout}\n{done.stderr}\n--- daemon ---\n{self.daemon_log()}"
