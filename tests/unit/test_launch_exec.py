@@ -171,6 +171,25 @@ def test_environment_order_daemon_then_inline_then_files_then_zsvc(tmp_path: Pat
     )
 
 
+def test_a_task_run_as_a_user_gets_that_users_home_and_names(tmp_path: Path) -> None:
+    """As systemd sets them for ``User=``: not the daemon's ``HOME=/root``; the task's own
+    ``<environment>`` still wins."""
+    nobody = pwd.getpwnam("nobody")
+    context = context_of(tmp_path, '<exec user="nobody"/>')
+    env = launcher(tmp_path).task("tx", context, context.tasks[0], "i", crashing=False).env
+    assert (env["USER"], env["LOGNAME"], env["HOME"], env["SHELL"]) == (
+        "nobody",
+        "nobody",
+        nobody.pw_dir,
+        nobody.pw_shell,
+    )
+    context = context_of(
+        tmp_path, f'<exec user="{nobody.pw_uid}"><environment name="HOME">/srv</environment></exec>'
+    )
+    env = launcher(tmp_path).task("tx", context, context.tasks[0], "i", crashing=False).env
+    assert (env["USER"], env["HOME"]) == ("nobody", "/srv")
+
+
 def test_no_exec_keeps_the_environment_as_before(tmp_path: Path) -> None:
     context = context_of(tmp_path, "")
     launch = launcher(tmp_path).task("tx", context, context.tasks[0], "inv1", crashing=False)

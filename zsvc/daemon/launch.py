@@ -90,7 +90,10 @@ class Launcher:
         """
         if spec.service_type is ServiceType.THREAD:
             return self._thread(transaction, context, spec, invocation)
-        own = _launch_environment(spec) if read_files else dict(spec.exec.environment)
+        if read_files:
+            own = _launch_environment(spec)
+        else:
+            own = {**user_environment(spec.exec.process.user), **dict(spec.exec.environment)}
         env = self._environment(transaction, spec.id, spec.service_name, invocation, own)
         context_dir = str(context.path.parent)
         if spec.is_command:
@@ -319,15 +322,36 @@ def _known(name: str, lookup: Callable[[str], object]) -> bool:
 
 
 def task_environment(spec: TaskSpec) -> dict[str, str]:
-    """The variables a task sets itself: its ``<environment>``, then its environment files
-    in order, which override it (systemd's ``EnvironmentFile=`` over ``Environment=``).
+    """The variables of a task's own settings: its user's (:func:`user_environment`), its
+    ``<environment>`` over them, then its environment files in order, which override it
+    (systemd's ``EnvironmentFile=`` over ``Environment=``).
 
     Raises :class:`OperationFailed` naming the task and the file (and its line).
     """
-    env = dict(spec.exec.environment)
+    env = user_environment(spec.exec.process.user)
+    env.update(spec.exec.environment)
     for file in spec.exec.environment_files:
         env.update(_read_environment_file(spec.id, file))
     return env
+
+
+def user_environment(user: str | None) -> dict[str, str]:
+    """``USER``, ``LOGNAME``, ``HOME`` and ``SHELL`` of a task run as *user*, as systemd
+    sets them for ``User=``: the daemon's own (root's ``HOME=/root``) would be wrong, and
+    a program that writes under ``$HOME`` would fail there. A uid with no passwd entry
+    gets ``USER`` (its number) and no other."""
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        return {"USER": user, "LOGNAME": user} if user.isdigit() else {}
+    return {
+        "USER": entry.pw_name,
+        "LOGNAME": entry.pw_name,
+        "HOME": entry.pw_dir,
+        "SHELL": entry.pw_shell or "/bin/sh",
+    }
 
 
 def _launch_environment(spec: TaskSpec) -> dict[str, str]:
