@@ -184,7 +184,8 @@ def test_no_ready_within_the_start_timeout_is_a_timeout(runner) -> None:
         manager_signal("JobRemoved", "uoss", [9, "/job/9", NAME, "failed"]),
         unit("failed", "failed"),
     )
-    assert events.seen == [("exit", ExitInfo(Result.TIMEOUT, signal=15))]
+    said = "no READY=1 within 5 s"  # not "killed by SIGTERM (timeout)" alone (issue 14)
+    assert events.seen == [("exit", ExitInfo(Result.TIMEOUT, signal=15, detail=said))]
 
 
 def test_a_start_job_that_fails_before_the_unit_ever_ran_ends_the_run(runner) -> None:

@@ -22,7 +22,10 @@ signals into the daemon's events, in order:
   is then the starter's (systemd's ControlPID), and the daemonised process, read by
   systemd from ``PIDFile=`` or guessed from the cgroup, is reported with
   ``on_main_pid`` when it comes after start() returned. It is ready when the unit is
-  active (the starter exited 0 and a main process is known).
+  active (the starter exited 0 and a main process is known);
+* **honest ends** (:mod:`zsvc.runners.ends`, as the local runner): a start timeout
+  says "no READY=1 within N s"; a simple/exec task is ready only once it has run
+  ``start_secs``, and an end before that is a failed start that says so.
 
 The daemon's own events for a task go to the journal with the task's fields
 (:mod:`zsvc.journal`).
@@ -34,13 +37,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zsvc import journal
 from zsvc.jobs import Jobs
-from zsvc.runners import transient
+from zsvc.runners import ends, transient
 from zsvc.runners.base import ExitInfo, RunnerEvents, TaskHandle
 from zsvc.runners.cgroup import cgroup_of, members_of
 from zsvc.runners.exitcodes import KILL_WAIT
@@ -95,6 +99,10 @@ class SystemdTask(TaskHandle):
     """The daemon has read ``pid``: a later MainPID is news for it (``on_main_pid``)."""
     _held: list[Callable[[], None]] | None = field(default_factory=list)
     """Events waiting until the daemon has this handle (None once released)."""
+    _born: float = field(default_factory=time.monotonic)
+    """When the unit was asked for: how long a run lasted before start_secs."""
+    _start_secs_timer: asyncio.TimerHandle | None = None
+    _ran_start_secs: bool = False
 
     async def wait(self) -> ExitInfo:
         await self._exited.wait()
@@ -206,10 +214,40 @@ class SystemdTask(TaskHandle):
 
     def _verdict(self) -> ExitInfo:
         """How the run ended, as systemd said it, in zsvc's words (a stop by the task's
-        own kill signal is clean: :func:`~zsvc.runners.transient.run_verdict`)."""
-        return transient.run_verdict(self.view.exit(), self.spec, self.stop_requested)
+        own kill signal is clean: :func:`~zsvc.runners.transient.run_verdict`), with why
+        a start failed (:mod:`zsvc.runners.ends`)."""
+        info = transient.run_verdict(self.view.exit(), self.spec, self.stop_requested)
+        if self.ready or self.stop_requested:
+            return info
+        if self.spec.start_type in READY_AT_EXEC and self.spec.start_secs > 0:
+            ran = time.monotonic() - self._born
+            return ends.before_start_secs(info, ran, self.spec.start_secs)
+        if info.result is Result.TIMEOUT and not info.detail:
+            limit = self.spec.start_timeout
+            return ends.with_reason(info, ends.start_timeout_detail(self.spec, limit))
+        return info
+
+    def _held_for_start_secs(self) -> bool:
+        """A simple/exec task with start_secs is ready only once it has run that long:
+        the first "ready" arms a timer (True: not ready yet)."""
+        if self.spec.start_type not in READY_AT_EXEC or self.spec.start_secs <= 0:
+            return False
+        if self._ran_start_secs:
+            return False
+        if self._start_secs_timer is None:
+            delay = self.spec.start_secs - (time.monotonic() - self._born)
+            loop = asyncio.get_running_loop()
+            self._start_secs_timer = loop.call_later(max(0.0, delay), self._start_secs_passed)
+        return True
+
+    def _start_secs_passed(self) -> None:
+        self._ran_start_secs = True
+        if self.exit_info is None and not self.view.ended and not self.stop_requested:
+            self._became_ready()
 
     def _became_ready(self) -> None:
+        if self.ready or self._held_for_start_secs():
+            return
         self.ready = True
         self._emit(self._report(lambda e: e.on_ready(self.key)))
         self._journal("ready", journal.INFO)
@@ -270,6 +308,8 @@ class SystemdTask(TaskHandle):
         if self.exit_info is not None:
             return
         self.exit_info = info
+        if self._start_secs_timer is not None:
+            self._start_secs_timer.cancel()
         self._pid_known.set()
         self._exited.set()
         self._journal(info.describe(), journal.INFO if info.clean else journal.WARNING)
