@@ -36,7 +36,6 @@ def test_without_a_minimal_uptime_the_failure_shows_in_the_status(case: Case) ->
     assert 'open() "/nonexistent/nginx.conf" failed' in case.logs("quick")
 
 
-@pytest.mark.pending("systemd", reason="start_secs is not built in the systemd runner yet")
 @pytest.mark.parametrize("kind", sorted(QUICK))
 def test_start_secs_makes_zsvc_start_fail(case: Case, kind: str) -> None:
     """start_secs="1": a program that ends within a second is not started: ``zsvc start``
