@@ -335,3 +335,24 @@ def test_systemd_daemon_reload_and_zsvc_reload_keep_every_task_followed(zsvc_ser
     )
     assert zsvc_service.task(tx, "victim")["result"] == "signal"
     zsvc_service.ok("stop", tx)
+
+
+def test_a_start_timeout_and_leftovers_are_told_as_by_the_local_runner(zsvc_service: Zsvc) -> None:
+    """Issue 14: "no READY=1 within 1 s", not "killed by SIGTERM (timeout)"; and a main
+    process that exits leaving a process, which systemd kills, is shown with the hint."""
+    mute = zsvc_service.context(
+        [TaskDef("mute", command="/bin/sleep 600", notify=True, start_timeout=1.0)]
+    )
+    failed = zsvc_service.zsvc("start", "--context", mute, "sys-mute")
+    assert failed.returncode == 1, failed
+    assert "no READY=1 within 1 s (timeout)" in failed.stdout + failed.stderr, failed
+    left = zsvc_service.context(
+        [TaskDef("bg", command="/bin/sh -c '/bin/sleep 600 & exit 0'", command_type="exec")]
+    )
+    zsvc_service.ok("start", "--context", left, "sys-left")
+    wait_for(
+        lambda: bool(zsvc_service.task("sys-left", "bg")["last_exit"]),
+        what="the end of the task whose main process exited",
+    )
+    last_exit = zsvc_service.task("sys-left", "bg")["last_exit"]
+    assert "leftover process" in last_exit and 'type="forking"' in last_exit, last_exit

@@ -56,3 +56,28 @@ def test_an_exec_task_that_ends_before_start_secs_is_a_failed_start(runner) -> N
     info: ExitInfo = events.seen[0][1]
     assert info.result is Result.PROTOCOL, info
     assert "before start_secs=5 s" in info.detail, info
+
+
+def test_processes_left_by_a_main_process_that_exited_are_said(runner) -> None:  # noqa: F811
+    """The unit goes through stop-sigterm though nobody asked it to stop: systemd is
+    killing what the main process left (it goes straight to dead when nothing is left)."""
+    runner, events, task = runner
+    task.spec = dataclasses.replace(launch_spec(), start_type=StartType.EXEC)
+    feed(runner, svc(42), unit("active", "running", job=9))
+    task._group = None  # pid 42 is somebody else's here: its cgroup is not counted
+    feed(runner, svc(0, "success", 1, 0), unit("deactivating", "stop-sigterm"))
+    feed(runner, unit("inactive", "dead"))
+    assert events.seen[0] == ("ready", (TX, TASK))
+    info: ExitInfo = events.seen[-1][1]
+    assert info.result is Result.SUCCESS
+    assert info.detail.startswith("main process exited; its leftover processes killed — is"), info
+
+
+def test_a_stop_asked_for_is_no_leftover(runner) -> None:  # noqa: F811
+    runner, events, task = runner
+    task.spec = dataclasses.replace(launch_spec(), start_type=StartType.EXEC)
+    feed(runner, svc(42), unit("active", "running", job=9))
+    task.stop_requested = True
+    feed(runner, svc(0, "success", 2, 15), unit("deactivating", "stop-sigterm"))
+    feed(runner, unit("inactive", "dead"))
+    assert "leftover" not in events.seen[-1][1].detail

@@ -44,11 +44,12 @@ def before_start_secs(info: ExitInfo, ran: float, start_secs: float) -> ExitInfo
     return with_reason(info, reason)
 
 
-def leftover_detail(count: int, forking: bool = False) -> str:
+def leftover_detail(count: int | None, forking: bool = False) -> str:
     """What killing the processes a main process left behind says (KillMode=control-group):
-    often a program that forked itself into the background, run as type exec."""
+    often a program that forked itself into the background, run as type exec. *count*
+    None: there were some (systemd had to kill them), how many is not known."""
     noun = "process" if count == 1 else "processes"
-    said = f"main process exited; {count} leftover {noun} killed"
+    said = f"main process exited; {count or 'its'} leftover {noun} killed"
     return said if forking else f'{said} — is this a forking program? use <command type="forking">'
 
 

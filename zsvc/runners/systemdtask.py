@@ -25,7 +25,9 @@ signals into the daemon's events, in order:
   active (the starter exited 0 and a main process is known);
 * **honest ends** (:mod:`zsvc.runners.ends`, as the local runner): a start timeout
   says "no READY=1 within N s"; a simple/exec task is ready only once it has run
-  ``start_secs``, and an end before that is a failed start that says so.
+  ``start_secs``, and an end before that is a failed start that says so; a main
+  process that exits leaving processes that systemd then has to kill (the unit goes
+  through ``stop-sigterm`` though nobody asked it to stop) says how many it left.
 
 The daemon's own events for a task go to the journal with the task's fields
 (:mod:`zsvc.journal`).
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 
 READY_AT_EXEC = frozenset({StartType.SIMPLE, StartType.EXEC})
 """Start types that are ready once the program runs (a forking starter that ran is not)."""
+KILLING_THE_REST = frozenset({"stop-sigterm", "stop-sigkill"})
+"""Sub-states of a unit whose processes systemd is killing (KillMode=control-group)."""
 
 
 class UnitOwner(Protocol):
@@ -103,6 +107,10 @@ class SystemdTask(TaskHandle):
     """When the unit was asked for: how long a run lasted before start_secs."""
     _start_secs_timer: asyncio.TimerHandle | None = None
     _ran_start_secs: bool = False
+    _group: str | None = None
+    """The unit's cgroup, noted when its main process became known (leftovers counted)."""
+    _leftovers: int | None = None
+    """Processes left by a main process that exited by itself (-1: some, count unknown)."""
 
     async def wait(self) -> ExitInfo:
         await self._exited.wait()
@@ -183,6 +191,7 @@ class SystemdTask(TaskHandle):
             self.pid = self.view.control_pid  # the starter, until the daemon is known
             self._pid_known.set()
         if "main_pid" in changed and self.view.main_pid:
+            self._group = cgroup_of(self.view.main_pid)
             news = self._returned and self.view.main_pid != self.pid  # or MAINPID= from the task
             self.pid = self.view.main_pid
             self._pid_known.set()
@@ -192,6 +201,8 @@ class SystemdTask(TaskHandle):
                 )
         if "status_text" in changed and not self.view.ended:
             self._emit(self._status(self.view.status_text))
+        if "sub_state" in changed and self.view.sub_state in KILLING_THE_REST:
+            self._note_leftovers()
         if "active_state" in changed:
             state = self.view.active_state
             if state == State.ACTIVE and not self.ready:
@@ -217,6 +228,9 @@ class SystemdTask(TaskHandle):
         own kill signal is clean: :func:`~zsvc.runners.transient.run_verdict`), with why
         a start failed (:mod:`zsvc.runners.ends`)."""
         info = transient.run_verdict(self.view.exit(), self.spec, self.stop_requested)
+        if self._leftovers is not None:
+            count = self._leftovers if self._leftovers > 0 else None
+            info = ends.with_reason(info, ends.leftover_detail(count, self._forking))
         if self.ready or self.stop_requested:
             return info
         if self.spec.start_type in READY_AT_EXEC and self.spec.start_secs > 0:
@@ -226,6 +240,22 @@ class SystemdTask(TaskHandle):
             limit = self.spec.start_timeout
             return ends.with_reason(info, ends.start_timeout_detail(self.spec, limit))
         return info
+
+    def _note_leftovers(self) -> None:
+        """systemd kills the unit's processes though no stop was asked for, the main one
+        gone: it left some (systemd goes straight to dead when the group is empty)."""
+        if self.stop_requested or self.view.main_pid or self._leftovers is not None:
+            return
+        if not self.ready and self.spec.start_type not in READY_AT_EXEC:
+            return  # a forking starter's failure or timeout: no main process ever ran
+        members = members_of(self._group) if self._group else []
+        self._leftovers = len(members) or -1  # dying already, maybe: some, at least
+        detail = ends.leftover_detail(len(members) or None, self._forking)
+        log.warning("%s/%s: %s (%s)", *self.key, detail, self.unit)
+
+    @property
+    def _forking(self) -> bool:
+        return self.spec.start_type is StartType.FORKING
 
     def _held_for_start_secs(self) -> bool:
         """A simple/exec task with start_secs is ready only once it has run that long:
