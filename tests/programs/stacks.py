@@ -90,9 +90,10 @@ class Stack:
     def kill(self, pid: int, signal: str) -> None:
         self.sh(f"kill -{signal} {pid}")
 
-    def mkdir(self, path: str, owner: str = "root") -> None:
-        """A directory for a task's files, owned by the user it runs as."""
-        self.sh(f"mkdir -p '{path}' && chown '{owner}:' '{path}' && chmod 755 '{path}'")
+    def mkdir(self, path: str, owner: str | None = None) -> None:
+        """A directory for a task's files (owned by *owner*, the user a task runs as)."""
+        chown = f" && chown '{owner}:' '{path}'" if owner else ""
+        self.sh(f"mkdir -p '{path}'{chown} && chmod 755 '{path}'")
 
     def add_user(self, name: str) -> tuple[int, int]:
         """A throwaway system user *name* here; its (uid, gid)."""

@@ -42,15 +42,18 @@ def story(case: Case) -> list[dict[str, Any]]:
 
 
 def snapshot(case: Case) -> dict[str, Any]:
-    """Each task's comparable status, once the quick task's failure has been seen."""
+    """Each task's comparable status and the view's shape (its fields and its tasks'),
+    once the quick task's failure has been seen."""
     poll(
         lambda: case.task("quick")["state"] == "failed",
         10.0,
         "the quick task failed",
         case.stack.daemon_log,
     )
-    tasks = case.stack.status(case.transaction)["tasks"]
-    return {task["id"]: comparable(task) for task in tasks}
+    view = case.stack.status(case.transaction)
+    tasks = {task["id"]: comparable(task) for task in view["tasks"]}
+    shape = {"view": sorted(view), "task": sorted({key for t in view["tasks"] for key in t})}
+    return {"shape": shape, **tasks}
 
 
 def test_both_runners_tell_the_same_story(local_stack: LocalStack, box_stack: BoxStack) -> None:
