@@ -17,7 +17,15 @@ notifications and keeps the books). What it does, in systemd's terms:
   systemd's ``WatchdogSignal``; if it survives the stop timeout, the normal
   stop follows. Its result is ``watchdog``.
 * **the end** is seen the moment it happens, through a pidfd in the event loop
-  (no polling), and judged by :func:`~zsvc.runners.localexec.classify_exit`.
+  (no polling), and judged by :func:`~zsvc.runners.localexec.classify_exit`; its
+  detail tells why zsvc ended or refused it (:mod:`zsvc.runners.ends`): "no READY=1
+  within 3 s", an end before ``start_secs``, the leftovers of a main process that
+  exited by itself ("is this a forking program?").
+* **start_secs** (``simple``/``exec``): ready only once the process has run that long.
+* **forking** (``Type=forking``): the first process is the starter; its exit 0 is
+  not the end: the main process it left is found (:mod:`zsvc.runners.forking`:
+  ``pid_file``, or the one process left), followed as for ``MAINPID=``, and then
+  the task is ready.
 """
 
 from __future__ import annotations
