@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.test_local_runner import CGROUPS, Recorder, _alive, _kill_quietly, _spec
+from tests.unit.test_local_runner import Recorder, _alive, _kill_quietly, _spec
 from zsvc.paths import RuntimeLayout
 from zsvc.runners.base import ExitInfo, LaunchSpec
 from zsvc.runners.ends import before_start_secs, leftover_detail, with_reason
@@ -128,7 +128,6 @@ FORKING_STARTER = 'sleep 600 & echo $! > "$0"; exit 0'
 """A daemon that puts itself in the background: its pid in the PID file given as $0."""
 
 
-@pytest.mark.skipif(CGROUPS is None, reason="without cgroups: the invocation id is looked for")
 def test_a_forking_task_follows_the_pid_files_process_and_stops_it(tmp_path: Path) -> None:
     pid_file = tmp_path / "daemon.pid"
     spec = _with(
