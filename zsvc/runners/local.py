@@ -181,8 +181,7 @@ class LocalRunner(Runner):
 
     async def open(self, events: RunnerEvents) -> None:
         self.events = events
-        # Any user may send (a task may run as another user); the sender's credentials
-        # say which task spoke (_sender), the root-only directory who may bind the path.
+        # Anyone may send (tasks of other users); credentials say who spoke: zsvc/notify.py
         self.notify_server = NotifyServer(self.layout.notify, PUBLIC_SOCKET_MODE)
         self.layout.make_spawned_dir()
         self.reader.start(self.notify_server)
@@ -368,7 +367,7 @@ class LocalRunner(Runner):
         task.start_time = process_start_time(pid)
         self._watch(task)
         if task.begin():  # ready at exec: told once start() has returned the handle
-            asyncio.get_running_loop().call_soon(self._report_ready, task)
+            asyncio.get_running_loop().call_soon(self.task_ready, task)
         for note in self._unclaimed.pop(pid, (0.0, []))[1]:
             self._apply(task, note)
         return task
@@ -455,7 +454,7 @@ class LocalRunner(Runner):
         if task.cgroup is not None and (relative := task.cgroup.relative):
             self.by_cgroup[relative] = task
 
-    def _report_ready(self, task: LocalTask) -> None:
+    def task_ready(self, task: LocalTask) -> None:
         if task.exit_info is None and self.events is not None:
             self.flow.flush(task.key)
             self.events.on_ready(task.key)
@@ -466,18 +465,18 @@ class LocalRunner(Runner):
         if self.events is not None:
             self.events.on_status(key, text)
 
-    def task_ready(self, task: LocalTask) -> None:
-        self._report_ready(task)
-
-    def main_found(self, task: LocalTask, pid: int) -> None:
+    def main_found(self, task: LocalTask, pid: int) -> bool:
         """A forking task's main process: followed, its own process group (a daemon calls
         setsid) in the books, which a stop signals; then the task is ready."""
-        if self._switch_main(task, pid, known=True) and (pgid := group_of(pid)):
+        if not self._switch_main(task, pid, known=True):
+            return False
+        if pgid := group_of(pid):  # a daemon's own group (setsid), not the starter's
             if self.by_pgid.get(task.pgid) is task:
                 del self.by_pgid[task.pgid]
             task.pgid, self.by_pgid[pgid] = pgid, task
-        if task.pid == pid and task.became_ready():
-            self._report_ready(task)
+        if not task.stop_requested and task.became_ready():
+            self.task_ready(task)
+        return True
 
     def _switch_main(self, task: LocalTask, pid: int, known: bool = False) -> bool:
         """MAINPID=: the task follows another main process; the books follow it too."""

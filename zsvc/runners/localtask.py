@@ -70,8 +70,9 @@ class TaskOwner(Protocol):
     def task_ready(self, task: LocalTask) -> None:
         """The task became ready by itself (its start_secs passed): tell the daemon."""
 
-    def main_found(self, task: LocalTask, pid: int) -> None:
-        """A forking task's main process is *pid*: follow it (books too), then ready."""
+    def main_found(self, task: LocalTask, pid: int) -> bool:
+        """A forking task's main process is *pid*: follow it (books too), then ready
+        unless a stop came first; False when it could not be followed (gone already)."""
 
 
 @dataclass(eq=False)
@@ -395,9 +396,12 @@ class LocalTask(TaskHandle):
             log.warning("%s/%s: %s", *self.key, exc)
             self._main_ended(ends.forking_failure(str(exc)))
             return
-        if self.exit_info is None and not self._main_gone.is_set() and self.runner is not None:
-            self.runner.main_found(self, pid)
-            log.info("%s/%s: main process %d (type forking)", *self.key, pid)
+        if self.exit_info is not None or self._main_gone.is_set() or self.runner is None:
+            return
+        if not self.runner.main_found(self, pid):
+            self._main_ended(ends.forking_failure(f"its main process {pid} ended at once"))
+            return
+        log.info("%s/%s: main process %d (type forking)", *self.key, pid)
 
     async def _find_main(self, deadline: float) -> int:
         """The pid of the main process: the PID file's (a process of the task), or the
