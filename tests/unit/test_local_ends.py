@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -168,8 +169,8 @@ def test_a_forking_task_without_its_pid_file_fails_to_start(tmp_path: Path) -> N
     )
     run = asyncio.run(_run(tmp_path, spec, stop=False))
     assert run.ready_after is None and run.info is not None
-    assert run.info.result is Result.PROTOCOL
-    assert f"no PID file {tmp_path / 'never.pid'}" in run.info.detail, run.info
+    assert run.info.result is Result.TIMEOUT  # as systemd, which waits for it as long
+    assert f"no PID file {tmp_path / 'never.pid'} by the start timeout" in run.info.detail
 
 
 def test_a_forking_starter_that_fails_is_a_failed_start(tmp_path: Path) -> None:
@@ -218,3 +219,25 @@ def test_the_words_of_an_end() -> None:
     )
     timeout = with_reason(ExitInfo(Result.TIMEOUT, exit_code=0), "no READY=1 within 3 s")
     assert timeout.describe() == "no READY=1 within 3 s (timeout); exited with status 0"
+
+
+def test_a_pid_file_naming_another_process_is_refused_and_it_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        pid_file = tmp_path / "stranger.pid"
+        starter = f"sleep 600 & echo {stranger.pid} > {pid_file}; exit 0"
+        spec = _with(
+            _spec(tmp_path, ["sh", "-c", starter], notify=False),
+            start_type=StartType.FORKING,
+            pid_file=str(pid_file),
+        )
+        run = asyncio.run(_run(tmp_path, spec, stop=False))
+        assert run.ready_after is None and run.info is not None
+        assert run.info.result is Result.PROTOCOL, run.info
+        assert f"names {stranger.pid}, not a process of the task" in run.info.detail
+        assert stranger.poll() is None, "a PID file made zsvc kill somebody else's process"
+    finally:
+        stranger.kill()
+        stranger.wait(10)

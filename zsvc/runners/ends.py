@@ -53,8 +53,9 @@ def leftover_detail(count: int | None, forking: bool = False) -> str:
     return said if forking else f'{said} — is this a forking program? use <command type="forking">'
 
 
-def forking_failure(why: str) -> ExitInfo:
-    """A forking task whose starter exited 0 but whose main process cannot be known
-    (systemd's result ``protocol``: a PID file that is missing, invalid or names a
-    process that is not the task's)."""
-    return ExitInfo(Result.PROTOCOL, exit_code=0, detail=f"type forking: {why}")
+def forking_failure(why: str, timed_out: bool = False) -> ExitInfo:
+    """A forking task whose starter exited 0 but whose main process cannot be known:
+    systemd's result ``protocol`` (a PID file that is invalid or names a process that
+    is not the task's), or ``timeout`` (no PID file by the start timeout)."""
+    result = Result.TIMEOUT if timed_out else Result.PROTOCOL
+    return ExitInfo(result, exit_code=0, detail=f"type forking: {why}")

@@ -24,7 +24,14 @@ PID_FILE_POLL = 0.02
 
 
 class NoMainProcess(Exception):
-    """Why a forking task's main process cannot be known; the message says it."""
+    """Why a forking task's main process cannot be known; the message says it.
+
+    *timed_out*: systemd's result is then ``timeout`` (it waits for a PID file until
+    the start timeout), else ``protocol`` (a PID file it cannot use)."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 def parse_pid(text: str) -> int:
@@ -73,7 +80,8 @@ async def read_pid_file(path: str, deadline: float) -> int:
                 return parse_pid(handle.read())
         except FileNotFoundError:
             if loop.time() >= deadline:
-                raise NoMainProcess(f"no PID file {path} after the starter exited") from None
+                why = f"no PID file {path} by the start timeout (the starter exited 0)"
+                raise NoMainProcess(why, timed_out=True) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise NoMainProcess(f"the PID file {path} cannot be read: {exc}") from None
         await asyncio.sleep(PID_FILE_POLL)  # no event for a file yet to come: a bounded look

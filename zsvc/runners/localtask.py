@@ -394,7 +394,7 @@ class LocalTask(TaskHandle):
             pid = await self._find_main(self._began + self.spec.start_timeout)
         except NoMainProcess as exc:
             log.warning("%s/%s: %s", *self.key, exc)
-            self._main_ended(ends.forking_failure(str(exc)))
+            self._main_ended(ends.forking_failure(str(exc), exc.timed_out))
             return
         if self.exit_info is not None or self._main_gone.is_set() or self.runner is None:
             return
