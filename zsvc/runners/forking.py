@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable
 
 from zsvc.procs import children_of, invocation_of
@@ -34,10 +35,14 @@ class NoMainProcess(Exception):
         self.timed_out = timed_out
 
 
+PID = re.compile(r"[0-9]{1,10}")
+"""A process id as a PID file writes it: ASCII digits only (``str.isdigit`` takes "²")."""
+
+
 def parse_pid(text: str) -> int:
     """The pid in a PID file's text (one positive decimal number, whitespace around it)."""
     word = text.strip()
-    if not word.isdigit() or int(word) <= 1:
+    if not PID.fullmatch(word) or int(word) <= 1:
         raise NoMainProcess(f"it holds {word[:40]!r}, not a process id")
     return int(word)
 
