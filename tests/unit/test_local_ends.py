@@ -225,6 +225,7 @@ def test_a_pid_file_naming_another_process_is_refused_and_it_is_left_alone(
             _spec(tmp_path, ["sh", "-c", starter], notify=False),
             start_type=StartType.FORKING,
             pid_file=str(pid_file),
+            start_timeout=0.5,  # a stale pid may yet be replaced: refused at the timeout
         )
         run = asyncio.run(_run(tmp_path, spec, stop=False))
         assert run.ready_after is None and run.info is not None
@@ -234,3 +235,25 @@ def test_a_pid_file_naming_another_process_is_refused_and_it_is_left_alone(
     finally:
         stranger.kill()
         stranger.wait(10)
+
+
+def test_a_pid_file_the_daemon_writes_after_the_starter_exited_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """nginx's master writes its PID file itself: empty (or stale) at the starter's exit."""
+    pid_file = tmp_path / "late.pid"
+    pid_file.write_text("")
+    daemon = 'sleep 0.3; echo $$ > "$0"; exec sleep 600'
+    starter = f"sh -c '{daemon}' \"$0\" & exit 0"
+    spec = _with(
+        _spec(tmp_path, ["sh", "-c", starter, str(pid_file)], notify=False),
+        start_type=StartType.FORKING,
+        pid_file=str(pid_file),
+    )
+    run = asyncio.run(_run(tmp_path, spec))
+    try:
+        assert run.ready_after is not None and run.ready_after >= 0.3, run
+        assert run.pid == int(pid_file.read_text())
+        assert run.info is not None and run.info.clean, run.info
+    finally:
+        _kill_quietly(run.pid)

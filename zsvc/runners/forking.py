@@ -76,19 +76,31 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
-async def read_pid_file(path: str, deadline: float) -> int:
-    """The pid in the PID file *path*, waiting for it until *deadline* (loop time)."""
+async def read_pid_file(path: str, deadline: float, members: Callable[[], set[int]]) -> int:
+    """The pid in the PID file *path* that is one of *members* (the task's processes).
+
+    Waited for until *deadline* (loop time): the daemon itself often writes the file
+    after the starter's exit, and may be caught with the file empty, or still holding
+    a stale pid of an earlier run. At the deadline the last reason is raised: timeout
+    when the file never was there, protocol when it holds no pid of the task.
+    """
     loop = asyncio.get_running_loop()
+    why = NoMainProcess(f"no PID file {path} by the start timeout", timed_out=True)
     while True:
         try:
-            with open(path) as handle:
-                return parse_pid(handle.read())
+            with open(path, "rb") as handle:
+                pid = parse_pid(handle.read(64).decode("ascii", "replace"))
+            if pid in members():
+                return pid
+            why = NoMainProcess(f"{path} names {pid}, not a process of the task")
         except FileNotFoundError:
-            if loop.time() >= deadline:
-                why = f"no PID file {path} by the start timeout (the starter exited 0)"
-                raise NoMainProcess(why, timed_out=True) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NoMainProcess(f"the PID file {path} cannot be read: {exc}") from None
+            pass
+        except NoMainProcess as exc:
+            why = NoMainProcess(f"the PID file {path}: {exc}")
+        except OSError as exc:
+            why = NoMainProcess(f"the PID file {path} cannot be read: {exc.strerror}")
+        if loop.time() >= deadline:
+            raise why
         await asyncio.sleep(PID_FILE_POLL)  # no event for a file yet to come: a bounded look
 
 

@@ -407,10 +407,7 @@ class LocalTask(TaskHandle):
         """The pid of the main process: the PID file's (a process of the task), or the
         one process left."""
         if self.spec.pid_file:
-            pid = await read_pid_file(self.spec.pid_file, deadline)
-            if pid not in self._members():
-                raise NoMainProcess(f"{self.spec.pid_file} names {pid}, not a process of the task")
-            return pid
+            return await read_pid_file(self.spec.pid_file, deadline, self._members)
         return guess_main(self._members())
 
     def _members(self) -> set[int]:
