@@ -66,7 +66,6 @@ def test_nginx_forking_with_a_pid_file(case: Case) -> None:
     assert "signal 15 (SIGTERM) received" in case.logs("nginx")
 
 
-@pytest.mark.pending("systemd", reason="the systemd runner does not explain the leftovers yet")
 def test_nginx_forking_without_type_forking_is_explained(case: Case) -> None:
     """nginx that puts itself in the background, declared type exec: its starter exits 0
     and the daemon it left is killed as a leftover; zsvc says so and names the fix."""
