@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.integration.conftest import free_port
 from tests.programs.checks import http_get, listening, poll
 from tests.programs.conftest import Case
