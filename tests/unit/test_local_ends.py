@@ -121,13 +121,15 @@ FORKING_STARTER = 'sleep 600 & echo $! > "$0"; exit 0'
 """A daemon that puts itself in the background: its pid in the PID file given as $0."""
 
 
+def _forking(tmp: Path, starter: str, *args: str, **changes: object) -> LaunchSpec:
+    """A forking task whose starter is ``sh -c STARTER ARGS…``."""
+    spec = _spec(tmp, ["sh", "-c", starter, *args], notify=False)
+    return _with(spec, start_type=StartType.FORKING, **changes)
+
+
 def test_a_forking_task_follows_the_pid_files_process_and_stops_it(tmp_path: Path) -> None:
     pid_file = tmp_path / "daemon.pid"
-    spec = _with(
-        _spec(tmp_path, ["sh", "-c", FORKING_STARTER, str(pid_file)], notify=False),
-        start_type=StartType.FORKING,
-        pid_file=str(pid_file),
-    )
+    spec = _forking(tmp_path, FORKING_STARTER, str(pid_file), pid_file=str(pid_file))
     run = asyncio.run(_run(tmp_path, spec))
     try:
         assert run.ready_after is not None, run
@@ -141,8 +143,7 @@ def test_a_forking_task_follows_the_pid_files_process_and_stops_it(tmp_path: Pat
 
 def test_a_forking_task_without_pid_file_follows_the_one_process_left(tmp_path: Path) -> None:
     noted = tmp_path / "noted.pid"  # where the starter notes it: not given as pid_file
-    argv = ["sh", "-c", FORKING_STARTER, str(noted)]
-    spec = _with(_spec(tmp_path, argv, notify=False), start_type=StartType.FORKING)
+    spec = _forking(tmp_path, FORKING_STARTER, str(noted))
     run = asyncio.run(_run(tmp_path, spec))
     try:
         assert run.ready_after is not None, run
@@ -154,12 +155,8 @@ def test_a_forking_task_without_pid_file_follows_the_one_process_left(tmp_path: 
 
 
 def test_a_forking_task_without_its_pid_file_fails_to_start(tmp_path: Path) -> None:
-    spec = _with(
-        _spec(tmp_path, ["sh", "-c", "sleep 600 & exit 0"], notify=False),
-        start_type=StartType.FORKING,
-        pid_file=str(tmp_path / "never.pid"),
-        start_timeout=0.5,
-    )
+    never = str(tmp_path / "never.pid")
+    spec = _forking(tmp_path, "sleep 600 & exit 0", pid_file=never, start_timeout=0.5)
     run = asyncio.run(_run(tmp_path, spec, stop=False))
     assert run.ready_after is None and run.info is not None
     assert run.info.result is Result.TIMEOUT  # as systemd, which waits for it as long
@@ -167,9 +164,7 @@ def test_a_forking_task_without_its_pid_file_fails_to_start(tmp_path: Path) -> N
 
 
 def test_a_forking_starter_that_fails_is_a_failed_start(tmp_path: Path) -> None:
-    spec = _with(
-        _spec(tmp_path, ["sh", "-c", "exit 4"], notify=False), start_type=StartType.FORKING
-    )
+    spec = _forking(tmp_path, "exit 4")
     run = asyncio.run(_run(tmp_path, spec, stop=False))
     assert run.ready_after is None and run.info is not None
     assert (run.info.result, run.info.exit_code) == (Result.EXIT_CODE, 4)
@@ -221,9 +216,9 @@ def test_a_pid_file_naming_another_process_is_refused_and_it_is_left_alone(
     try:
         pid_file = tmp_path / "stranger.pid"
         starter = f"sleep 600 & echo {stranger.pid} > {pid_file}; exit 0"
-        spec = _with(
-            _spec(tmp_path, ["sh", "-c", starter], notify=False),
-            start_type=StartType.FORKING,
+        spec = _forking(
+            tmp_path,
+            starter,
             pid_file=str(pid_file),
             start_timeout=0.5,  # a stale pid may yet be replaced: refused at the timeout
         )
@@ -245,11 +240,7 @@ def test_a_pid_file_the_daemon_writes_after_the_starter_exited_is_waited_for(
     pid_file.write_text("")
     daemon = 'sleep 0.3; echo $$ > "$0"; exec sleep 600'
     starter = f"sh -c '{daemon}' \"$0\" & exit 0"
-    spec = _with(
-        _spec(tmp_path, ["sh", "-c", starter, str(pid_file)], notify=False),
-        start_type=StartType.FORKING,
-        pid_file=str(pid_file),
-    )
+    spec = _forking(tmp_path, starter, str(pid_file), pid_file=str(pid_file))
     run = asyncio.run(_run(tmp_path, spec))
     try:
         assert run.ready_after is not None and run.ready_after >= 0.3, run
