@@ -8,6 +8,7 @@ file is removed only by whoever bound it, never stolen from a live process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -318,3 +319,24 @@ def test_the_control_socket_of_a_newer_daemon_survives_the_old_ones_close(
             context.term()
 
     asyncio.run(main())
+
+
+def test_a_socket_file_is_born_private_whatever_the_umask(tmp_path) -> None:
+    """libzmq's bind() makes an ``ipc://`` file with the umask's mode, in the calling
+    thread; the daemon chmods it after. Under umask 0 it was born 0777 (any user could
+    connect until the chmod); bound inside ``born_private`` it is born 0600."""
+    context = zmq.Context()
+    old = os.umask(0)
+    try:
+        for name, guard in (("open", contextlib.nullcontext()), ("private", fs.born_private())):
+            sock = context.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 0)
+            with guard:
+                sock.bind(f"ipc://{tmp_path}/{name}")
+            mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
+            assert mode == (0o777 if name == "open" else 0o600), (name, oct(mode))
+            sock.close()
+        assert os.umask(0) == 0, "the umask is given back"
+    finally:
+        os.umask(old)
+        context.term()

@@ -327,7 +327,8 @@ class BusDevice:
             fs.claim_socket_path(path)
         except fs.SocketBusy as exc:
             raise BindError(f"cannot bind the bus endpoint {endpoint}: {exc}") from None
-        sock.bind(endpoint)
+        with fs.born_private():
+            sock.bind(endpoint)
         _share(path)
         self.socket_files[path] = fs.SocketFile(path)
 

@@ -87,7 +87,8 @@ class ControlServer:
 
     def start(self, handler: Handler) -> None:
         """Bind the socket (mode 0660, group ``zsvc``) and serve requests through *handler*."""
-        self.socket.bind(self.runtime.control_endpoint)
+        with fs.born_private():
+            self.socket.bind(self.runtime.control_endpoint)
         os.chmod(self.runtime.control, 0o660)
         share_with_group(self.runtime.control)
         self._file = fs.SocketFile(self.runtime.control)

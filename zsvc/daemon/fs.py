@@ -24,12 +24,26 @@ import grp
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from zsvc.paths import Modes, dir_problem, plan_modes, plan_runtime_modes
 
 CONTROL_GROUP = "zsvc"
 """Members of this group may control a daemon run by root (DESIGN §2)."""
+
+
+@contextlib.contextmanager
+def born_private() -> Iterator[None]:
+    """Files made inside are born 0600 whatever the umask (``umask 0177``, given back
+    after): a socket file is made by bind() with the umask's mode and chmod-ed to its
+    planned mode only after, and under a daemon started with umask 0 other users could
+    connect in between, since root's runtime directory may be searched (notify)."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 class UnsafePath(Exception):
