@@ -120,7 +120,8 @@ def odd_frame(rng: random.Random) -> bytes:
 
 def control_request(rng: random.Random) -> bytes:
     """A request that is wrong in one way or another, or harmless when it is right."""
-    names = [*sorted(set(COMMANDS) - {"shutdown"}), "nope", "", "__class__"]
+    # shutdown and reexec, when right, end this daemon's execution: not harmless.
+    names = [*sorted(set(COMMANDS) - {"shutdown", "reexec"}), "nope", "", "__class__"]
     request: dict[str, Any] = {
         "v": rng.choice([1, 1, 1, 2, "1", None, True]),
         "id": rng.choice([text(rng) or "x", 5, None, ""]),
