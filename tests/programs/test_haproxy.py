@@ -7,23 +7,12 @@ from tests.programs.checks import http_get
 from tests.programs.conftest import Case
 from tests.programs.contexts import ProgramTask
 from tests.programs.flows import ready_at_once, restarted_after_sigkill, stopped_cleanly
-
-CONFIG = """global
-  log stdout format raw local0
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 5s
-  timeout server 5s
-frontend web
-  bind 127.0.0.1:{port}
-  http-request return status 200 content-type text/plain string "haproxy ok"
-"""
+from tests.programs.recipes import HAPROXY_CONFIG
 
 
 def test_haproxy_ready_restart_stop(case: Case) -> None:
     port = free_port()
-    config = case.write("haproxy.cfg", CONFIG.format(port=port))
+    config = case.write("haproxy.cfg", HAPROXY_CONFIG.format(port=port))
     command = f"/usr/sbin/haproxy -Ws -f {config}"
     attrs = {"restart": "on-failure", "restart_sec": "0"}
     case.start([ProgramTask("haproxy", command, type="notify", attrs=attrs)])

@@ -5,16 +5,8 @@ from __future__ import annotations
 from tests.integration.conftest import free_port
 from tests.programs.checks import redis_ping
 from tests.programs.conftest import Case
-from tests.programs.contexts import ProgramTask
 from tests.programs.flows import ready_at_once, restarted_after_sigkill, stopped_cleanly
-
-
-def redis(port: int, directory: str, **attrs: str) -> ProgramTask:
-    command = (
-        f"/usr/bin/redis-server --port {port} --bind 127.0.0.1 --supervised systemd"
-        f" --save '' --appendonly no --dir {directory} --logfile ''"
-    )
-    return ProgramTask("redis", command, type="notify", attrs=attrs)
+from tests.programs.recipes import redis
 
 
 def test_redis_ready_status_restart_stop(case: Case) -> None:

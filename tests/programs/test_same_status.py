@@ -14,9 +14,8 @@ from tests.programs.checks import http_get, poll, redis_ping
 from tests.programs.conftest import Case, open_case
 from tests.programs.contexts import ProgramTask
 from tests.programs.flows import comparable, restarted_after_sigkill
+from tests.programs.recipes import HAPROXY_CONFIG, redis
 from tests.programs.stacks import BoxStack, LocalStack
-from tests.programs.test_haproxy import CONFIG as HAPROXY
-from tests.programs.test_redis import redis
 
 ALWAYS = {"restart": "always", "restart_sec": "0"}
 
@@ -24,7 +23,7 @@ ALWAYS = {"restart": "always", "restart_sec": "0"}
 def story(case: Case) -> list[dict[str, Any]]:
     """The transaction's comparable status after its start, a restart and its stop."""
     redis_port, haproxy_port = free_port(), free_port()
-    haproxy = case.write("haproxy.cfg", HAPROXY.format(port=haproxy_port))
+    haproxy = case.write("haproxy.cfg", HAPROXY_CONFIG.format(port=haproxy_port))
     tasks = [
         redis(redis_port, case.directory, **ALWAYS),
         ProgramTask("haproxy", f"/usr/sbin/haproxy -Ws -f {haproxy}", type="notify"),
