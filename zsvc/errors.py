@@ -18,6 +18,9 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     UNREACHABLE = 3
     UNKNOWN = 4
+    NOT_YOURS = 5
+    """The daemon refused: the transaction is someone else's, or the command is root's
+    (not the caller's by ownership nor by a grant in the daemon's ``[access]`` settings)."""
 
 
 class ErrorCode(StrEnum):
@@ -31,6 +34,7 @@ class ErrorCode(StrEnum):
     FAILED = "failed"  # the operation ran and failed (a task did not become ready, …)
     STORAGE = "storage"  # the state could not be persisted; nothing was changed
     INTERNAL = "internal"  # a bug in zsvc; the daemon logged a traceback
+    NOT_YOURS = "not-yours"  # the caller may not do this: another owner's, or root's only
 
 
 EXIT_CODE_FOR_ERROR: dict[ErrorCode, ExitCode] = {
@@ -42,6 +46,7 @@ EXIT_CODE_FOR_ERROR: dict[ErrorCode, ExitCode] = {
     ErrorCode.FAILED: ExitCode.FAILED,
     ErrorCode.STORAGE: ExitCode.FAILED,
     ErrorCode.INTERNAL: ExitCode.FAILED,
+    ErrorCode.NOT_YOURS: ExitCode.NOT_YOURS,
 }
 
 
@@ -89,6 +94,12 @@ class OperationFailed(ZsvcError):
 
 class StorageError(ZsvcError):
     code = ErrorCode.STORAGE
+
+
+class NotYours(ZsvcError):
+    """Refused by the access rules (:mod:`zsvc.daemon.access`): exit 5."""
+
+    code = ErrorCode.NOT_YOURS
 
 
 class DaemonUnreachable(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,19 +19,25 @@ import zmq
 import zmq.asyncio
 
 from zsvc.commands import encode_request
-from zsvc.daemon.control import ControlServer, Handler
+from zsvc.daemon.access import Principal
+from zsvc.daemon.control import UNKNOWN_SENDER, ControlServer, Handler, peer_credentials
 from zsvc.errors import ErrorCode, UnknownTransaction
 from zsvc.paths import RuntimeLayout
 
 WAIT = 5.0
 
 
-def serve(tmp_path: Path, handler: Handler, scenario: Callable[..., Awaitable[None]]) -> None:
+def serve(
+    tmp_path: Path,
+    handler: Handler,
+    scenario: Callable[..., Awaitable[None]],
+    server_class: Callable[..., ControlServer] = ControlServer,
+) -> None:
     """Run *scenario(server, ask)* against a started server; everything is closed after."""
 
     async def main() -> None:
         context = zmq.asyncio.Context()
-        server = ControlServer(context, RuntimeLayout(tmp_path))
+        server = server_class(context, RuntimeLayout(tmp_path))
         server.start(handler)
         client = context.socket(zmq.DEALER)
         client.setsockopt(zmq.LINGER, 0)
@@ -52,9 +59,11 @@ def serve(tmp_path: Path, handler: Handler, scenario: Callable[..., Awaitable[No
 
 def test_a_request_gets_the_handlers_result_and_the_socket_is_group_only(tmp_path: Path) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
+    senders: list[Principal] = []
 
-    async def handler(name: str, args: dict[str, Any]) -> Any:
+    async def handler(name: str, args: dict[str, Any], principal: Principal) -> Any:
         calls.append((name, args))
+        senders.append(principal)
         return {"transactions": []}
 
     async def scenario(server: ControlServer, ask: Any) -> None:
@@ -64,13 +73,53 @@ def test_a_request_gets_the_handlers_result_and_the_socket_is_group_only(tmp_pat
 
     serve(tmp_path, handler, scenario)
     assert calls == [("status", {"transaction": "T1"})]
+    # Who asked comes from the kernel (SO_PEERCRED through libzmq), not from the message.
+    assert [(p.uid, p.gid, p.key) for p in senders] == [(os.getuid(), os.getgid(), None)]
     assert not (tmp_path / "control").exists()  # closing removes the socket file
+
+
+def test_a_request_whose_sender_is_unknown_is_refused_before_the_handler(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No credentials, no command: the server answers not-yours and logs it."""
+
+    async def handler(name: str, args: dict[str, Any], principal: Principal) -> Any:
+        raise AssertionError("called")
+
+    def anonymous(context: zmq.asyncio.Context, runtime: RuntimeLayout) -> ControlServer:
+        return ControlServer(context, runtime, identify=lambda frame: None)
+
+    async def scenario(server: ControlServer, ask: Any) -> None:
+        reply = await ask("r1", "stop", transaction="T1", services=[], timeout=None)
+        assert reply["error"] == {"code": ErrorCode.NOT_YOURS, "message": UNKNOWN_SENDER}
+
+    serve(tmp_path, handler, scenario, anonymous)
+    assert "refused a control request (stop) from an unknown sender" in caplog.text
+
+
+def test_peer_credentials_are_none_without_an_ipc_peer() -> None:
+    """A frame made here, and one received over TCP, carry no uid: no principal."""
+    assert peer_credentials(zmq.Frame(b"{}")) is None
+    context = zmq.Context()
+    server, client = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    try:
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"{}")
+        assert server.poll(WAIT * 1000)
+        _, payload = server.recv_multipart(copy=False)
+        assert payload.get("Peer-Address") == "127.0.0.1"
+        assert peer_credentials(payload) is None
+    finally:
+        server.close(0)
+        client.close(0)
+        context.term()
 
 
 def test_a_refusal_and_a_bug_are_both_answered(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def handler(name: str, args: dict[str, Any]) -> Any:
+    async def handler(name: str, args: dict[str, Any], principal: Principal) -> Any:
         if name == "stop":
             raise UnknownTransaction("unknown transaction 'T9'")
         raise KeyError("a bug")
@@ -87,7 +136,7 @@ def test_a_refusal_and_a_bug_are_both_answered(
 
 
 def test_a_bad_request_never_reaches_the_handler(tmp_path: Path) -> None:
-    async def handler(name: str, args: dict[str, Any]) -> Any:
+    async def handler(name: str, args: dict[str, Any], principal: Principal) -> Any:
         raise AssertionError("called")
 
     async def scenario(server: ControlServer, ask: Any) -> None:
@@ -101,7 +150,7 @@ def test_a_slow_command_does_not_hold_up_the_next(tmp_path: Path) -> None:
     """Each request runs in a job of its own: a blocking start leaves status answering."""
     release = asyncio.Event()
 
-    async def handler(name: str, args: dict[str, Any]) -> Any:
+    async def handler(name: str, args: dict[str, Any], principal: Principal) -> Any:
         if name == "start":
             await release.wait()
         return name
@@ -120,7 +169,7 @@ def test_closing_answers_the_requests_in_flight(tmp_path: Path) -> None:
     """A client waiting on a start hears that the daemon stopped, rather than nothing."""
     started = asyncio.Event()
 
-    async def handler(name: str, args: dict[str, Any]) -> Any:
+    async def handler(name: str, args: dict[str, Any], principal: Principal) -> Any:
         started.set()
         await asyncio.sleep(3600)
 

@@ -9,7 +9,11 @@ mode 0660 in a directory of mode 0750, both of group ``zsvc`` when the
 daemon runs as root (:func:`share_with_group`).
 
 The daemon's commands are not here: each decoded request goes to a
-*handler* (``Daemon.call``), which the bus's context commands use too.
+*handler* (``Daemon.call``), which the bus's context commands use too, with
+the :class:`~zsvc.daemon.access.Principal` who sent it: taken from the
+kernel (the connection's ``SO_PEERCRED``, which libzmq gives each message as
+its ``Peer-Address``), never from the message. A request whose sender cannot
+be established is refused before any handler sees it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import zmq.asyncio
 
 from zsvc import commands
 from zsvc.daemon import fs
+from zsvc.daemon.access import PEER_ADDRESS, Principal, from_peer_address
 from zsvc.daemon.fs import CONTROL_GROUP
-from zsvc.errors import ErrorCode, OperationFailed, ZsvcError
+from zsvc.errors import ErrorCode, NotYours, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.paths import RuntimeLayout
 from zsvc.protocol import MAX_REQUEST_WIRE_BYTES
@@ -37,8 +42,26 @@ from zsvc.protocol import MAX_REQUEST_WIRE_BYTES
 log = logging.getLogger("zsvc.daemon")
 
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
-"""Runs one command: its name and its checked arguments; returns the result."""
+Handler = Callable[[str, dict[str, Any], Principal], Awaitable[Any]]
+"""Runs one command: its name, its checked arguments and who asks; returns the result.
+Any principal: a local user's (ipc://) or an admitted CURVE key's (``key`` set)."""
+
+Identify = Callable[[zmq.Frame], Principal | None]
+"""Who sent a received payload frame; None when it cannot be established (refused)."""
+
+UNKNOWN_SENDER = (
+    "refused: the daemon could not establish who sent this request (the connection carries"
+    " no peer credentials)"
+)
+
+
+def peer_credentials(frame: zmq.Frame) -> Principal | None:
+    """The sender of an ``ipc://`` message: the kernel's uid and gid of its connection."""
+    try:
+        value = frame.get(PEER_ADDRESS)
+    except zmq.ZMQError:  # no such property on this frame (not received from a socket)
+        return None
+    return from_peer_address(value if isinstance(value, str) else None)
 
 
 def share_with_group(path: Path) -> None:
@@ -64,8 +87,15 @@ class ControlServer:
     reaches the socket always meets a daemon that has re-adopted its tasks.
     """
 
-    def __init__(self, context: zmq.asyncio.Context, runtime: RuntimeLayout):
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        runtime: RuntimeLayout,
+        identify: Identify = peer_credentials,
+    ):
         self.runtime = runtime
+        self.identify = identify
+        """Who sent a request: the ipc:// peer's credentials unless told otherwise."""
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         # Bounds what one message costs before it is read; anything up to it is answered (a
@@ -105,24 +135,32 @@ class ControlServer:
 
     async def _serve(self, handler: Handler) -> None:
         while True:
-            frames = await self.socket.recv_multipart()
+            frames = await self.socket.recv_multipart(copy=False)
             if len(frames) != 2:
                 log.warning("ignored a control message of %d frames", len(frames))
                 continue
             identity, payload = frames
-            self._jobs.spawn(self._answer(handler, identity, payload), "request")
+            principal = self.identify(payload)
+            self._jobs.spawn(
+                self._answer(handler, identity.bytes, payload.bytes, principal), "request"
+            )
 
-    async def _answer(self, handler: Handler, identity: bytes, payload: bytes) -> None:
+    async def _answer(
+        self, handler: Handler, identity: bytes, payload: bytes, principal: Principal | None
+    ) -> None:
         """Reply once to one request, whatever happens to it; a bug is logged, never fatal."""
         request_id, command, args = commands.decode_request(payload)
         request_id = request_id or ""
         if isinstance(args, ZsvcError):
             log.warning("bad control request: %s", args)
             reply = commands.encode_reply(request_id, error=args.to_wire())
+        elif principal is None:
+            log.warning("refused a control request (%s) from an unknown sender", command.name)
+            reply = commands.encode_reply(request_id, error=NotYours(UNKNOWN_SENDER).to_wire())
         else:
             assert command is not None  # decode_request gives args only with their command
             try:
-                result = await handler(command.name, args)
+                result = await handler(command.name, args, principal)
                 reply = commands.encode_reply(request_id, result=result)
             except ZsvcError as exc:
                 reply = commands.encode_reply(request_id, error=exc.to_wire())

@@ -26,6 +26,7 @@ from typing import Any
 
 from zsvc import __version__, commands, protocol
 from zsvc.config.model import Context
+from zsvc.daemon.access import ROOT, Principal
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import CapSchedule, cap_logs
@@ -183,8 +184,9 @@ class Daemon:
         )
         return f"{len(transactions)} transactions, {tasks} tasks up"
 
-    async def call(self, name: str, args: dict[str, Any]) -> Any:
-        """Run the command *name* with its checked *args* (:mod:`zsvc.commands`)."""
+    async def call(self, name: str, args: dict[str, Any], principal: Principal) -> Any:
+        """Run the command *name* with its checked *args* (:mod:`zsvc.commands`) for
+        *principal*, who asked (a local user, or a remote client's key)."""
         return await getattr(self, f"cmd_{name}")(**args)
 
     # --- loops ------------------------------------------------------------------
@@ -251,7 +253,7 @@ class Daemon:
             )
             if not message.transaction:
                 raise BadRequest(f"context {message.action}: header.service_transaction is empty")
-            await self.call(command.name, args)
+            await self.call(command.name, args, ROOT)
             content = {"result": "success"}
         except ZsvcError as exc:
             log.warning("context %s from the bus failed: %s", message.action, exc.message)
