@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-import zmq.auth
 
 SERVER = "server"
 CLIENTS = "clients"
@@ -80,6 +79,8 @@ class ClientKeys:
 
 
 def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth  # here, not at the top: the daemon's settings import this module
+
     if not path.is_file():
         raise KeysError(f"{path}: no such key file (create the keys with 'zsvc keys')")
     try:
@@ -132,6 +133,8 @@ def _create(directory: Path, name: str) -> Path:
     for suffix in (PUBLIC_SUFFIX, SECRET_SUFFIX):
         with contextlib.suppress(FileNotFoundError):
             (directory / f"{name}{suffix}").unlink()
+    import zmq.auth
+
     with _private_umask():
         public, _ = zmq.auth.create_certificates(directory, name)
     os.chmod(public, 0o644)

@@ -58,7 +58,10 @@ def test_every_problem_is_reported_with_its_line() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("runner = local\n", "z.conf:1:1: expected a [daemon] or [bus] section before any setting"),
+        (
+            "runner = local\n",
+            "z.conf:1:1: expected a [daemon] or [bus] or [control] section before any setting",
+        ),
         ("[daemon]\nrunner = local\nrunner = auto\n", "z.conf:3:1: 'runner' is set twice"),
         ("[daemon]\n[daemon]\n", "z.conf:2:1: section [daemon] appears twice"),
         ("[daemon]\nrunner local\n", "z.conf:2:1: not 'key = value': 'runner local'"),

@@ -1,6 +1,6 @@
 """The daemon's settings file (``/etc/zsvc/zsvc.conf``), validated.
 
-An INI file with two sections, ``[daemon]`` and ``[bus]``, read with the
+An INI file with the sections ``[daemon]``, ``[bus]`` and ``[control]``, read with the
 standard library's :mod:`configparser`. Command-line options win over the file, the
 file over the built-in defaults, so a packaged daemon can be tuned without
 editing its unit. Every problem is reported with the file and line, all at
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zsvc.daemon import remoteauth
 from zsvc.errors import ConfigError, ConfigIssue
 
 SYSTEM_SETTINGS = Path("/etc/zsvc/zsvc.conf")
@@ -39,6 +40,10 @@ class Settings:
     """``[bus]``: the directory ``zsvc keys`` wrote; TCP endpoints then require CURVE."""
     context_commands: bool | None = None
     """``[bus]``: act on start/stop/restart published on the bus's ``context`` topic."""
+    listen: str | None = None
+    """``[control]``: a TCP control endpoint for remote CLIs (CURVE only: needs curve_keys)."""
+    act_as: tuple[tuple[str, str], ...] | None = None
+    """``[control]``: the local user each admitted key acts as (others: as nobody)."""
 
 
 def _line_of(text: str, key: str) -> int:
@@ -102,6 +107,9 @@ def parse(text: str, source: str) -> Settings:
                 except ValueError as exc:
                     why = f"{key}: {exc}"
             issues.append(ConfigIssue(source, _line_of(text, key), 1, why))
+    if "listen" in found and "curve_keys" not in found:
+        why = "listen: a TCP control endpoint is never open without CURVE; set curve_keys in [bus]"
+        issues.append(ConfigIssue(source, _line_of(text, "listen"), 1, why))
     if issues:
         raise ConfigError(issues)
     return Settings(**found)  # type: ignore[arg-type]
@@ -123,7 +131,7 @@ def _boolean(value: str) -> bool:
 
 
 def _sections() -> str:
-    """The known sections, as a message names them: ``[daemon] or [bus]``."""
+    """The known sections, as a message names them: ``[daemon] or [bus] or [control]``."""
     return " or ".join(f"[{name}]" for name in CONVERTERS)
 
 
@@ -142,6 +150,10 @@ CONVERTERS: dict[str, dict[str, Callable[[str], object]]] = {
     "bus": {
         "curve_keys": _absolute_path,
         "context_commands": _boolean,
+    },
+    "control": {  # the remote CLI's endpoint: zsvc.daemon.remoteauth
+        "listen": remoteauth.tcp_endpoint,
+        "act_as": remoteauth.act_as,
     },
 }
 """Each section's settings, in the order the docs give them, and how text becomes value.
