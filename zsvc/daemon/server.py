@@ -61,6 +61,10 @@ class DaemonOptions:
     """A keys directory (``zsvc keys``): TCP bus endpoints then require CURVE clients."""
     context_commands: bool = False
     """Act on start/stop/restart published on the bus's ``context`` topic (off: logged)."""
+    control_listen: str | None = None
+    """``[control] listen``: a TCP control endpoint (CURVE only, :mod:`zsvc.daemon.remote`)."""
+    control_act_as: tuple[tuple[str, str], ...] = ()
+    """``[control] act_as``: (key, local user) pairs; other admitted keys act as nobody."""
     task_fd_limit: int | None = None
     """The soft open-files limit the local runner's tasks get (the one the daemon was
     started with, see :func:`raise_fd_limit`); None: they inherit the daemon's."""
