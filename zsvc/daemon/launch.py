@@ -14,15 +14,20 @@ tested without a daemon.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import grp
 import os
 import pwd
+import resource
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from zsvc.config.envfile import EnvFileError, parse_environment_file
-from zsvc.config.model import Context, EnvironmentFile, TaskSpec
+from zsvc.config.model import Context, EnvironmentFile, ProcessSettings, TaskSpec
+from zsvc.daemon import identity
+from zsvc.daemon.access import ROOT, Principal
 from zsvc.errors import OperationFailed
 from zsvc.hostwire import (
     INVOCATION_ENV,
@@ -46,6 +51,14 @@ SUPERVISOR_ENV = frozenset(
 )
 """What systemd gave the daemon about itself; a task must not inherit it."""
 
+MayRunAs = Callable[[Principal, str], bool]
+"""Whether the daemon's settings grant an owner an identity (a user or group name)."""
+
+
+def grants_nothing(owner: Principal, identity: str) -> bool:
+    """The rule of a daemon whose settings grant no identity to anyone."""
+    return False
+
 
 @dataclass(frozen=True)
 class Launcher:
@@ -60,6 +73,12 @@ class Launcher:
     """Binds (once) and returns the bus pair of the Python tasks run as a uid
     (:meth:`~zsvc.daemon.bus.BusDevice.bind_for_user`); raises :class:`LaunchError`.
     None: the pair's names only (:meth:`RuntimeLayout.user_bus`), bound by nobody."""
+    may_run_as: MayRunAs = grants_nothing
+    """The ``[access]`` grants of identities: whom a non-root owner's tasks may run as
+    besides the owner (:mod:`zsvc.daemon.identity`)."""
+    hard_nofile: int | None = None
+    """The daemon's hard open-files limit: the most ``limit_nofile`` a non-root owner may
+    set (None: no ceiling)."""
 
     @classmethod
     def for_daemon(
@@ -67,9 +86,45 @@ class Launcher:
         runtime: RuntimeLayout,
         state: StateLayout,
         user_bus: Callable[[int], tuple[str, str]] | None = None,
+        may_run_as: MayRunAs = grants_nothing,
     ) -> Launcher:
         env = {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ENV}
-        return cls(runtime, state, env, user_bus=user_bus)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard_nofile = None if hard == resource.RLIM_INFINITY else hard
+        return cls(runtime, state, env, user_bus=user_bus, may_run_as=may_run_as,
+                   hard_nofile=hard_nofile)  # fmt: skip
+
+    def owned(self, transaction: str, spec: TaskSpec, owner: Principal) -> TaskSpec:
+        """*spec* as *owner*'s transaction runs it: its process settings rewritten so
+        that it has no more privilege than *owner* (:func:`identity.effective_process`);
+        :class:`~zsvc.daemon.identity.IdentityRefused` when they ask for more."""
+        if owner.is_root:
+            return spec
+        process = self._owned_process(transaction, spec.id, spec.exec.process, owner)
+        return dataclasses.replace(spec, exec=dataclasses.replace(spec.exec, process=process))
+
+    def _owned_process(
+        self, transaction: str, task: str, process: ProcessSettings, owner: Principal
+    ) -> ProcessSettings:
+        return identity.effective_process(
+            owner,
+            process,
+            functools.partial(self.may_run_as, owner),
+            task=task,
+            transaction=transaction,
+            hard_nofile=self.hard_nofile,
+        )
+
+    def _owned_at_launch(self, transaction: str, spec: TaskSpec, owner: Principal) -> TaskSpec:
+        """:meth:`owned`, its refusal a failed run (result ``resources``) as at a start."""
+        try:
+            return self.owned(transaction, spec, owner)
+        except identity.IdentityRefused as exc:
+            raise LaunchError(exc.message, ExitInfo(Result.RESOURCES, detail=exc.message)) from exc
+
+    def preflight(self, transaction: str, spec: TaskSpec, owner: Principal = ROOT) -> None:
+        """:func:`preflight` of *spec* as *owner*'s transaction would run it."""
+        preflight(self.owned(transaction, spec, owner))
 
     def task(
         self,
@@ -80,16 +135,16 @@ class Launcher:
         crashing: bool,
         *,
         read_files: bool = True,
+        owner: Principal = ROOT,
     ) -> LaunchSpec:
-        """The launch of one run of *spec*; *crashing*: its last run failed early.
-
-        Its environment files are read now, as systemd reads them at each start; one that
-        went wrong since :func:`preflight` raises :class:`LaunchError` (result
-        ``resources``). A run being re-adopted has its environment already: *read_files*
-        False leaves them unread.
-        """
+        """The launch of one run of *spec* in *owner*'s transaction; *crashing*: its last
+        run failed early. Environment files are read now (as systemd does at each start):
+        one gone wrong since :func:`preflight`, or settings beyond *owner*'s (grants change),
+        raise :class:`LaunchError` (``resources``). A re-adopted run has its environment
+        already: *read_files* False leaves them unread."""
+        spec = self._owned_at_launch(transaction, spec, owner)
         if spec.service_type is ServiceType.THREAD:
-            return self._thread(transaction, context, spec, invocation)
+            return self._thread(transaction, context, spec, invocation, owner)
         if read_files:
             own = _launch_environment(spec)
         else:
@@ -153,18 +208,25 @@ class Launcher:
 
     def _bus_pair(self, spec: TaskSpec) -> tuple[str, str]:
         """Where a Python task joins the bus: the shared pair (group ``zsvc``'s), or, for a
-        task run as another user, that user's own pair."""
-        user = spec.exec.process.user
+        task run as another user (a non-root owner's included), that user's own pair."""
+        return self._user_pair(spec.id, spec.exec.process.user)
+
+    def _user_pair(self, task: str, user: str | None) -> tuple[str, str]:
         if user is None:
             return self.runtime.bus_pub_endpoint, self.runtime.bus_sub_endpoint
-        uid = _uid(spec.id, user)
+        uid = _uid(task, user)
         return self.user_bus(uid) if self.user_bus is not None else self.runtime.user_bus(uid)
 
     def _thread(
-        self, transaction: str, context: Context, spec: TaskSpec, invocation: str
+        self,
+        transaction: str,
+        context: Context,
+        spec: TaskSpec,
+        invocation: str,
+        owner: Principal = ROOT,
     ) -> LaunchSpec:
         """A Thread task: a thread in its transaction's host, whose launch it carries."""
-        host = self.thread_host(transaction, context, invocation)
+        host = self.thread_host(transaction, context, invocation, owner)
         return LaunchSpec(
             transaction=transaction,
             task_id=spec.id,
@@ -182,16 +244,26 @@ class Launcher:
             thread_host=host,
         )
 
-    def thread_host(self, transaction: str, context: Context, invocation: str) -> LaunchSpec:
-        """The process that runs every Thread task of a transaction, one thread each."""
-        specs = [spec for spec in context.tasks if spec.service_type is ServiceType.THREAD]
-        env = self._environment(transaction, THREAD_HOST_ID, THREAD_HOST_ID, invocation)
+    def thread_host(
+        self, transaction: str, context: Context, invocation: str, owner: Principal = ROOT
+    ) -> LaunchSpec:
+        """The process that runs every Thread task of a transaction, one thread each: as
+        the owner, like the transaction's other tasks (Thread tasks have no ``<exec>``)."""
+        specs = [
+            self.owned(transaction, spec, owner)
+            for spec in context.tasks
+            if spec.service_type is ServiceType.THREAD
+        ]
+        process = self._owned_process(transaction, THREAD_HOST_ID, ProcessSettings(), owner)
+        own = user_environment(process.user)
+        env = self._environment(transaction, THREAD_HOST_ID, THREAD_HOST_ID, invocation, own)
         start_timeout = max(spec.start_timeout for spec in specs)
         stop_timeout = max(spec.stop_timeout for spec in specs)
+        bus_pub, bus_sub = self._user_pair(THREAD_HOST_ID, process.user)
         group = ThreadGroupSpec(
             transaction=transaction,
-            bus_pub=self.runtime.bus_pub_endpoint,
-            bus_sub=self.runtime.bus_sub_endpoint,
+            bus_pub=bus_pub,
+            bus_sub=bus_sub,
             tasks=tuple(self.host_spec(transaction, context, spec) for spec in specs),
             handshake_timeout=start_timeout,
             stop_timeout=stop_timeout,
@@ -211,6 +283,7 @@ class Launcher:
             description=f"zsvc thread host of transaction {transaction}",
             host_entry=True,
             service_name=THREAD_HOST_ID,
+            process=process,
         )
 
     def _environment(

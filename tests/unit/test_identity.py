@@ -1,0 +1,248 @@
+"""Tasks never run with more privilege than their transaction's owner (zsvc/daemon/identity.py).
+
+The policy is a function of the owner, the settings, the grants and a user/group table:
+the table here is a small fixed one (root, two members, a service user), so that the
+property tests can name every identity there is.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zsvc.config import load_context_text
+from zsvc.config.model import Context, ProcessSettings
+from zsvc.daemon.access import ROOT, Principal
+from zsvc.daemon.identity import IdentityRefused, effective_process
+from zsvc.daemon.launch import Launcher, MayRunAs
+from zsvc.daemon.launch import grants_nothing as launch_grants_nothing
+from zsvc.hostwire import SPEC_ENV
+from zsvc.paths import RuntimeLayout, StateLayout
+from zsvc.runners.base import LaunchError
+from zsvc.states import Result
+
+USERS = {"root": (0, 0), "alice": (1001, 1001), "bob": (1002, 1002), "www-data": (33, 33)}
+GROUPS = {"root": 0, "alice": 1001, "bob": 1002, "www-data": 33, "zsvc": 990, "ops": 991}
+MEMBERS = {"alice": {"zsvc", "ops"}, "bob": {"zsvc"}, "www-data": set(), "root": set()}
+
+
+class Table:
+    """The user and group databases of a small imaginary host."""
+
+    def uid_of(self, user: str) -> int | None:
+        return int(user) if user.isdigit() else USERS.get(user, (None,))[0]
+
+    def gid_of(self, group: str) -> int | None:
+        return int(group) if group.isdigit() else GROUPS.get(group)
+
+    def user_name(self, uid: int) -> str:
+        return next((name for name, (u, _) in USERS.items() if u == uid), str(uid))
+
+    def group_name(self, gid: int) -> str:
+        return next((name for name, g in GROUPS.items() if g == gid), str(gid))
+
+    def groups_of(self, uid: int, gid: int | None) -> frozenset[int]:
+        name = self.user_name(uid)
+        own = {gid} if gid is not None else set()
+        if name not in USERS:
+            return frozenset(own)
+        return frozenset({*own, USERS[name][1], *(GROUPS[g] for g in MEMBERS[name])})
+
+
+ALICE = Principal(1001, 1001, "alice")
+
+
+def grants_nothing(identity: str) -> bool:
+    return False
+
+
+TABLE = Table()
+
+
+def effective(
+    process: ProcessSettings,
+    owner: Principal = ALICE,
+    may_run_as: Callable[[str], bool] = grants_nothing,
+    hard_nofile: int | None = 4096,
+) -> ProcessSettings:
+    return effective_process(
+        owner, process, may_run_as, task="web", transaction="TX", hard_nofile=hard_nofile,
+        directory=TABLE,
+    )  # fmt: skip
+
+
+def test_root_runs_as_written() -> None:
+    written = ProcessSettings(user="www-data", nice=-5, limit_nofile=1 << 20)
+    assert effective(written, owner=ROOT) is written
+    assert effective(ProcessSettings(), owner=ROOT) == ProcessSettings()
+
+
+def test_a_member_runs_as_themselves() -> None:
+    assert effective(ProcessSettings()) == ProcessSettings(user="1001", group="1001")
+    umask = effective(ProcessSettings(umask=0o077, private_tmp=True, memory_max=1 << 20))
+    assert (umask.user, umask.umask, umask.private_tmp) == ("1001", 0o077, True)
+    assert effective(ProcessSettings(user="alice")).user == "alice"
+    assert effective(ProcessSettings(group="ops", supplementary_groups=("zsvc",))).group == "ops"
+
+
+def test_anyone_else_is_refused_with_the_way_to_grant_it() -> None:
+    with pytest.raises(IdentityRefused) as refused:
+        effective(ProcessSettings(user="root"))
+    assert refused.value.message == (
+        "task web: user 'root' is not yours to run as: transaction TX belongs to alice;"
+        " a grant run_as.alice = root in /etc/zsvc/zsvc.conf [access] allows it (<exec user>)"
+    )
+    for process in (
+        ProcessSettings(user="0"),
+        ProcessSettings(user="bob"),
+        ProcessSettings(group="root"),
+        ProcessSettings(group="0"),
+        ProcessSettings(supplementary_groups=("zsvc", "www-data")),
+        ProcessSettings(user="alice", group="bob"),
+    ):
+        with pytest.raises(IdentityRefused, match="is not yours to run as"):
+            effective(process)
+
+
+def test_a_grant_allows_that_identity_with_its_groups() -> None:
+    granted = effective(ProcessSettings(user="www-data"), may_run_as={"www-data"}.__contains__)
+    assert (granted.user, granted.group) == ("www-data", None)
+    both = ProcessSettings(user="www-data", group="www-data")
+    assert effective(both, may_run_as={"www-data"}.__contains__).group == "www-data"
+    assert effective(ProcessSettings(user="0"), may_run_as={"root"}.__contains__).user == "0"
+    with pytest.raises(IdentityRefused, match="group 'root' is not yours"):
+        effective(ProcessSettings(user="www-data", group="root"), ALICE, {"www-data"}.__contains__)
+
+
+def test_privileges_no_grant_gives() -> None:
+    with pytest.raises(IdentityRefused, match="nice -1 needs root"):
+        effective(ProcessSettings(nice=-1))
+    assert effective(ProcessSettings(nice=5)).nice == 5
+    with pytest.raises(IdentityRefused, match="limit_nofile 4097 is above the daemon's hard"):
+        effective(ProcessSettings(limit_nofile=4097))
+    assert effective(ProcessSettings(limit_nofile=4096)).limit_nofile == 4096
+
+
+def test_unknown_names_and_ownerless_keys_are_refused() -> None:
+    with pytest.raises(IdentityRefused, match="user 'nosuch' does not exist"):
+        effective(ProcessSettings(user="nosuch"))
+    with pytest.raises(IdentityRefused, match="group 'nosuch' does not exist"):
+        effective(ProcessSettings(group="nosuch"))
+    with pytest.raises(IdentityRefused, match="acts as no user of this host"):
+        effective(ProcessSettings(), owner=Principal(None, None, "key:laptop", key="laptop"))
+
+
+NAMES = st.sampled_from([*USERS, *GROUPS, "0", "33", "1001", "1002", "990", "4242"])
+PROCESSES = st.builds(
+    ProcessSettings,
+    user=st.none() | NAMES,
+    group=st.none() | NAMES,
+    supplementary_groups=st.lists(NAMES, max_size=3).map(tuple),
+    nice=st.none() | st.integers(-20, 19),
+    limit_nofile=st.none() | st.integers(1, 1 << 21),
+)
+OWNERS = st.builds(
+    Principal,
+    uid=st.sampled_from([1001, 1002, 33, 4242]),
+    gid=st.sampled_from([1001, 1002, 33, 990, 4242]),
+    name=st.sampled_from(["alice", "bob", "www-data", "4242"]),
+)
+
+
+@settings(max_examples=400)
+@given(owner=OWNERS, process=PROCESSES, grants=st.frozensets(NAMES, max_size=3))
+def test_never_more_than_the_owner_or_a_grant(
+    owner: Principal, process: ProcessSettings, grants: frozenset[str]
+) -> None:
+    asked: list[str] = []
+
+    def may_run_as(identity: str) -> bool:
+        asked.append(identity)
+        return identity in grants
+
+    try:
+        result = effective(process, owner=owner, may_run_as=may_run_as)
+    except IdentityRefused:
+        return
+    assert owner.uid is not None
+    assert result.user is not None, "a non-root owner's task always names its user"
+    uid = TABLE.uid_of(result.user)
+    assert uid == owner.uid or TABLE.user_name(uid) in grants
+    if uid != owner.uid:
+        assert TABLE.user_name(uid) in asked
+    assert uid != 0 or "root" in grants or "0" in grants
+    allowed = TABLE.groups_of(owner.uid, owner.gid) | TABLE.groups_of(uid, None)
+    for group in filter(None, (result.group, *result.supplementary_groups)):
+        gid = TABLE.gid_of(group)
+        assert gid in allowed or TABLE.group_name(gid) in grants
+    assert result.nice is None or result.nice >= 0
+    assert result.limit_nofile is None or result.limit_nofile <= 4096
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def _context(tmp_path: Path, tasks: str) -> Context:
+    text = f"<Context><ContextID>c</ContextID>{tasks}</Context>"
+    return load_context_text(text, tmp_path / "Context-c.xml")
+
+
+def _task(task_id: str, body: str, attributes: str = "") -> str:
+    return (
+        f'<TaskService id="{task_id}"{attributes}><Task>{body}'
+        f"<message><header><service_name>{task_id}</service_name></header></message>"
+        "</Task></TaskService>"
+    )
+
+
+def _launcher(tmp_path: Path, may_run_as: MayRunAs = launch_grants_nothing) -> Launcher:
+    runtime, state = RuntimeLayout(tmp_path / "run"), StateLayout(tmp_path / "state")
+    return Launcher(runtime, state, {"PATH": "/bin"}, may_run_as=may_run_as)
+
+
+NOBODY = pwd.getpwnam("nobody")
+OWNER = Principal.local(NOBODY.pw_uid, NOBODY.pw_gid)
+
+
+def test_a_non_root_owners_launches_run_as_the_owner(tmp_path: Path) -> None:
+    """Command, Python and Thread tasks alike: the owner's uid and gid, the owner's
+    USER/HOME, and for the Python ones the owner's own bus pair."""
+    context = _context(
+        tmp_path,
+        _task("cmd", "<command>/bin/true</command>")
+        + _task("py", "", ' instance="Echo"')
+        + _task("th", "", ' instance="Echo" serviceType="Thread"'),
+    )
+    launcher, uid = _launcher(tmp_path), str(NOBODY.pw_uid)
+    own_pair = launcher.runtime.user_bus(NOBODY.pw_uid)
+    for spec in context.tasks:
+        launch = launcher.task("TX", context, spec, "i", crashing=False, owner=OWNER)
+        run = launch.thread_host or launch
+        assert (run.process.user, run.process.group) == (uid, str(NOBODY.pw_gid)), spec.id
+        assert (run.env["USER"], run.env["HOME"]) == ("nobody", NOBODY.pw_dir), spec.id
+        if spec.id != "cmd":
+            host = json.loads(run.env[SPEC_ENV])
+            assert (host["bus_pub"], host["bus_sub"]) == own_pair, spec.id
+    for spec in context.tasks:  # root's: as written
+        launch = launcher.task("TX", context, spec, "i", crashing=False)
+        assert (launch.thread_host or launch).process == ProcessSettings(), spec.id
+
+
+def test_a_refusal_at_start_and_at_launch(tmp_path: Path) -> None:
+    context = _context(tmp_path, _task("web", '<command>/bin/true</command><exec user="root"/>'))
+    launcher = _launcher(tmp_path)
+    with pytest.raises(IdentityRefused, match="task web: user 'root' is not yours to run as"):
+        launcher.preflight("TX", context.tasks[0], OWNER)
+    with pytest.raises(LaunchError, match="is not yours") as refused:
+        launcher.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
+    assert refused.value.info.result is Result.RESOURCES
+    launcher.preflight("TX", context.tasks[0])  # root's own
+    granted = _launcher(tmp_path, lambda owner, name: (owner, name) == (OWNER, "root"))
+    launch = granted.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
+    assert launch.process.user == "root"
