@@ -8,7 +8,9 @@ property tests can name every identity there is.
 from __future__ import annotations
 
 import json
+import os
 import pwd
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from hypothesis import strategies as st
 from zsvc.config import load_context_text
 from zsvc.config.model import Context, ProcessSettings
 from zsvc.daemon.access import ROOT, Principal
+from zsvc.daemon.asowner import reader_for
 from zsvc.daemon.identity import IdentityRefused, effective_process
 from zsvc.daemon.launch import Launcher, MayRunAs
 from zsvc.daemon.launch import grants_nothing as launch_grants_nothing
+from zsvc.errors import OperationFailed
 from zsvc.hostwire import SPEC_ENV
 from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.base import LaunchError
@@ -246,3 +250,38 @@ def test_a_refusal_at_start_and_at_launch(tmp_path: Path) -> None:
     granted = _launcher(tmp_path, lambda owner, name: (owner, name) == (OWNER, "root"))
     launch = granted.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
     assert launch.process.user == "root"
+
+
+# --------------------------------------------------------------------------- files as the owner
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads as another user: needs root")
+def test_a_non_root_owners_environment_file_is_read_with_their_rights() -> None:
+    """Not the root daemon's: a file only root may read is refused, as it would be to them."""
+    with tempfile.TemporaryDirectory(prefix="zt-identity-") as where:  # pytest's is 0700
+        _environment_files_as_the_owner(Path(where))
+
+
+def _environment_files_as_the_owner(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    secret, public = tmp_path / "secret.env", tmp_path / "public.env"
+    secret.write_text("TOKEN=root-only\n")
+    secret.chmod(0o600)
+    public.write_text("GREETING=hello\n")
+    public.chmod(0o644)
+    read = reader_for(OWNER)
+    assert read(public) == b"GREETING=hello\n"
+    with pytest.raises(PermissionError):
+        read(secret)
+    with pytest.raises(FileNotFoundError):
+        read(tmp_path / "missing.env")
+    assert reader_for(ROOT)(secret) == b"TOKEN=root-only\n"
+
+    xml = f"<command>/bin/true</command><exec><environment_file>{secret}</environment_file></exec>"
+    context = _context(tmp_path, _task("web", xml))
+    launcher = _launcher(tmp_path)
+    with pytest.raises(OperationFailed, match=r"secret\.env: cannot read it: Permission denied"):
+        launcher.preflight("TX", context.tasks[0], OWNER)
+    with pytest.raises(LaunchError, match="Permission denied"):
+        launcher.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
+    launcher.preflight("TX", context.tasks[0])  # root's own transaction reads it

@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 
+from zsvc.config.model import TaskSpec
 from zsvc.daemon import engine, launch, lifecycle
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.errors import OperationFailed
@@ -40,6 +41,7 @@ class AutomaticStarts:
         ended: Callable[[TaskRecord, ExitInfo], None],
         save: Callable[[TaskRecord], None],
         report: Callable[[TaskRecord, LastAction, ExitInfo], None],
+        preflight: Callable[[TransactionRecord, TaskSpec], None] | None = None,
     ):
         self.transactions = transactions
         self.jobs = jobs
@@ -49,6 +51,8 @@ class AutomaticStarts:
         self._ended = ended
         self._save = save
         self._report = report
+        # As the transaction's owner would run it (Launcher.preflight): the manager's.
+        self._preflight = preflight or (lambda record, spec: launch.preflight(spec))
 
     def fire(self, task: TaskRecord, action: LastAction) -> None:
         """Run the triggers an event fires: once per event, never while the transaction stops."""
@@ -104,7 +108,7 @@ class AutomaticStarts:
                 self._start_limit_hit(task, cause, limit)
                 return
             try:
-                launch.preflight(task.spec)
+                self._preflight(record, task.spec)
             except OperationFailed as exc:
                 self._ended(task, ExitInfo(Result.RESOURCES, detail=exc.message))
                 return

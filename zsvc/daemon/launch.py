@@ -23,11 +23,13 @@ import resource
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from zsvc.config.envfile import EnvFileError, parse_environment_file
 from zsvc.config.model import Context, EnvironmentFile, ProcessSettings, TaskSpec
 from zsvc.daemon import identity
 from zsvc.daemon.access import ROOT, Principal
+from zsvc.daemon.asowner import Reader, reader_for
 from zsvc.errors import OperationFailed
 from zsvc.hostwire import (
     INVOCATION_ENV,
@@ -124,7 +126,7 @@ class Launcher:
 
     def preflight(self, transaction: str, spec: TaskSpec, owner: Principal = ROOT) -> None:
         """:func:`preflight` of *spec* as *owner*'s transaction would run it."""
-        preflight(self.owned(transaction, spec, owner))
+        preflight(self.owned(transaction, spec, owner), reader_for(owner))
 
     def task(
         self,
@@ -146,7 +148,7 @@ class Launcher:
         if spec.service_type is ServiceType.THREAD:
             return self._thread(transaction, context, spec, invocation, owner)
         if read_files:
-            own = _launch_environment(spec)
+            own = _launch_environment(spec, reader_for(owner))
         else:
             own = {**user_environment(spec.exec.process.user), **dict(spec.exec.environment)}
         env = self._environment(transaction, spec.id, spec.service_name, invocation, own)
@@ -324,12 +326,13 @@ def chosen_specs(context: Context, services: list[str]) -> list[TaskSpec]:
     return [spec for spec in context.tasks if spec.starts_with_transaction]
 
 
-def preflight(spec: TaskSpec) -> None:
-    """Refuse to start what cannot possibly run, before anything is started.
+def preflight(spec: TaskSpec, read: Reader = Path.read_bytes) -> None:
+    """Refuse to start what cannot possibly run, before anything is started; *read*
+    reads its environment files (as the owner: :meth:`Launcher.preflight`).
 
     Each message names the task; ``zsvc start`` prints it (OperationFailed, exit 1).
     """
-    _check_exec(spec)
+    _check_exec(spec, read)
     if spec.is_command:
         return
     location = spec.location
@@ -342,7 +345,7 @@ def preflight(spec: TaskSpec) -> None:
         )
 
 
-def _check_exec(spec: TaskSpec) -> None:
+def _check_exec(spec: TaskSpec, read: Reader) -> None:
     """The user and groups exist here, the working directory too, the environment files read."""
     process = spec.exec.process
     if process.user is not None and not _known(process.user, pwd.getpwnam):
@@ -360,7 +363,7 @@ def _check_exec(spec: TaskSpec) -> None:
         raise OperationFailed(
             f"task {spec.id}: working directory {directory} {why} (<exec working_directory>)"
         )
-    task_environment(spec)
+    task_environment(spec, read)
 
 
 def _groups(group: str | None, supplementary: Iterable[str]) -> Iterable[tuple[str, str]]:
@@ -394,7 +397,7 @@ def _known(name: str, lookup: Callable[[str], object]) -> bool:
     return True
 
 
-def task_environment(spec: TaskSpec) -> dict[str, str]:
+def task_environment(spec: TaskSpec, read: Reader = Path.read_bytes) -> dict[str, str]:
     """The variables of a task's own settings: its user's (:func:`user_environment`), its
     ``<environment>`` over them, then its environment files in order, which override it
     (systemd's ``EnvironmentFile=`` over ``Environment=``).
@@ -404,7 +407,7 @@ def task_environment(spec: TaskSpec) -> dict[str, str]:
     env = user_environment(spec.exec.process.user)
     env.update(spec.exec.environment)
     for file in spec.exec.environment_files:
-        env.update(_read_environment_file(spec.id, file))
+        env.update(_read_environment_file(spec.id, file, read))
     return env
 
 
@@ -427,19 +430,21 @@ def user_environment(user: str | None) -> dict[str, str]:
     }
 
 
-def _launch_environment(spec: TaskSpec) -> dict[str, str]:
+def _launch_environment(spec: TaskSpec, read: Reader) -> dict[str, str]:
     """:func:`task_environment` at launch: a file gone wrong since :func:`preflight` ends the
     run (result ``resources``), as a program that cannot be executed does."""
     try:
-        return task_environment(spec)
+        return task_environment(spec, read)
     except OperationFailed as exc:
         raise LaunchError(exc.message, ExitInfo(Result.RESOURCES, detail=exc.message)) from exc
 
 
-def _read_environment_file(task_id: str, file: EnvironmentFile) -> list[tuple[str, str]]:
+def _read_environment_file(
+    task_id: str, file: EnvironmentFile, read: Reader
+) -> list[tuple[str, str]]:
     where = f"task {task_id}: environment file {file.path}"
     try:
-        data = file.path.read_bytes()
+        data = read(file.path)
     except FileNotFoundError:
         if file.optional:
             return []

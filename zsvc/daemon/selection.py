@@ -8,10 +8,10 @@ from the manager's I/O, so that each is tested on records alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from zsvc.config.model import Context
+from zsvc.config.model import Context, TaskSpec
 from zsvc.daemon.launch import chosen_specs, log_name, preflight
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.errors import BadRequest, ErrorCode, UnknownTask, ZsvcError
@@ -53,8 +53,11 @@ def to_restart(record: TransactionRecord, services: list[str]) -> list[str]:
     return [task.id for task in record.tasks.values() if task.is_up or task.id in entry]
 
 
-def check_new(context: Context, services: list[str]) -> None:
-    """A new transaction is only created when what it starts can run."""
+def check_new(
+    context: Context, services: list[str], check: Callable[[TaskSpec], None] = preflight
+) -> None:
+    """A new transaction is only created when what it starts can run (*check*: as its
+    owner would run it, :meth:`~zsvc.daemon.launch.Launcher.preflight`)."""
     unknown = sorted(set(services) - set(context.task_ids))
     if unknown:
         raise UnknownTask(
@@ -62,7 +65,7 @@ def check_new(context: Context, services: list[str]) -> None:
             f" its tasks: {', '.join(context.task_ids)}"
         )
     for spec in chosen_specs(context, services):
-        preflight(spec)
+        check(spec)
 
 
 def check_id(transaction: str) -> None:
