@@ -100,7 +100,7 @@ def test_anyone_else_is_refused_with_the_way_to_grant_it() -> None:
         effective(ProcessSettings(user="root"))
     assert refused.value.message == (
         "task web: user 'root' is not yours to run as: transaction TX belongs to alice;"
-        " a grant run_as.alice = root in /etc/zsvc/zsvc.conf [access] allows it (<exec user>)"
+        " a grant run_as.root = user:alice in /etc/zsvc/zsvc.conf [access] allows it (<exec user>)"
     )
     for process in (
         ProcessSettings(user="0"),

@@ -127,7 +127,7 @@ class _Ask:
     def not_yours(self, setting: str, value: str) -> IdentityRefused:
         error = self.refuse(setting, value, "is not yours to run as")
         return IdentityRefused(
-            f"{error.message}; a grant run_as.{self.owner.name} = {value} in"
+            f"{error.message}; a grant run_as.{value} = user:{self.owner.name} in"
             f" {SETTINGS_FILE} [access] allows it (<exec {setting}>)"
         )
 
