@@ -38,6 +38,7 @@ TRANSACTION_VIEW_KEYS = {
     "context",
     "log_name",
     "created",
+    "owner",
 }
 
 
@@ -266,6 +267,7 @@ def test_transaction_view_has_exactly_the_documented_keys() -> None:
     assert view["context"] == "/etc/zsvc/Context-Test.xml"
     assert view["log_name"] == "TestLog"
     assert view["created"] == 42.0
+    assert view["owner"] == "root"  # a record made without an owner: root's, as before owners
     assert [task["id"] for task in view["tasks"]] == ["ts_0", "ts_1"]
     assert all(set(task) == TASK_VIEW_KEYS for task in view["tasks"])
 

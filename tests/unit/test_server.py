@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from zsvc import protocol
+from zsvc.daemon.access import ROOT, AccessRules, Principal
 from zsvc.daemon.server import Daemon, DaemonOptions
-from zsvc.errors import BadRequest, UnknownTransaction
+from zsvc.daemon.settings import parse
+from zsvc.errors import BadRequest, NotYours, UnknownTransaction
 
 
 class FakeManager:
@@ -28,6 +30,7 @@ class FakeManager:
         self.transactions: dict[str, Any] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.observed: list[protocol.Message] = []
+        self.owners: list[Principal] = []
 
     async def _record(self, name: str, *args: Any) -> dict[str, Any]:
         self.calls.append((name, args))
@@ -35,7 +38,8 @@ class FakeManager:
             raise UnknownTransaction("unknown transaction 'GONE'")
         return {"transaction": args[0]}
 
-    async def start(self, *args: Any) -> dict[str, Any]:
+    async def start(self, *args: Any, owner: Principal) -> dict[str, Any]:
+        self.owners.append(owner)
         return await self._record("start", *args)
 
     async def stop(self, *args: Any) -> dict[str, Any]:
@@ -43,6 +47,9 @@ class FakeManager:
 
     async def restart(self, *args: Any) -> dict[str, Any]:
         return await self._record("restart", *args)
+
+    async def forget(self, *args: Any) -> dict[str, Any]:
+        return await self._record("forget", *args)
 
     def on_bus_message(self, message: protocol.Message) -> None:
         self.observed.append(message)
@@ -62,12 +69,19 @@ class FakeMonitor:
         return True
 
 
-def make_daemon(tmp_path: Path, context_commands: bool = True) -> tuple[Daemon, SimpleNamespace]:
+def make_daemon(
+    tmp_path: Path, context_commands: bool = True, access: AccessRules | None = None
+) -> tuple[Daemon, SimpleNamespace]:
     bus = SimpleNamespace(published=[], on_message=None, on_subscription=None)
     bus.publish = bus.published.append
     runner = SimpleNamespace(name="fake", on_bus_message=lambda message: False)  # no Thread task
     daemon = Daemon(
-        DaemonOptions(tmp_path / "run", tmp_path / "state", context_commands=context_commands),
+        DaemonOptions(
+            tmp_path / "run",
+            tmp_path / "state",
+            context_commands=context_commands,
+            access=access or AccessRules(),
+        ),
         runner=runner,  # type: ignore[arg-type]
         bus=bus,  # type: ignore[arg-type]
         manager=FakeManager(),  # type: ignore[arg-type]
@@ -172,4 +186,99 @@ def test_the_daemon_refuses_a_context_over_the_size_limit(tmp_path: Path) -> Non
     daemon, _ = make_daemon(tmp_path)
     text = "<!--" + "x" * protocol.MAX_CONTEXT_BYTES + "-->"
     with pytest.raises(BadRequest, match=r"big\.xml: too large: \d+ bytes \(limit 1048576"):
-        asyncio.run(daemon.cmd_start("T", "big.xml", text, [], True, None, False))
+        asyncio.run(daemon.cmd_start("T", "big.xml", text, [], True, None, False, principal=ROOT))
+
+
+# --- who may do what (issue 15) -----------------------------------------------------------
+
+ALICE = Principal(1001, 1001, "alice")
+BOB = Principal(1002, 1002, "bob")
+
+
+def owned_by(daemon: Daemon, owner: Principal, transaction: str = "T1") -> None:
+    daemon.manager.transactions[transaction] = SimpleNamespace(id=transaction, owner=owner)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "verb"),
+    [
+        ("stop", {"transaction": "T1", "services": [], "timeout": None}, "stop"),
+        ("restart", {"transaction": "T1", "services": [], "timeout": None}, "restart"),
+        ("forget", {"transaction": "T1"}, "forget"),
+        (
+            "start",
+            dict(
+                transaction="T1",
+                context_path=None,
+                context_text=None,
+                services=[],
+                block=True,
+                timeout=None,
+                keep_going=False,
+            ),
+            "start",
+        ),
+    ],
+)
+def test_only_the_owner_or_root_controls_a_transaction(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, command: str, args: dict, verb: str
+) -> None:
+    daemon, _ = make_daemon(tmp_path)
+    owned_by(daemon, ALICE)
+    with pytest.raises(NotYours) as refused:
+        asyncio.run(daemon.call(command, args, BOB))
+    assert refused.value.message == (
+        f"transaction T1 belongs to alice; only alice, root, or a grant in /etc/zsvc/zsvc.conf"
+        f" [access] may {verb} it"
+    )
+    assert refused.value.exit_code == 5
+    assert f"refused: bob (uid 1002) asked to {verb} transaction T1, which belongs to alice" in (
+        caplog.text
+    )
+    assert daemon.manager.calls == []  # type: ignore[attr-defined]
+
+
+def test_the_owner_root_and_a_grant_control_it(tmp_path: Path) -> None:
+    stop = {"transaction": "T1", "services": [], "timeout": None}
+    granted = parse("[access]\ncontrol.T* = user:bob\n", "z.conf").access
+    daemon, _ = make_daemon(tmp_path, access=granted)
+    owned_by(daemon, ALICE)
+    for who in (ALICE, ROOT, BOB):
+        asyncio.run(daemon.call("stop", stop, who))
+    assert len(daemon.manager.calls) == 3  # type: ignore[attr-defined]
+
+
+def test_a_new_transaction_is_the_callers(tmp_path: Path) -> None:
+    daemon, _ = make_daemon(tmp_path)
+    asyncio.run(daemon.cmd_start("T2", None, None, [], True, None, False, principal=BOB))
+    assert daemon.manager.owners == [BOB]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", ["shutdown", "reexec"])
+def test_shutdown_and_reexec_are_roots_or_the_plain_control_grant(
+    tmp_path: Path, command: str
+) -> None:
+    daemon, _ = make_daemon(tmp_path)
+    with pytest.raises(NotYours, match="only root, or a plain 'control' grant"):
+        asyncio.run(daemon.call(command, {}, ALICE))
+    assert not daemon.stopped.is_set()
+    granted = parse("[access]\ncontrol = user:alice\n", "z.conf").access
+    daemon, _ = make_daemon(tmp_path, access=granted)
+    asyncio.run(daemon.call("shutdown", {}, ALICE))
+    assert daemon.stopped.is_set()
+
+
+def test_context_commands_on_the_bus_act_on_roots_transactions_only(tmp_path: Path) -> None:
+    """The bus does not say who published: a member must not stop another's that way."""
+    daemon, bus = make_daemon(tmp_path)
+    owned_by(daemon, ALICE)
+    owned_by(daemon, ROOT, "T2")
+    refused = on_the_bus(daemon, bus, context_message("stop"))
+    assert refused[0].content["result"] == "failure"
+    assert refused[0].content["error"]["code"] == "not-yours"
+    assert (
+        "belongs to alice: context commands from the bus" in refused[0].content["error"]["message"]
+    )
+    done = on_the_bus(daemon, bus, context_message("stop", transaction="T2"))[-1]
+    assert done.content == {"result": "success"}
+    assert daemon.manager.calls == [("stop", ("T2", [], None))]  # type: ignore[attr-defined]

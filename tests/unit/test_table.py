@@ -265,3 +265,50 @@ def test_write_after_close_is_a_storage_error(db_path: Path) -> None:
     table.close()
     with pytest.raises(StorageError, match="cannot write the transaction table"):
         table.save_transaction(transaction())
+
+
+# --------------------------------------------------------------------------- owners (issue 15)
+
+ALICE = {"uid": 1001, "gid": 1001, "name": "alice", "key": None}
+
+VERSION_1 = """
+CREATE TABLE transactions (id TEXT PRIMARY KEY, context_path TEXT NOT NULL,
+    context_text TEXT NOT NULL, stopping INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+CREATE TABLE tasks (transaction_id TEXT NOT NULL REFERENCES transactions(id) ON DELETE CASCADE,
+    task_id TEXT NOT NULL, state TEXT NOT NULL, sub_state TEXT NOT NULL, result TEXT NOT NULL,
+    pid INTEGER, status_text TEXT NOT NULL DEFAULT '', last_action TEXT NOT NULL DEFAULT '',
+    last_exit TEXT NOT NULL DEFAULT '', restarts INTEGER NOT NULL DEFAULT 0,
+    since REAL NOT NULL, runner_data TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (transaction_id, task_id));
+INSERT INTO transactions VALUES ('OLD', '/etc/zsvc/c.xml', '<Context/>', 0, 5.0);
+INSERT INTO tasks VALUES ('OLD', 'ts_1', 'active', 'running', 'success', 77, '', '', '', 0,
+    6.0, '{}');
+PRAGMA user_version=1;
+"""
+"""A table as zsvc wrote it before owners (schema version 1), with one running task."""
+
+
+def test_an_owner_round_trips_and_an_update_keeps_it(table: Table) -> None:
+    table.save_transaction(transaction(owner=ALICE))
+    table.save_transaction(transaction(stopping=True))  # an upsert never changes the owner
+    [row] = table.transactions()
+    assert (row.owner, row.stopping) == (ALICE, True)
+
+
+def test_a_version_1_table_is_migrated_and_its_transactions_are_roots(db_path: Path) -> None:
+    """An upgrade keeps every row; what was made before owners is root's (it ran as root)."""
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path)
+    old.executescript(VERSION_1)
+    old.close()
+    table = Table(db_path)
+    try:
+        [row] = table.transactions()
+        assert (row.id, row.owner) == ("OLD", {"uid": 0, "gid": 0, "name": "root", "key": None})
+        assert [task.pid for task in table.tasks("OLD")] == [77]
+        assert table.db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+        table.save_transaction(transaction("NEW", owner=ALICE))
+        assert [row.owner["name"] for row in table.transactions()] == ["root", "alice"]
+    finally:
+        table.close()
+    Table(db_path).close()  # opening a migrated table again changes nothing

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         runner=args.runner or settings.runner or "auto",
         curve_keys=settings.curve_keys,
         context_commands=bool(settings.context_commands),
+        access=settings.access,
     )
     return run_daemon(
         options, functools.partial(reexec, argv), functools.partial(reload_problem, args.config)

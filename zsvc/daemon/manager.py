@@ -33,6 +33,7 @@ from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context
 from zsvc.daemon import engine, launch, lifecycle, restore, selection
+from zsvc.daemon.access import ROOT, Principal
 from zsvc.daemon.automatic import AutomaticStarts
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
@@ -151,8 +152,9 @@ class Manager:
         block: bool,
         timeout: float | None,
         keep_going: bool = False,
+        owner: Principal = ROOT,
     ) -> dict[str, Any]:
-        """Create a transaction from *context*, or start a known one again.
+        """Create a transaction from *context* (*owner*'s), or start a known one again.
 
         Tasks start in waves along their ``after`` edges, each wave once the
         previous one is ready. When a task fails to become ready, the start
@@ -172,7 +174,7 @@ class Manager:
         else:
             if transaction not in self.transactions:
                 selection.check_new(context, services)
-            record = self._create(transaction, context, context_text or "")
+            record = self._create(transaction, context, context_text or "", owner)
         async with self._locked(record):
             chosen = selection.choose(record, services, default=selection.entry_tasks(record))
             self._set_stopping(record, False)
@@ -350,7 +352,9 @@ class Manager:
             raise UnknownTransaction(f"unknown transaction {transaction!r}")
         return record
 
-    def _create(self, transaction: str | None, context: Context, text: str) -> TransactionRecord:
+    def _create(
+        self, transaction: str | None, context: Context, text: str, owner: Principal
+    ) -> TransactionRecord:
         if transaction is None:
             transaction = new_transaction_id()
         selection.check_id(transaction)
@@ -361,7 +365,7 @@ class Manager:
             self.table.delete_transaction(transaction)
             del self.transactions[transaction]
             self._views.pop(transaction, None)
-        record = TransactionRecord.new(transaction, context, text)
+        record = TransactionRecord.new(transaction, context, text, owner)
         self._save_transaction(record)
         for task in record.tasks.values():
             self.table.save_task(task.to_row())

@@ -18,6 +18,7 @@ from typing import Any
 
 from zsvc.config.model import Context, TaskSpec, Trigger
 from zsvc.daemon import lifecycle
+from zsvc.daemon.access import ROOT, Principal
 from zsvc.daemon.engine import RestartState
 from zsvc.daemon.table import TaskRow, TransactionRow
 from zsvc.runners.base import ExitInfo, TaskHandle
@@ -226,6 +227,8 @@ class TransactionRecord:
     broken: str = ""
     """Why its stored context no longer loads (empty when it does): see
     :func:`zsvc.daemon.restore.load_records`."""
+    owner: Principal = ROOT
+    """Who made it (:mod:`zsvc.daemon.access`): they, root and grants may control it."""
 
     @functools.cached_property
     def triggers(self) -> dict[str, Mapping[TriggerEvent, Trigger]]:
@@ -233,8 +236,10 @@ class TransactionRecord:
         return {spec.id: spec.triggers for spec in self.context.tasks}
 
     @classmethod
-    def new(cls, transaction: str, context: Context, context_text: str) -> TransactionRecord:
-        record = cls(id=transaction, context=context, context_text=context_text)
+    def new(
+        cls, transaction: str, context: Context, context_text: str, owner: Principal = ROOT
+    ) -> TransactionRecord:
+        record = cls(id=transaction, context=context, context_text=context_text, owner=owner)
         for spec in context.tasks:
             task = TaskRecord(transaction=transaction, spec=spec)
             if not spec.starts_with_transaction:
@@ -270,6 +275,7 @@ class TransactionRecord:
             context_text=self.context_text,
             stopping=self.stopping,
             created=self.created,
+            owner=self.owner.to_json(),
         )
 
     def view(self) -> dict[str, Any]:
@@ -281,6 +287,7 @@ class TransactionRecord:
             "context": str(self.context.path),
             "log_name": self.context.log_name,
             "created": self.created,
+            "owner": self.owner.name,
             "tasks": [task.view() for task in self.tasks.values()],
         }
         if self.broken:

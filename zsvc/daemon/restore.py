@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zsvc.config.model import BusEndpoints, Context, TaskSpec
+from zsvc.daemon.access import Principal
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
 from zsvc.daemon.table import Table, TaskRow
@@ -57,7 +58,9 @@ def load_records(table: Table, load: Callable[[str, str], Context]) -> Iterator[
             broken = f"its stored context no longer loads: {exc}"
             log.error("transaction %s: %s; its tasks can be stopped, not started", row.id, broken)
             context = stand_in_context(row.context_path, rows)
-        record = TransactionRecord.new(row.id, context, row.context_text)
+        record = TransactionRecord.new(
+            row.id, context, row.context_text, Principal.from_json(row.owner)
+        )
         record.created = row.created
         record.stopping = row.stopping  # an interrupted stop: no trigger fires meanwhile
         record.broken = broken

@@ -8,7 +8,14 @@ reload (SIGHUP), and closes the parts in the reverse order of their opening.
 
 Here are the daemon's commands (``cmd_<name>``, one per entry of
 :data:`zsvc.commands.COMMANDS`), whether they come over the control socket
-(:mod:`zsvc.daemon.control`) or, as the seed's context commands, on the bus.
+(:mod:`zsvc.daemon.control`) or, as the seed's context commands, on the bus,
+each with the :class:`~zsvc.daemon.access.Principal` who asked. Who may do what
+(:class:`~zsvc.daemon.access.AccessRules`): anyone who reaches the socket may ping,
+read the status of every transaction (owners included: as ``systemctl status`` shows
+every unit) and create a transaction, which is theirs; stop, restart, start again and
+forget are for its owner, root and ``[access] control`` grants; shutdown and reexec,
+which reach every transaction, for root and the plain ``control`` grant. A refusal
+is the error ``not-yours`` (exit 5), logged with who asked for what.
 """
 
 from __future__ import annotations
@@ -20,19 +27,19 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zsvc import __version__, commands, protocol
 from zsvc.config.model import Context
-from zsvc.daemon.access import ROOT, Principal
+from zsvc.daemon.access import ROOT, AccessRules, Principal, describe, refusal
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import CapSchedule, cap_logs
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.monitor import MonitorService
-from zsvc.errors import BadRequest, OperationFailed, ZsvcError
+from zsvc.errors import BadRequest, NotYours, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.notify import tell_supervisor, watchdog_interval
 from zsvc.paths import RuntimeLayout, StateLayout
@@ -42,6 +49,12 @@ from zsvc.throttle import ThrottledLog
 log = logging.getLogger("zsvc.daemon")
 
 LOG_CAP_BYTES = 8 << 20
+
+
+BUS_NOT_ROOTS = (
+    "transaction {} belongs to {}: context commands from the bus act on root's"
+    " transactions only (the bus does not say who sent them); use zsvc as its owner"
+)
 
 
 class DaemonError(Exception):
@@ -68,6 +81,8 @@ class DaemonOptions:
     task_fd_limit: int | None = None
     """The soft open-files limit the local runner's tasks get (the one the daemon was
     started with, see :func:`raise_fd_limit`); None: they inherit the daemon's."""
+    access: AccessRules = field(default_factory=AccessRules)
+    """``[access]``: who may control whose transactions beyond root and the owner."""
 
 
 class Daemon:
@@ -191,7 +206,33 @@ class Daemon:
     async def call(self, name: str, args: dict[str, Any], principal: Principal) -> Any:
         """Run the command *name* with its checked *args* (:mod:`zsvc.commands`) for
         *principal*, who asked (a local user, or a remote client's key)."""
-        return await getattr(self, f"cmd_{name}")(**args)
+        return await getattr(self, f"cmd_{name}")(**args, principal=principal)
+
+    def _check_control(self, principal: Principal, transaction: str | None, verb: str) -> None:
+        """Refuse (``not-yours``, logged) *verb* on a transaction someone else owns; an
+        unknown one passes: the manager names it unknown. Synchronous, so the record
+        checked is the one the command then finds (nothing runs in between)."""
+        record = self.manager.transactions.get(transaction or "")
+        if record is None or self.options.access.may_control(principal, record.owner, record.id):
+            return
+        log.warning(
+            "refused: %s asked to %s transaction %s, which belongs to %s",
+            describe(principal),
+            verb,
+            record.id,
+            record.owner.name,
+        )
+        raise NotYours(refusal(record.owner, record.id, verb))
+
+    def _check_administer(self, principal: Principal, verb: str) -> None:
+        """Refuse (``not-yours``, logged) a command that reaches every transaction."""
+        if self.options.access.may_administer(principal):
+            return
+        log.warning("refused: %s asked to %s the daemon", describe(principal), verb)
+        raise NotYours(
+            f"only root, or a plain 'control' grant in /etc/zsvc/zsvc.conf [access], may {verb}"
+            " the daemon: it reaches every transaction"
+        )
 
     # --- loops ------------------------------------------------------------------
 
@@ -245,7 +286,10 @@ class Daemon:
 
         The action becomes the same control request ``zsvc send --service_name
         context`` makes (:func:`zsvc.commands.context_request`); a context is
-        never loaded from the bus, so it names a known transaction.
+        never loaded from the bus, so it names a known transaction. The bus does not
+        say who published (members of group zsvc and tasks alike): its commands act as
+        root on root's transactions only, never on a member's (another member could
+        stop it that way), and never shut the daemon down.
         """
         content: dict[str, Any]
         try:
@@ -257,6 +301,9 @@ class Daemon:
             )
             if not message.transaction:
                 raise BadRequest(f"context {message.action}: header.service_transaction is empty")
+            record = self.manager.transactions.get(message.transaction)
+            if record is not None and not record.owner.is_root:
+                raise NotYours(BUS_NOT_ROOTS.format(record.id, record.owner.name))
             await self.call(command.name, args, ROOT)
             content = {"result": "success"}
         except ZsvcError as exc:
@@ -270,7 +317,7 @@ class Daemon:
 
     # --- commands (one per entry of zsvc.commands.COMMANDS) -----------------------------
 
-    async def cmd_ping(self) -> dict[str, Any]:
+    async def cmd_ping(self, *, principal: Principal) -> dict[str, Any]:
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -290,7 +337,11 @@ class Daemon:
         block: bool,
         timeout: float | None,
         keep_going: bool,
+        *,
+        principal: Principal,
     ) -> dict[str, Any]:
+        """Create a transaction (*principal*'s), or start a known one (theirs to control)
+        again; a context for a known id replaces its transaction, which is then theirs."""
         if self.stopped.is_set():
             raise OperationFailed("the daemon is shutting down: nothing more is started")
         context = None
@@ -310,28 +361,42 @@ class Daemon:
         elif context_path is not None:
             raise BadRequest("start: 'context_path' needs 'context_text'")
         try:
+            self._check_control(principal, transaction, "start")
             return await self.manager.start(
-                transaction, context, context_text, services, block, timeout, keep_going
+                transaction,
+                context,
+                context_text,
+                services,
+                block,
+                timeout,
+                keep_going,
+                owner=principal,
             )
         except ZsvcError:
             if context is not None:  # refused before a transaction of it existed
                 self._release_endpoints()
             raise
 
-    async def cmd_stop(self, transaction: str, services: list[str], timeout: float | None) -> Any:
+    async def cmd_stop(
+        self, transaction: str, services: list[str], timeout: float | None, *, principal: Principal
+    ) -> Any:
+        self._check_control(principal, transaction, "stop")
         return await self.manager.stop(transaction, services, timeout)
 
     async def cmd_restart(
-        self, transaction: str, services: list[str], timeout: float | None
+        self, transaction: str, services: list[str], timeout: float | None, *, principal: Principal
     ) -> Any:
+        self._check_control(principal, transaction, "restart")
         if self.stopped.is_set():
             raise OperationFailed("the daemon is shutting down: nothing more is started")
         return await self.manager.restart(transaction, services, timeout)
 
-    async def cmd_status(self, transaction: str | None) -> Any:
-        return self.manager.status(transaction)
+    async def cmd_status(self, transaction: str | None, *, principal: Principal) -> Any:
+        return self.manager.status(transaction)  # every transaction, to anyone who may ask
 
-    async def cmd_logs(self, transaction: str, services: list[str]) -> Any:
+    async def cmd_logs(self, transaction: str, services: list[str], *, principal: Principal) -> Any:
+        # Where the logs are, to anyone: reading them is up to their files' modes (local
+        # runner) or the journal's (systemd runner: journalctl runs as the caller).
         entries = self.manager.log_paths(transaction, services)
         source = self.runner.log_source
         if not source.journal:
@@ -343,7 +408,8 @@ class Daemon:
             "journal": {"transaction": transaction, "tasks": tasks, "user": source.user},
         }
 
-    async def cmd_forget(self, transaction: str) -> Any:
+    async def cmd_forget(self, transaction: str, *, principal: Principal) -> Any:
+        self._check_control(principal, transaction, "forget")
         result = await self.manager.forget(transaction)
         self._release_endpoints()
         return result
@@ -361,12 +427,14 @@ class Daemon:
         ]
         self.bus.release([*self._fixed_endpoints, *in_use])
 
-    async def cmd_reexec(self) -> dict[str, Any]:
+    async def cmd_reexec(self, *, principal: Principal) -> dict[str, Any]:
+        self._check_administer(principal, "reexec")
         if problem := self._reexec():
             raise OperationFailed(f"reload refused, the daemon goes on as it was: {problem}")
         return {"reexecuting": True, "pid": os.getpid(), "since": self.started_at}
 
-    async def cmd_shutdown(self) -> dict[str, Any]:
+    async def cmd_shutdown(self, *, principal: Principal) -> dict[str, Any]:
+        self._check_administer(principal, "shut down")
         self.stopped.set()  # from now on nothing is started; run() stops every task
         return {"stopping": True}
 

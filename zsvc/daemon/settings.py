@@ -14,10 +14,11 @@ import ast
 import configparser
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsvc.daemon import remoteauth
+from zsvc.daemon.access import AccessRules, Grant, parse_grant, rules_of
 from zsvc.errors import ConfigError, ConfigIssue
 
 SYSTEM_SETTINGS = Path("/etc/zsvc/zsvc.conf")
@@ -40,6 +41,8 @@ class Settings:
     """``[bus]``: the directory ``zsvc keys`` wrote; TCP endpoints then require CURVE."""
     context_commands: bool | None = None
     """``[bus]``: act on start/stop/restart published on the bus's ``context`` topic."""
+    access: AccessRules = field(default_factory=AccessRules)
+    """``[access]``: grants beyond root and each transaction's owner (none by default)."""
     listen: str | None = None
     """``[control]``: a TCP control endpoint for remote CLIs (CURVE only: needs curve_keys)."""
     act_as: tuple[tuple[str, str], ...] | None = None
@@ -64,9 +67,11 @@ def _unrepr(line: str) -> str:
     return value if isinstance(value, str) else line
 
 
-def parse(text: str, source: str) -> Settings:
-    """The settings in *text* (the contents of *source*); ConfigError lists every problem."""
+def _read(text: str, source: str) -> configparser.ConfigParser:
+    """*text* as INI; ConfigError for what configparser refuses (the first problem)."""
     parser = configparser.ConfigParser(interpolation=None, default_section="-none-")
+    # [access] keys name users, groups and transaction ids after their dot: keep their case.
+    parser.optionxform = _option_name  # type: ignore[assignment, method-assign]
     try:
         parser.read_string(text, source=source)
     except configparser.MissingSectionHeaderError as exc:
@@ -84,9 +89,23 @@ def parse(text: str, source: str) -> Settings:
             for lineno, line in exc.errors
         ]
         raise ConfigError(issues) from None
+    return parser
+
+
+def parse(text: str, source: str) -> Settings:
+    """The settings in *text* (the contents of *source*); ConfigError lists every problem."""
+    parser = _read(text, source)
     issues: list[ConfigIssue] = []
     found: dict[str, object] = {}
+    grants: list[tuple[str, Grant]] = []
     for section in parser.sections():
+        if section == ACCESS:
+            for key, raw in parser[section].items():
+                try:
+                    grants.append(parse_grant(key, raw.strip()))
+                except ValueError as exc:
+                    issues.append(ConfigIssue(source, _line_of(text, key), 1, f"{key}: {exc}"))
+            continue
         known = CONVERTERS.get(section)
         if known is None:
             line = next(
@@ -112,7 +131,15 @@ def parse(text: str, source: str) -> Settings:
         issues.append(ConfigIssue(source, _line_of(text, "listen"), 1, why))
     if issues:
         raise ConfigError(issues)
+    if grants:
+        found["access"] = rules_of(grants)
     return Settings(**found)  # type: ignore[arg-type]
+
+
+def _option_name(key: str) -> str:
+    """A key as configparser should keep it: lower case, but for what follows a dot."""
+    name, dot, rest = key.partition(".")
+    return name.lower() + dot + rest
 
 
 def _one_of(choices: tuple[str, ...], normalise: Callable[[str], str]) -> Callable[[str], str]:
@@ -140,6 +167,10 @@ def _absolute_path(value: str) -> Path:
         raise ValueError(f"{value!r} is not an absolute path")
     return Path(value)
 
+
+ACCESS = "access"
+"""The section of grants (:func:`zsvc.daemon.access.parse_grant`): its keys are open-ended
+(``control.PATTERN``, ``run_as.NAME``), so it is read apart from :data:`CONVERTERS`."""
 
 CONVERTERS: dict[str, dict[str, Callable[[str], object]]] = {
     "daemon": {

@@ -19,20 +19,24 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zsvc.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first table; 2: ``transactions.owner`` (issue 15), rows of 1 are root's."""
+ROOT_OWNER = {"uid": 0, "gid": 0, "name": "root", "key": None}
+"""The owner of a row made before owners existed (the daemon ran every task as root then)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
     id TEXT PRIMARY KEY,
     context_path TEXT NOT NULL,
     context_text TEXT NOT NULL,
     stopping INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tasks (
     transaction_id TEXT NOT NULL REFERENCES transactions(id) ON DELETE CASCADE,
@@ -73,6 +77,17 @@ def _restrict(path: Path, mode: int, group: int | None, create: bool = True) -> 
         os.close(fd)
 
 
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a table of schema *version* (an older zsvc's) to :data:`SCHEMA_VERSION`.
+
+    Version 1 had no owners: its transactions were made by members of group zsvc and
+    run as root, so root owns them (only root, or a grant, may then stop them).
+    """
+    if version == 1:
+        db.execute("ALTER TABLE transactions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        db.execute("UPDATE transactions SET owner = ?", (json.dumps(ROOT_OWNER),))
+
+
 @dataclass(frozen=True)
 class TransactionRow:
     id: str
@@ -80,6 +95,8 @@ class TransactionRow:
     context_text: str
     stopping: bool
     created: float
+    owner: dict[str, Any] = field(default_factory=lambda: dict(ROOT_OWNER))
+    """The owner's principal as JSON (:meth:`zsvc.daemon.access.Principal.to_json`)."""
 
 
 @dataclass(frozen=True)
@@ -118,12 +135,17 @@ class Table:
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute("PRAGMA cache_size=-512")  # KiB: the table is small
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version > SCHEMA_VERSION:
                 raise StorageError(
                     f"{path}: schema version {version} is newer than this zsvc ({SCHEMA_VERSION})"
                 )
-            self.db.executescript(SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            with self.db:  # the migration and its version at once, or neither
+                self.db.execute("BEGIN IMMEDIATE")
+                _migrate(self.db, version)
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the transaction table {path}: {exc}") from exc
 
@@ -138,11 +160,18 @@ class Table:
 
     def save_transaction(self, row: TransactionRow) -> None:
         self._write(
-            "INSERT INTO transactions (id, context_path, context_text, stopping, created)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+            "INSERT INTO transactions (id, context_path, context_text, stopping, created, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
             " context_path=excluded.context_path, context_text=excluded.context_text,"
             " stopping=excluded.stopping",
-            (row.id, row.context_path, row.context_text, int(row.stopping), row.created),
+            (
+                row.id,
+                row.context_path,
+                row.context_text,
+                int(row.stopping),
+                row.created,
+                json.dumps(row.owner),
+            ),
         )
 
     def save_task(self, row: TaskRow) -> None:
@@ -176,10 +205,11 @@ class Table:
 
     def transactions(self) -> Iterator[TransactionRow]:
         for values in self.db.execute(
-            "SELECT id, context_path, context_text, stopping, created FROM transactions"
+            "SELECT id, context_path, context_text, stopping, created, owner FROM transactions"
             " ORDER BY created"
         ):
-            yield TransactionRow(values[0], values[1], values[2], bool(values[3]), values[4])
+            owner = json.loads(values[5]) if values[5] else dict(ROOT_OWNER)
+            yield TransactionRow(values[0], values[1], values[2], bool(values[3]), values[4], owner)
 
     def tasks(self, transaction_id: str) -> Iterator[TaskRow]:
         for values in self.db.execute(
