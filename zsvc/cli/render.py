@@ -51,8 +51,10 @@ def transaction_table(record: dict[str, Any], now: float | None = None) -> Any:
     from rich.table import Table
 
     now = time.time() if now is None else now
+    # The owner (issue 15): who may stop it besides root; a daemon before owners sends none.
+    owner = f"  owner {shown(record['owner'])}" if record.get("owner") else ""
     title = (
-        f"{record['transaction']}  {_styled(record['state'])}"
+        f"{record['transaction']}  {_styled(record['state'])}{owner}"
         f"  [dim]{shown(record.get('context_id', ''))} {shown(record.get('context', ''))}[/]"
     )
     table = Table(title=title, title_justify="left", expand=False)
