@@ -1,0 +1,146 @@
+"""Transactions have owners, and only the owner, root or a grant may control one (issue 15).
+
+Two throwaway members of group ``zsvc`` drive a root daemon through its control socket
+as ``zsvc`` would: the kernel says who each is (SO_PEERCRED), not the request. The first
+member's transaction is theirs (``owner`` in every status view, to everyone); the second
+member may read it but not stop, restart, start again nor forget it (exit 5, the message
+naming the owner), nor shut the daemon down, unless the daemon's ``[access]`` settings
+grant it; root may everything; a daemon killed and started again keeps the owners.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Daemon, TaskDef
+from tests.integration.test_bus_trust import throwaway_user
+from tests.integration.test_group_access import control_group, zsvc_as
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates users, runs as them"),
+]
+
+NOT_YOURS = 5
+
+
+@pytest.fixture
+def members(workdir: Path) -> Iterator[tuple[pwd.struct_passwd, pwd.struct_passwd]]:
+    """Two throwaway members of group ``zsvc`` who may enter the test's directory."""
+    workdir.chmod(0o711)  # the daemon's directories decide, not the test's temp dir
+    with (
+        control_group() as group,
+        throwaway_user(groups=[group.gr_name]) as first,
+        throwaway_user(groups=[group.gr_name]) as second,
+    ):
+        yield first, second
+
+
+def owners(daemon: Daemon, as_user: pwd.struct_passwd | None = None) -> dict[str, str]:
+    """Each transaction's owner in ``zsvc status --json``, asked by root or *as_user*."""
+    if as_user is None:
+        done = daemon.cli("status", "--json")
+        code, out, err = done.code, done.stdout, done.stderr
+    else:
+        proc = zsvc_as(as_user, daemon, "status", "--json")
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    assert code == 0, err
+    return {view["transaction"]: view["owner"] for view in json.loads(out)["transactions"]}
+
+
+def refusal(transaction: str, owner: str, verb: str) -> str:
+    return (
+        f"transaction {transaction} belongs to {owner}; only {owner}, root, or a grant in"
+        f" /etc/zsvc/zsvc.conf [access] may {verb} it"
+    )
+
+
+def test_only_the_owner_or_root_controls_a_members_transaction(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    members: tuple[pwd.struct_passwd, pwd.struct_passwd],
+) -> None:
+    alice, bob = members
+    path = make_context([TaskDef("t1", command="sleep 600")])
+    daemon = daemons()
+    started = zsvc_as(alice, daemon, "start", "--context", str(path), "WEB1")
+    assert started.returncode == 0, started.stderr + daemon.log()[-3000:]
+    assert daemon.cli("start", "--context", str(path), "ROOTS").code == 0
+
+    # Everyone who may connect sees every transaction and its owner.
+    expected = {"WEB1": alice.pw_name, "ROOTS": "root"}
+    assert owners(daemon) == owners(daemon, bob) == expected
+    shown = zsvc_as(bob, daemon, "status", "WEB1")
+    assert shown.returncode == 0 and f"owner {alice.pw_name}" in shown.stdout, shown.stderr
+
+    for argv, verb in (
+        (["stop", "WEB1"], "stop"),
+        (["restart", "WEB1"], "restart"),
+        (["start", "WEB1"], "start"),
+        (["forget", "WEB1"], "forget"),
+        (["stop", "ROOTS"], "stop"),
+    ):
+        refused = zsvc_as(bob, daemon, *argv)
+        owner = "root" if argv[1] == "ROOTS" else alice.pw_name
+        assert refused.returncode == NOT_YOURS, (argv, refused.stdout, refused.stderr)
+        assert refusal(argv[1], owner, verb) in refused.stderr
+        assert f"refused: {bob.pw_name} (uid {bob.pw_uid}) asked to {verb}" in daemon.log()
+    down = zsvc_as(bob, daemon, "shutdown")
+    assert down.returncode == NOT_YOURS, down.stdout + down.stderr
+    assert "only root, or a plain 'control' grant" in down.stderr
+    assert daemon.proc is not None and daemon.proc.poll() is None  # still serving
+    status = json.loads(daemon.cli("status", "WEB1", "--json").stdout)
+    assert status["state"] == "running"  # nothing bob asked for was done
+
+    assert zsvc_as(alice, daemon, "stop", "WEB1").returncode == 0  # hers
+    assert zsvc_as(alice, daemon, "start", "WEB1").returncode == 0
+    assert zsvc_as(alice, daemon, "stop", "ROOTS").returncode == NOT_YOURS
+    assert daemon.cli("stop", "WEB1").code == 0  # root may everything
+    assert daemon.cli("forget", "WEB1").code == 0
+
+
+def test_a_grant_lets_another_member_control_matching_transactions(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    members: tuple[pwd.struct_passwd, pwd.struct_passwd],
+    workdir: Path,
+) -> None:
+    alice, bob = members
+    settings = workdir / "zsvc.conf"
+    settings.write_text(f"[access]\ncontrol.WEB* = user:{bob.pw_name}\n")
+    path = make_context([TaskDef("t1", command="sleep 600")])
+    daemon = daemons(args=["--config", str(settings)])
+    for transaction in ("WEB1", "DB1"):
+        started = zsvc_as(alice, daemon, "start", "--context", str(path), transaction)
+        assert started.returncode == 0, started.stderr + daemon.log()[-3000:]
+
+    assert zsvc_as(bob, daemon, "stop", "WEB1").returncode == 0  # granted by pattern
+    refused = zsvc_as(bob, daemon, "stop", "DB1")
+    assert refused.returncode == NOT_YOURS, refused.stderr
+    assert zsvc_as(bob, daemon, "shutdown").returncode == NOT_YOURS  # a pattern is not all
+    # Bob restarted Alice's transaction: it is still hers (her tasks, her identity).
+    assert zsvc_as(bob, daemon, "start", "WEB1").returncode == 0
+    assert owners(daemon)["WEB1"] == alice.pw_name
+
+
+def test_owners_survive_a_daemon_killed_and_started_again(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    members: tuple[pwd.struct_passwd, pwd.struct_passwd],
+) -> None:
+    alice, bob = members
+    path = make_context([TaskDef("t1", command="sleep 600")])
+    first = daemons()
+    started = zsvc_as(alice, first, "start", "--context", str(path), "WEB1")
+    assert started.returncode == 0, started.stderr + first.log()[-3000:]
+    first.kill9()  # the tasks run on; the next daemon re-adopts them from the table
+    second = daemons()
+    assert owners(second) == {"WEB1": alice.pw_name}
+    assert zsvc_as(bob, second, "stop", "WEB1").returncode == NOT_YOURS
+    assert zsvc_as(alice, second, "stop", "WEB1").returncode == 0
