@@ -54,6 +54,16 @@ def owners(daemon: Daemon, as_user: pwd.struct_passwd | None = None) -> dict[str
     return {view["transaction"]: view["owner"] for view in json.loads(out)["transactions"]}
 
 
+def start_as(
+    user: pwd.struct_passwd, daemon: Daemon, make_context: Callable[..., Path], *ids: str
+) -> None:
+    """*user* starts a transaction of one long task for each of *ids*."""
+    path = make_context([TaskDef("t1", command="sleep 600")])
+    for transaction in ids:
+        started = zsvc_as(user, daemon, "start", "--context", str(path), transaction)
+        assert started.returncode == 0, started.stderr + daemon.log()[-3000:]
+
+
 def refusal(transaction: str, owner: str, verb: str) -> str:
     return (
         f"transaction {transaction} belongs to {owner}; only {owner}, root, or a grant in"
@@ -67,11 +77,10 @@ def test_only_the_owner_or_root_controls_a_members_transaction(
     members: tuple[pwd.struct_passwd, pwd.struct_passwd],
 ) -> None:
     alice, bob = members
-    path = make_context([TaskDef("t1", command="sleep 600")])
     daemon = daemons()
-    started = zsvc_as(alice, daemon, "start", "--context", str(path), "WEB1")
-    assert started.returncode == 0, started.stderr + daemon.log()[-3000:]
-    assert daemon.cli("start", "--context", str(path), "ROOTS").code == 0
+    start_as(alice, daemon, make_context, "WEB1")
+    roots = make_context([TaskDef("t1", command="sleep 600")])
+    assert daemon.cli("start", "--context", str(roots), "ROOTS").code == 0
 
     # Everyone who may connect sees every transaction and its owner.
     expected = {"WEB1": alice.pw_name, "ROOTS": "root"}
@@ -114,11 +123,8 @@ def test_a_grant_lets_another_member_control_matching_transactions(
     alice, bob = members
     settings = workdir / "zsvc.conf"
     settings.write_text(f"[access]\ncontrol.WEB* = user:{bob.pw_name}\n")
-    path = make_context([TaskDef("t1", command="sleep 600")])
     daemon = daemons(args=["--config", str(settings)])
-    for transaction in ("WEB1", "DB1"):
-        started = zsvc_as(alice, daemon, "start", "--context", str(path), transaction)
-        assert started.returncode == 0, started.stderr + daemon.log()[-3000:]
+    start_as(alice, daemon, make_context, "WEB1", "DB1")
 
     assert zsvc_as(bob, daemon, "stop", "WEB1").returncode == 0  # granted by pattern
     refused = zsvc_as(bob, daemon, "stop", "DB1")
@@ -135,10 +141,8 @@ def test_owners_survive_a_daemon_killed_and_started_again(
     members: tuple[pwd.struct_passwd, pwd.struct_passwd],
 ) -> None:
     alice, bob = members
-    path = make_context([TaskDef("t1", command="sleep 600")])
     first = daemons()
-    started = zsvc_as(alice, first, "start", "--context", str(path), "WEB1")
-    assert started.returncode == 0, started.stderr + first.log()[-3000:]
+    start_as(alice, first, make_context, "WEB1")
     first.kill9()  # the tasks run on; the next daemon re-adopts them from the table
     second = daemons()
     assert owners(second) == {"WEB1": alice.pw_name}
