@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from typing import Any
 from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context
-from zsvc.daemon import engine, launch, lifecycle, restore, selection
+from zsvc.daemon import engine, lifecycle, restore, selection
 from zsvc.daemon.access import ROOT, Principal
 from zsvc.daemon.automatic import AutomaticStarts
 from zsvc.daemon.launch import Launcher
@@ -93,6 +94,7 @@ class Manager:
             ended=self._ended,
             save=self._save,
             report=self.reports.task_event,
+            preflight=lambda record, spec: self.launcher.preflight(record.id, spec, record.owner),
         )
 
     # --- persistence ------------------------------------------------------------
@@ -173,14 +175,15 @@ class Manager:
                 )
         else:
             if transaction not in self.transactions:
-                selection.check_new(context, services)
+                check = functools.partial(self.launcher.preflight, transaction or "(new)")
+                selection.check_new(context, services, functools.partial(check, owner=owner))
             record = self._create(transaction, context, context_text or "", owner)
         async with self._locked(record):
             chosen = selection.choose(record, services, default=selection.entry_tasks(record))
             self._set_stopping(record, False)
             for task in chosen:
                 if not task.is_up:
-                    launch.preflight(task.spec)
+                    self.launcher.preflight(record.id, task.spec, record.owner)
             now = self._clock()
             for task in chosen:  # a start by hand resets the start limit, as reset-failed does
                 _, task.restart_state = engine.note_start(
@@ -387,7 +390,9 @@ class Manager:
             task.load_row(before)  # nothing was started: the record says so again
             raise
         try:  # the launch reads the environment files: a LaunchError when one went wrong
-            spec = self.launcher.task(record.id, record.context, task.spec, invocation, crashing)
+            spec = self.launcher.task(
+                record.id, record.context, task.spec, invocation, crashing, owner=record.owner
+            )
             handle = await self.runner.start(spec)
         except LaunchError as exc:
             log.error("%s/%s: %s", record.id, task.id, exc)

@@ -115,7 +115,13 @@ async def _find_run(
         if unsaved is not None:
             description.update(unsaved)
     launch = launcher.task(
-        record.id, record.context, task.spec, invocation, crashing=False, read_files=False
+        record.id,
+        record.context,
+        task.spec,
+        invocation,
+        crashing=False,
+        read_files=False,
+        owner=record.owner,
     )
     try:
         handle = await runner.adopt(launch, description) if description.get("pid") else None

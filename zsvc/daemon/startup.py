@@ -90,7 +90,8 @@ async def open_daemon(
         # process runner chosen here, which the thread runner wraps.
         runner = ThreadRunner(await _choose_runner(options, runtime, state), bus.publish)
         parts.push_async_callback(runner.close)
-        launcher = Launcher.for_daemon(runtime, state, functools.partial(_user_bus, bus, runtime))
+        user_bus = functools.partial(_user_bus, bus, runtime)
+        launcher = Launcher.for_daemon(runtime, state, user_bus, options.access.may_run_as)
         manager = Manager(
             runner, table, bus.publish, runtime, state, bus.subscribers, launcher=launcher
         )

@@ -1,0 +1,122 @@
+"""A member of group ``zsvc`` runs tasks as themselves on a root daemon, never as root
+(issue 15, zsvc/daemon/identity.py), on the local runner.
+
+A throwaway user in group ``zsvc`` starts contexts through the root daemon's control
+socket, as it would with ``zsvc start``; the kernel says who they are (SO_PEERCRED), and
+every task of theirs, command, Python or Thread, runs with their uid. A ``user="root"``
+of theirs is refused with the way to get it granted; a grant in the daemon's ``[access]``
+settings allows the identity it names. Root's own transactions still run as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.integration.conftest import Daemon, TaskDef, python_for_user, wait_until
+from tests.integration.test_bus_trust import throwaway_user
+from tests.integration.test_group_access import control_group, zsvc_as
+from tests.integration.test_threads import threaded
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user, runs as it"),
+]
+
+
+@pytest.fixture
+def member(workdir: Path) -> Iterator[pwd.struct_passwd]:
+    """A throwaway member of group ``zsvc`` who may enter the test's directory."""
+    workdir.chmod(0o711)  # the daemon's directories decide, not the test's temp dir
+    with control_group() as group, throwaway_user(groups=[group.gr_name]) as user:
+        yield user
+
+
+def _daemon(daemons: Callable[..., Daemon], member: pwd.struct_passwd, **kwargs: Any) -> Daemon:
+    """A root daemon under an interpreter the member may run: the Python of its tasks
+    (zygote, thread host) is the daemon's own, and this test's may live under /root."""
+    python = python_for_user(member.pw_uid, member.pw_gid)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "executable", python)
+        return daemons(**kwargs)
+
+
+def _out_dir(workdir: Path) -> Path:
+    out = workdir / "out"
+    out.mkdir(exist_ok=True)
+    out.chmod(0o1777)  # anyone's task may leave its report here
+    return out
+
+
+def _uids(daemon: Daemon, transaction: str) -> dict[str, int]:
+    """Each running task's real uid, from its process (the kernel's word, not zsvc's)."""
+    done = daemon.cli("status", transaction, "--json")
+    assert done.code == 0, done.stderr
+    views = json.loads(done.stdout)
+    view = views[0] if isinstance(views, list) else views
+    return {task["id"]: psutil.Process(task["pid"]).uids().real for task in view["tasks"]}
+
+
+def test_a_members_tasks_run_as_the_member_never_root(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    workdir: Path,
+    member: pwd.struct_passwd,
+) -> None:
+    out = _out_dir(workdir)
+    command = TaskDef("cmd", command=f"sh -c 'id -u > {out}/cmd.uid; exec sleep 600'")
+    path = threaded(make_context, [command, TaskDef("py"), TaskDef("th")], "th")
+    daemon = _daemon(daemons, member)
+    started = zsvc_as(member, daemon, "start", "--context", str(path), "MINE")
+    logs = "".join(p.read_text(errors="replace") for p in daemon.state.rglob("*.log"))
+    assert started.returncode == 0, started.stderr + daemon.log()[-3000:] + logs[-3000:]
+    report = out / "cmd.uid"
+    wait_until(lambda: report.exists() and report.read_text().strip(), what="the task's id -u")
+    assert report.read_text().strip() == str(member.pw_uid)
+    assert _uids(daemon, "MINE") == {"cmd": member.pw_uid, "py": member.pw_uid, "th": member.pw_uid}
+
+    stopped = zsvc_as(member, daemon, "stop", "MINE")  # their own: they may
+    assert stopped.returncode == 0, stopped.stderr
+
+    mine = daemon.cli("start", "--context", str(path), "ROOTS")  # root's: as written
+    assert mine.code == 0, mine.stderr
+    assert set(_uids(daemon, "ROOTS").values()) == {0}
+
+
+def test_another_identity_is_refused_unless_granted(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    workdir: Path,
+    member: pwd.struct_passwd,
+) -> None:
+    out = _out_dir(workdir)
+    as_root = make_context(
+        [TaskDef("web", command=f"sh -c 'id -u > {out}/web.uid'", exec_attrs={"user": "root"})]
+    )
+    nobody = pwd.getpwnam("nobody")
+    as_nobody = make_context([TaskDef("web", command="sleep 600", exec_attrs={"user": "nobody"})])
+    settings = workdir / "zsvc.conf"
+    settings.write_text(f"[access]\nrun_as.nobody = user:{member.pw_name}\n")
+    daemon = _daemon(daemons, member, args=["--config", str(settings)])
+
+    refused = zsvc_as(member, daemon, "start", "--context", str(as_root), "GREEDY")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert (
+        f"task web: user 'root' is not yours to run as: transaction GREEDY belongs to"
+        f" {member.pw_name}; a grant run_as.root = user:{member.pw_name} in /etc/zsvc/zsvc.conf"
+        " [access] allows it (<exec user>)"
+    ) in refused.stderr
+    assert not (out / "web.uid").exists()
+    assert daemon.cli("status", "GREEDY").code == 4  # never created
+
+    granted = zsvc_as(member, daemon, "start", "--context", str(as_nobody), "GRANTED")
+    assert granted.returncode == 0, granted.stderr + daemon.log()[-3000:]
+    assert _uids(daemon, "GRANTED") == {"web": nobody.pw_uid}
