@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         curve_keys=settings.curve_keys,
         context_commands=bool(settings.context_commands),
         access=settings.access,
+        control_listen=settings.listen,
+        control_act_as=settings.act_as or (),
     )
     return run_daemon(
         options, functools.partial(reexec, argv), functools.partial(reload_problem, args.config)
@@ -111,6 +113,12 @@ def reload_problem(config: Path | None) -> str | None:
             curve.load_server(new.curve_keys)
         except curve.KeysError as exc:
             return f"the bus's CURVE keys: {exc}"
+        from zsvc.daemon.remoteauth import KeyPrincipals
+
+        try:  # each act_as user must exist, as the new daemon checks
+            KeyPrincipals.resolve(curve.admitted(new.curve_keys), new.act_as or ())
+        except KeyError as exc:
+            return f"[control] {exc.args[0]}"
     return None
 
 

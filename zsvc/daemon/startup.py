@@ -49,6 +49,7 @@ from zsvc.states import Result
 
 if TYPE_CHECKING:  # zmq.auth is imported only by a daemon that has keys
     from zsvc.curve import ServerKeys
+    from zsvc.daemon.remote import ControlEndpoints
 
 log = logging.getLogger("zsvc.daemon")
 
@@ -78,9 +79,10 @@ async def open_daemon(
         parts.callback(context.term)
         table = Table(state.database, durable=options.durable, mode=modes.file, group=modes.group)
         parts.callback(table.close)
+        keys = _start_authenticator(context, options, parts)
         bus = BusDevice(
             context,
-            keys=_start_authenticator(context, options, parts),
+            keys=keys,
             open_commands=options.context_commands,
         )
         parts.push_async_callback(_close_bus, bus)
@@ -101,13 +103,14 @@ async def open_daemon(
         control = ControlServer(context, runtime)
         parts.push_async_callback(control.close)
         _claim(control)
+        endpoints = _open_remote(context, options, control, keys, parts)
         return Daemon(
             options,
             runner=runner,
             bus=bus,
             manager=manager,
             monitor=monitor,
-            control=control,
+            control=endpoints,  # type: ignore[arg-type]  # ControlEndpoints: start() alike
             fixed_endpoints=fixed,
             parts=parts.pop_all(),
             check_reload=check_reload,
@@ -238,9 +241,9 @@ def _start_authenticator(
         keys = curve.load_server(options.curve_keys)
     except curve.KeysError as exc:
         raise DaemonError(f"the bus's CURVE keys: {exc}") from exc
-    from zmq.auth.asyncio import AsyncioAuthenticator
+    from zsvc.daemon.remote import NamingAuthenticator, key_names
 
-    authenticator = AsyncioAuthenticator(context)
+    authenticator = NamingAuthenticator(context, key_names(keys.clients))
     authenticator.start()
     parts.callback(authenticator.stop)
     authenticator.configure_curve(domain="*", location=str(keys.clients))
@@ -251,6 +254,44 @@ def _start_authenticator(
         ", ".join(admitted) or "none",
     )
     return keys
+
+
+def _open_remote(
+    context: zmq.asyncio.Context,
+    options: DaemonOptions,
+    control: ControlServer,
+    keys: ServerKeys | None,
+    parts: contextlib.AsyncExitStack,
+) -> ControlServer | ControlEndpoints:
+    """*control* alone, or with the TCP control endpoint of ``[control] listen`` (bound,
+    CURVE only): what the daemon starts once it can answer."""
+    if options.control_listen is None:
+        return control
+    if keys is None or options.curve_keys is None:
+        raise DaemonError("[control] listen is set, but a TCP control endpoint needs CURVE keys")
+    from zsvc import curve
+    from zsvc.daemon.remote import ControlEndpoints, RemoteControl
+    from zsvc.daemon.remoteauth import KeyPrincipals, describe
+
+    admitted = curve.admitted(options.curve_keys)
+    try:
+        principals = KeyPrincipals.resolve(admitted, options.control_act_as)
+    except KeyError as exc:
+        raise DaemonError(f"[control] {exc.args[0]}") from None
+    remote = RemoteControl(context, control.runtime, options.control_listen, principals)
+    parts.push_async_callback(remote.close)
+    try:
+        remote.bind(keys)
+    except zmq.ZMQError as exc:
+        raise DaemonError(
+            f"cannot bind the control endpoint {options.control_listen}: {exc}"
+        ) from None
+    log.info(
+        "control endpoint %s (CURVE); keys: %s",
+        options.control_listen,
+        ", ".join(describe(p) for p in principals.by_key.values()) or "none admitted",
+    )
+    return ControlEndpoints(control, remote)
 
 
 def _bind(bus: BusDevice, pairs: Endpoints) -> None:
