@@ -110,6 +110,44 @@ def load_client(directory: Path, name: str) -> ClientKeys:
     return ClientKeys(server_public, public, secret)
 
 
+def load_remote(path: Path) -> tuple[str, ClientKeys]:
+    """A remote CLI's keys (``zsvc --keys PATH``) and the key's name.
+
+    *PATH* is a client's ``NAME.key_secret`` with the daemon's ``server.key`` beside it or
+    one directory up (the layout ``zsvc keys`` writes), or a directory holding
+    ``server.key`` and exactly one client's secret (in it or in its ``clients/``): what an
+    operator copies to their machine. KeysError says what is missing or ambiguous.
+    """
+    if path.is_dir():
+        found = [
+            secret
+            for where in (path, path / CLIENTS)
+            for secret in sorted(where.glob(f"*{SECRET_SUFFIX}"))
+            if secret.name != f"{SERVER}{SECRET_SUFFIX}"
+        ]
+        if len(found) != 1:
+            names = ", ".join(secret.name for secret in found) or "none"
+            raise KeysError(
+                f"{path}: expected one client's *{SECRET_SUFFIX} (found {names});"
+                f" give the file itself: --keys {path}/NAME{SECRET_SUFFIX}"
+            )
+        path = found[0]
+    if not path.name.endswith(SECRET_SUFFIX):
+        raise KeysError(f"{path}: not a client's secret key file (NAME{SECRET_SUFFIX})")
+    server = next(
+        (
+            where / f"{SERVER}{PUBLIC_SUFFIX}"
+            for where in (path.parent, path.parent.parent)
+            if (where / f"{SERVER}{PUBLIC_SUFFIX}").is_file()
+        ),
+        path.parent / f"{SERVER}{PUBLIC_SUFFIX}",
+    )
+    server_public, _ = _load(server, want_secret=False)
+    public, secret = _load(path, want_secret=True)
+    assert secret is not None
+    return path.name[: -len(SECRET_SUFFIX)], ClientKeys(server_public, public, secret)
+
+
 def admitted(directory: Path) -> list[str]:
     """The names of the clients whose public keys are in ``clients/``."""
     clients = directory / CLIENTS

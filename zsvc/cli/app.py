@@ -24,6 +24,7 @@ import typer
 from zsvc import __version__
 from zsvc.cli import actions, values
 from zsvc.cli.text import printable
+from zsvc.client import CONNECT_ENV, KEYS_ENV
 from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode
 
 app = typer.Typer(
@@ -47,12 +48,29 @@ def main_options(
     runtime_dir: Path = typer.Option(
         None, "--runtime-dir", envvar="ZSVC_RUNTIME_DIR", help="The daemon's runtime directory."
     ),
+    connect: str = typer.Option(
+        None,
+        "--connect",
+        envvar=CONNECT_ENV,
+        metavar="tcp://HOST:PORT",
+        help="A daemon on another host: its [control] listen endpoint (CURVE).",
+    ),
+    keys: Path = typer.Option(
+        None,
+        "--keys",
+        envvar=KEYS_ENV,
+        help="With --connect: your NAME.key_secret (server.key beside it), or their directory.",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """zsvc: transactions of small task services on a ZeroMQ bus."""
     _state["runtime_dir"] = runtime_dir
+    # Every control client of this command reads them (zsvc.client.open_control).
+    for name, value in ((CONNECT_ENV, connect), (KEYS_ENV, keys)):
+        if value is not None:
+            os.environ[name] = str(value)
 
 
 def _seconds(param: typer.CallbackParam, value: float | None) -> float | None:
