@@ -108,11 +108,10 @@ def read_context(path: Path) -> tuple[str, str]:
 
 def call(runtime: str | os.PathLike[str] | None, command: str, wait: float, **args: Any) -> Any:
     """Run *command* in the daemon; prints the error and raises CommandFailed on failure."""
-    from zsvc.client import ControlClient
-    from zsvc.paths import client_runtime_dir
+    from zsvc.client import open_control
 
     try:
-        with ControlClient(client_runtime_dir(runtime), timeout=wait) as client:
+        with open_control(runtime, wait) as client:
             return client.call(command, **args)
     except DaemonUnreachable as exc:
         print(f"zsvc: {exc}\n{exc.hint}", file=sys.stderr)
@@ -136,13 +135,11 @@ def reexec(runtime: str | os.PathLike[str] | None, timeout: float) -> dict[str, 
     """
     import time
 
-    from zsvc.client import ControlClient
-    from zsvc.paths import client_runtime_dir
+    from zsvc.client import open_control
 
     old = call(runtime, "ping", 10.0)
-    where = client_runtime_dir(runtime)
     try:
-        with ControlClient(where, timeout=10.0) as client:
+        with open_control(runtime, 10.0) as client:
             client.call("reexec")
     except ZsvcError as exc:
         print(f"zsvc: {printable(exc.message)}", file=sys.stderr)
@@ -152,7 +149,7 @@ def reexec(runtime: str | os.PathLike[str] | None, timeout: float) -> dict[str, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with ControlClient(where, timeout=max(0.1, deadline - time.monotonic())) as client:
+            with open_control(runtime, max(0.1, deadline - time.monotonic())) as client:
                 new: dict[str, Any] = client.call("ping")
             if new.get("since") != old.get("since"):
                 return new
