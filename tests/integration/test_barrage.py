@@ -210,24 +210,28 @@ def notify_datagram(rng: random.Random) -> bytes:
 # --------------------------------------------------------------------------- the barrages
 
 
-def test_control_socket_survives_random_frames(victim: tuple[Daemon, int]) -> None:
-    daemon, pid = victim
-    fds = open_fds(daemon.pid())
+def control_barrage(
+    endpoint: str,
+    daemon_pid: int,
+    raw: Callable[[bytes], None],
+    prepare: Callable[[zmq.Socket], None] = lambda _: None,
+) -> int:
+    """Send FRAMES random control frames to *endpoint* (and bytes that are not ZMTP at all
+    on a new connection, *raw*, every 500), then a ping; returns how many replies came.
+    *prepare* sets the dealer's options before it connects (the TCP control endpoint's
+    barrage gives it CURVE keys: tests/integration/test_remote_cli.py)."""
     rng = random.Random(SEED)
-    endpoint = f"ipc://{daemon.runtime / 'control'}"
+    replies = 0
     ctx = zmq.Context()
     try:
         dealer = ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, 0)
+        prepare(dealer)
         dealer.connect(endpoint)
-        replies = 0
         for number in range(FRAMES):
             if number % 500 == 0:
-                # Not ZMTP at all: raw bytes on the socket file, then a hang-up.
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
-                    raw.connect(str(daemon.runtime / "control"))
-                    raw.sendall(random_bytes(rng) + b"\xff" * 10)
+                raw(random_bytes(rng) + b"\xff" * 10)
             frames = [control_request(rng) if rng.random() < 0.6 else odd_frame(rng)]
             if rng.random() < 0.05:
                 frames = [random_bytes(rng) for _ in range(rng.randrange(0, 4))] or [b""]
@@ -242,12 +246,25 @@ def test_control_socket_survives_random_frames(victim: tuple[Daemon, int]) -> No
             reply = json.loads(dealer.recv())
             replies += 1
             if reply.get("id") == "last":
-                assert reply["ok"] and reply["result"]["pid"] == daemon.pid()
-                break
-        print(f"{replies} replies to {FRAMES} frames")
-        assert replies > FRAMES // 2  # single-frame requests are each answered
+                assert reply["ok"] and reply["result"]["pid"] == daemon_pid
+                print(f"{replies} replies to {FRAMES} frames")
+                return replies
     finally:
         ctx.destroy(0)
+
+
+def test_control_socket_survives_random_frames(victim: tuple[Daemon, int]) -> None:
+    daemon, pid = victim
+    fds = open_fds(daemon.pid())
+    endpoint = f"ipc://{daemon.runtime / 'control'}"
+
+    def raw(data: bytes) -> None:  # raw bytes on the socket file, then a hang-up
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(daemon.runtime / "control"))
+            sock.sendall(data)
+
+    replies = control_barrage(endpoint, daemon.pid(), raw)
+    assert replies > FRAMES // 2  # single-frame requests are each answered
     assert_unharmed(daemon, pid, fds)
 
 

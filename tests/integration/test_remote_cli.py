@@ -1,0 +1,227 @@
+"""The CLI on another host: ``zsvc --connect tcp://HOST:PORT --keys …`` over CURVE (issue 15).
+
+The daemon runs in this host's network namespace with ``[control] listen`` on one end of
+a veth pair; the CLI runs in a network namespace of its own (``ip netns exec``), so the
+requests cross a real network interface, not loopback. Without root or ``ip netns``, both
+sides use loopback (the test says so in its output).
+
+Keys: ``alice`` acts as root here (``act_as``), ``viewer`` is admitted but mapped to nobody,
+``eve`` is a key made for this daemon's server key but not admitted (its public key is
+removed from ``clients/`` before the daemon starts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.integration.conftest import REPO, Daemon, TaskDef, free_port
+from tests.integration.test_barrage import (
+    FRAMES,
+    TRANSACTION,
+    assert_unharmed,
+    control_barrage,
+    open_fds,
+    victim,  # noqa: F401  (a fixture: the one task the tests look after)
+)
+from zsvc import curve
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Network:
+    """Where the daemon listens, and how to run a command on the CLI's side."""
+
+    address: str
+    prefix: tuple[str, ...]
+    """``ip netns exec NS`` (empty: loopback, same namespace)."""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[Network]:
+    """A network namespace for the CLI, joined to this one by a veth pair (root and
+    ``ip netns`` needed); loopback otherwise."""
+    tag = f"{os.getpid() % 100000}"
+    name, host_end, ns_end = f"zsvc-rc{tag}", f"zrc{tag}h", f"zrc{tag}n"
+    octet = os.getpid() % 250 + 1
+    host, guest = f"10.213.{octet}.1", f"10.213.{octet}.2"
+    try:
+        _ip("netns", "add", name)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"remote CLI over loopback: no network namespace ({exc})")
+        yield Network("127.0.0.1", ())
+        return
+    try:
+        _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+        _ip("link", "set", ns_end, "netns", name)
+        _ip("addr", "add", f"{host}/30", "dev", host_end)
+        _ip("link", "set", host_end, "up")
+        _ip("-n", name, "addr", "add", f"{guest}/30", "dev", ns_end)
+        _ip("-n", name, "link", "set", ns_end, "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+        print(f"remote CLI from network namespace {name} ({guest}) to {host}")
+        yield Network(host, ("ip", "netns", "exec", name))
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "del", host_end)
+        _ip("netns", "del", name)
+
+
+@dataclass(frozen=True)
+class Remote:
+    daemon: Daemon
+    endpoint: str
+    keys: Path
+    network: Network
+
+    def key(self, name: str) -> str:
+        return str(self.keys / curve.CLIENTS / f"{name}{curve.SECRET_SUFFIX}")
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0):
+        """``zsvc ARGS`` on the CLI's side of the network; (exit status, stdout, stderr)."""
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("ZSVC_")}
+        # No local daemon to fall back on: a runtime directory where none listens.
+        environment["ZSVC_RUNTIME_DIR"] = str(self.keys.parent / "no-daemon-here")
+        environment.update(env or {})
+        done = subprocess.run(
+            [*self.network.prefix, sys.executable, "-m", "zsvc", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    def as_key(self, name: str, *args: str, timeout: float = 60.0):
+        return self.cli(
+            "--connect", self.endpoint, "--keys", self.key(name), *args, timeout=timeout
+        )
+
+
+@pytest.fixture
+def endpoint(network: Network) -> str:
+    return f"tcp://{network.address}:{free_port()}"
+
+
+@pytest.fixture
+def daemon(daemons: Callable[..., Daemon], workdir: Path, endpoint: str) -> Daemon:
+    """A daemon with a TCP control endpoint (CURVE), the keys in *workdir*/keys (the
+    barrage's ``victim`` fixture runs its one task, BARRAGE, on this daemon)."""
+    keys = workdir / "keys"
+    curve.create(keys, ["alice", "viewer", "eve"], force=False)
+    (keys / curve.CLIENTS / f"eve{curve.PUBLIC_SUFFIX}").unlink()  # a key, not admitted
+    config = workdir / "zsvc.conf"
+    config.write_text(
+        f"[daemon]\nrunner = local\n[bus]\ncurve_keys = {keys}\n"
+        f"[control]\nlisten = {endpoint}\nact_as = alice:root\n"
+    )
+    return daemons(args=["--config", str(config)])
+
+
+@pytest.fixture
+def remote(
+    request: pytest.FixtureRequest, workdir: Path, endpoint: str, network: Network
+) -> Remote:
+    daemon, _ = request.getfixturevalue("victim")
+    return Remote(daemon, endpoint, workdir / "keys", network)
+
+
+def test_an_admitted_key_drives_the_daemon(remote: Remote, make_context) -> None:
+    context = make_context([TaskDef("t1", command="sleep 600", location=None)])
+    code, out, err = remote.as_key("alice", "start", "-c", str(context), "REMOTE", "--json")
+    assert code == 0, err
+    assert json.loads(out)["tasks"][0]["state"] == "active"
+    # The environment variables do the same, through the typer-free fast path too.
+    env = {"ZSVC_CONNECT": remote.endpoint, "ZSVC_KEYS": remote.key("alice")}
+    code, out, err = remote.cli("status", "--json", env=env)
+    assert code == 0, err
+    listed = {t["transaction"] for t in json.loads(out)["transactions"]}
+    assert listed == {TRANSACTION, "REMOTE"}
+    assert remote.as_key("alice", "stop", "REMOTE")[0] == 0
+    assert remote.daemon.call("status", transaction="REMOTE")["tasks"][0]["state"] == "inactive"
+    log = remote.daemon.log()
+    assert "remote start from key alice (as root, uid 0)" in log
+    assert "remote stop from key alice" in log
+
+
+def test_a_key_mapped_to_nobody_may_only_read(remote: Remote) -> None:
+    code, out, err = remote.as_key("viewer", "status", "--json")
+    assert code == 0, err
+    assert [t["transaction"] for t in json.loads(out)["transactions"]] == [TRANSACTION]
+    code, _, err = remote.as_key("viewer", "stop", TRANSACTION)
+    assert code == 5, err
+    assert "key 'viewer' acts as nobody on this host" in err
+    assert remote.daemon.call("status", transaction=TRANSACTION)["tasks"][0]["state"] == "active"
+    assert "refused stop from key viewer (as nobody)" in remote.daemon.log()
+
+
+def test_an_unknown_key_fails_the_handshake(remote: Remote) -> None:
+    started = time.monotonic()
+    code, _, err = remote.as_key("eve", "status")
+    assert code == 3, err
+    assert "refused key 'eve': the CURVE handshake failed" in err
+    assert time.monotonic() - started < 8.0  # at the handshake, not at the 10 s timeout
+    # No key at all: the CLI says so before sending anything.
+    code, _, err = remote.cli("--connect", remote.endpoint, "status")
+    assert code == 2 and "needs --keys" in err, err
+
+
+def test_clients_without_curve_get_nothing(remote: Remote) -> None:
+    """A ZMTP client without CURVE fails its handshake; a plain TCP client is hung up on."""
+    host, port = remote.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    ctx = zmq.Context()
+    try:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        monitor = dealer.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        dealer.connect(remote.endpoint)
+        dealer.send(b'{"v":1,"id":"x","command":"status"}')
+        assert monitor.poll(10_000), "no handshake failure for a NULL client"
+        assert not dealer.poll(1000), "a client without CURVE got an answer"
+        dealer.disable_monitor()
+    finally:
+        ctx.destroy(0)
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        received = b""
+        with contextlib.suppress(ConnectionResetError):  # a hang-up either way
+            while chunk := raw.recv(4096):  # ends when the daemon hangs up (timeout: 10 s)
+                received += chunk
+        assert b"status" not in received
+    assert remote.daemon.call("ping")["pid"] == remote.daemon.pid()
+
+
+def test_tcp_control_endpoint_survives_random_frames(remote: Remote) -> None:
+    """The ipc barrage's frames (tests/integration/test_barrage.py), from an admitted key
+    acting as root, and raw bytes on new TCP connections every 500 frames."""
+    daemon = remote.daemon
+    pid = daemon.call("status", transaction=TRANSACTION)["tasks"][0]["pid"]
+    fds = open_fds(daemon.pid())
+    host, port = remote.endpoint.removeprefix("tcp://").rsplit(":", 1)
+
+    def raw(data: bytes) -> None:  # not ZMTP at all, then a hang-up
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(data)
+
+    _, keys = curve.load_remote(Path(remote.key("alice")))
+    replies = control_barrage(remote.endpoint, daemon.pid(), raw, prepare=keys.apply)
+    assert replies > FRAMES // 2  # the frames reached the daemon's handler, not a wall
+    assert_unharmed(daemon, pid, fds)
+    assert remote.as_key("alice", "ping")[0] == 0
