@@ -27,7 +27,7 @@ from zmq.utils import z85
 from zsvc import curve
 from zsvc.daemon.access import Principal
 from zsvc.daemon.control import ControlServer, Handler
-from zsvc.daemon.remoteauth import KeyPrincipals, describe, may_ask
+from zsvc.daemon.remoteauth import READ_ONLY, KeyPrincipals, describe, may_ask
 from zsvc.errors import NotYours
 from zsvc.paths import RuntimeLayout
 
@@ -106,7 +106,9 @@ class RemoteControl(ControlServer):
                     f"key {principal.key!r} acts as nobody on this host: it may ping, status and"
                     " logs; [control] act_as in the daemon's settings maps it to a local user"
                 )
-            log.info("remote %s from %s", command, describe(principal))
+            # Reads at DEBUG: a dashboard polling status must not fill the journal.
+            level = logging.DEBUG if command in READ_ONLY else logging.INFO
+            log.log(level, "remote %s from %s", command, describe(principal))
             return await handler(command, args, principal)
 
         self._jobs.spawn(self._serve(guarded), "serve")
