@@ -5,9 +5,9 @@ a veth pair; the CLI runs in a network namespace of its own (``ip netns exec``),
 requests cross a real network interface, not loopback. Without root or ``ip netns``, both
 sides use loopback (the test says so in its output).
 
-Keys: ``alice`` acts as root here (``act_as``), ``viewer`` is admitted but mapped to nobody,
-``eve`` is a key made for this daemon's server key but not admitted (its public key is
-removed from ``clients/`` before the daemon starts).
+Keys: ``alice`` acts as the root user here (``act_as``), ``viewer`` is admitted but mapped
+to nobody (it may read, never start), ``eve`` is a key made for this daemon's server key
+but not admitted (its public key is removed from ``clients/`` before the daemon starts).
 """
 
 from __future__ import annotations
@@ -161,15 +161,21 @@ def test_an_admitted_key_drives_the_daemon(remote: Remote, make_context) -> None
     assert "remote stop from key alice" in log
 
 
-def test_a_key_mapped_to_nobody_may_only_read(remote: Remote) -> None:
+def test_a_key_mapped_to_nobody_may_only_read(remote: Remote, make_context) -> None:
     code, out, err = remote.as_key("viewer", "status", "--json")
     assert code == 0, err
     assert [t["transaction"] for t in json.loads(out)["transactions"]] == [TRANSACTION]
-    code, _, err = remote.as_key("viewer", "stop", TRANSACTION)
+    # Starting would run tasks as no one: refused before the owner rules, grants or not.
+    context = make_context([TaskDef("t1", command="sleep 600", location=None)])
+    code, _, err = remote.as_key("viewer", "start", "-c", str(context), "NOBODYS")
     assert code == 5, err
     assert "key 'viewer' acts as nobody on this host" in err
+    assert "refused start from key viewer (as nobody)" in remote.daemon.log()
+    # Anything else is the owner rules': it owns nothing, and nothing grants it control.
+    code, _, err = remote.as_key("viewer", "stop", TRANSACTION)
+    assert code == 5 and "belongs to root" in err, err
     assert remote.daemon.call("status", transaction=TRANSACTION)["tasks"][0]["state"] == "active"
-    assert "refused stop from key viewer (as nobody)" in remote.daemon.log()
+    assert {t["transaction"] for t in remote.daemon.call("status")["transactions"]} == {TRANSACTION}
 
 
 def test_an_unknown_key_fails_the_handshake(remote: Remote) -> None:

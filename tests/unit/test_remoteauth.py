@@ -80,7 +80,9 @@ def test_keys_map_to_users_or_to_nobody() -> None:
         ["ping", "status", "logs", "start", "stop", "restart", "forget", "reexec", "shutdown"]
     )
 )
-def test_nobody_only_reads(command: str) -> None:
+def test_nobody_never_starts(command: str) -> None:
     nobody = remoteauth.KeyPrincipals.resolve(["v"], []).of("v")
     assert nobody is not None
-    assert remoteauth.may_ask(nobody, command) == (command in remoteauth.READ_ONLY)
+    assert remoteauth.may_ask(nobody, command) == (command != "start")
+    mapped = remoteauth.KeyPrincipals.resolve(["m"], [("m", pwd.getpwuid(0).pw_name)]).of("m")
+    assert mapped is not None and remoteauth.may_ask(mapped, command)

@@ -9,7 +9,7 @@ handshake, never from the message: the ZAP handler admits only the public keys i
 keys directory's ``clients/`` and names each connection by its key file's name, which
 libzmq then gives every message as its ``User-Id`` property. That name becomes a
 :class:`~zsvc.daemon.access.Principal` (:mod:`zsvc.daemon.remoteauth`: the local user
-the key acts as, or nobody, who may only read). Every remote request is logged with
+the key acts as, or nobody, who never starts anything). Every remote request is logged with
 its key, so the daemon's log (the journal under systemd) says who asked for what.
 """
 
@@ -103,8 +103,9 @@ class RemoteControl(ControlServer):
                     "refused %s from %s: it acts as nobody here", command, describe(principal)
                 )
                 raise NotYours(
-                    f"key {principal.key!r} acts as nobody on this host: it may ping, status and"
-                    " logs; [control] act_as in the daemon's settings maps it to a local user"
+                    f"key {principal.key!r} acts as nobody on this host, and a transaction's"
+                    " tasks run as its owner: [control] act_as in the daemon's settings maps"
+                    " the key to a local user who may start"
                 )
             # Reads at DEBUG: a dashboard polling status must not fill the journal.
             level = logging.DEBUG if command in READ_ONLY else logging.INFO

@@ -5,8 +5,11 @@ only over CURVE (the clients of ``[bus] curve_keys``), and say which local user 
 acts as (``act_as = alice:alice ci:deploy``). A request is then attributed to the key's
 :class:`~zsvc.daemon.access.Principal`: with the local user's uid and gid when the key is
 mapped (the owner rules and the tasks' identity then treat it as that user), else as
-nobody here (``key:NAME``, no uid), which may read (:data:`READ_ONLY`) and nothing more:
-a key nobody mapped must not create processes under an identity no one chose.
+nobody here (``key:NAME``, no uid). A key acting as nobody never starts anything: a
+transaction's tasks run as its owner, and a key nobody mapped must not create processes
+under an identity no one chose. Whatever else it asks is up to the owner rules
+(:mod:`zsvc.daemon.access`): without an ``[access]`` grant to ``key:NAME`` that is reading
+(:data:`READ_ONLY`), as it owns nothing.
 
 Kept free of sockets and of I/O but the user database, so that the settings parser can use
 its converters and the rules are tested without a daemon (:mod:`zsvc.daemon.remote` binds).
@@ -27,7 +30,10 @@ USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 _TCP = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9*.-]+):(?P<port>[0-9]{1,5})")
 
 READ_ONLY = frozenset({"ping", "status", "logs"})
-"""What a key that acts as nobody here may ask: nothing that starts, stops or forgets."""
+"""The commands that change nothing (logged at DEBUG when remote: a poller must not fill
+the journal)."""
+NEEDS_IDENTITY = frozenset({"start"})
+"""What a key acting as nobody may never ask, grants or not: it would run tasks as no one."""
 
 
 def tcp_endpoint(value: str) -> str:
@@ -87,9 +93,9 @@ class KeyPrincipals:
 
 
 def may_ask(principal: Principal, command: str) -> bool:
-    """A key acting as nobody here may only read; a mapped key asks as its user (the
-    owner rules decide the rest)."""
-    return principal.uid is not None or command in READ_ONLY
+    """A key acting as nobody here may not start; a mapped key asks as its user. The owner
+    rules decide the rest, for both."""
+    return principal.uid is not None or command not in NEEDS_IDENTITY
 
 
 def describe(principal: Principal) -> str:
