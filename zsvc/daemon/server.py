@@ -33,12 +33,13 @@ from typing import Any
 
 from zsvc import __version__, commands, protocol
 from zsvc.config.model import Context
-from zsvc.daemon.access import ROOT, AccessRules, Principal, describe, refusal
+from zsvc.daemon.access import ROOT, AccessRules, Principal, refusal
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import CapSchedule, cap_logs
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.monitor import MonitorService
+from zsvc.daemon.refusals import log_refusal
 from zsvc.errors import BadRequest, NotYours, OperationFailed, ZsvcError
 from zsvc.jobs import Jobs
 from zsvc.notify import tell_supervisor, watchdog_interval
@@ -215,20 +216,15 @@ class Daemon:
         record = self.manager.transactions.get(transaction or "")
         if record is None or self.options.access.may_control(principal, record.owner, record.id):
             return
-        log.warning(
-            "refused: %s asked to %s transaction %s, which belongs to %s",
-            describe(principal),
-            verb,
-            record.id,
-            record.owner.name,
-        )
+        what = f"to {verb} transaction {record.id}, which belongs to {record.owner.name}"
+        log_refusal(principal, verb, what, record.id)
         raise NotYours(refusal(record.owner, record.id, verb))
 
     def _check_administer(self, principal: Principal, verb: str) -> None:
         """Refuse (``not-yours``, logged) a command that reaches every transaction."""
         if self.options.access.may_administer(principal):
             return
-        log.warning("refused: %s asked to %s the daemon", describe(principal), verb)
+        log_refusal(principal, verb.replace(" ", ""), f"to {verb} the daemon")
         raise NotYours(
             f"only root, or a plain 'control' grant in /etc/zsvc/zsvc.conf [access], may {verb}"
             " the daemon: it reaches every transaction"
