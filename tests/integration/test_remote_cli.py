@@ -6,7 +6,8 @@ requests cross a real network interface, not loopback. Without root or ``ip netn
 sides use loopback (the test says so in its output).
 
 Keys: ``alice`` acts as the root user here (``act_as``), ``viewer`` is admitted but mapped
-to nobody (it may read, never start), ``eve`` is a key made for this daemon's server key
+to nobody (it may read, never start), ``ops`` too, but granted control by ``[access]``,
+``eve`` is a key made for this daemon's server key
 but not admitted (its public key is removed from ``clients/`` before the daemon starts).
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.integration.conftest import REPO, Daemon, TaskDef, free_port
+from tests.integration.conftest import IGNORES_SIGTERM, REPO, Daemon, TaskDef, free_port
 from tests.integration.test_barrage import (
     FRAMES,
     TRANSACTION,
@@ -125,12 +126,12 @@ def daemon(daemons: Callable[..., Daemon], workdir: Path, endpoint: str) -> Daem
     """A daemon with a TCP control endpoint (CURVE), the keys in *workdir*/keys (the
     barrage's ``victim`` fixture runs its one task, BARRAGE, on this daemon)."""
     keys = workdir / "keys"
-    curve.create(keys, ["alice", "viewer", "eve"], force=False)
+    curve.create(keys, ["alice", "viewer", "ops", "eve"], force=False)
     (keys / curve.CLIENTS / f"eve{curve.PUBLIC_SUFFIX}").unlink()  # a key, not admitted
     config = workdir / "zsvc.conf"
     config.write_text(
         f"[daemon]\nrunner = local\n[bus]\ncurve_keys = {keys}\n"
-        f"[control]\nlisten = {endpoint}\nact_as = alice:root\n"
+        f"[control]\nlisten = {endpoint}\nact_as = alice:root\n[access]\ncontrol = key:ops\n"
     )
     return daemons(args=["--config", str(config)])
 
@@ -176,6 +177,26 @@ def test_a_key_mapped_to_nobody_may_only_read(remote: Remote, make_context) -> N
     assert code == 5 and "belongs to root" in err, err
     assert remote.daemon.call("status", transaction=TRANSACTION)["tasks"][0]["state"] == "active"
     assert {t["transaction"] for t in remote.daemon.call("status")["transactions"]} == {TRANSACTION}
+
+
+def test_a_granted_key_controls_and_shuts_down(remote: Remote, make_context) -> None:
+    """``[access] control = key:ops``: a key acting as nobody may stop root's transaction
+    and shut the daemon down; ``shutdown --wait`` returns once the daemon is gone."""
+    code, _, err = remote.as_key("ops", "stop", TRANSACTION)
+    assert code == 0, err
+    # Root's, started locally: a task that only SIGKILL ends, 1 s after the stop's SIGTERM.
+    stubborn = TaskDef("t1", command=IGNORES_SIGTERM, notify=True, location=None, stop_timeout=1)
+    context = make_context([stubborn])
+    remote.daemon.call(
+        "start", transaction="STUBBORN", context_path=str(context), context_text=context.read_text()
+    )
+    code, out, err = remote.as_key("ops", "shutdown", "--wait", "--timeout", "30")
+    assert (code, out.strip()) == (0, "daemon stopped"), err
+    host, port = remote.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):  # gone when --wait returns, not after
+        socket.create_connection((host, int(port)), timeout=5).close()
+    assert remote.daemon.wait(10) == 0
+    assert "remote shutdown from key ops (as nobody)" in remote.daemon.log()
 
 
 def test_an_unknown_key_fails_the_handshake(remote: Remote) -> None:

@@ -13,6 +13,7 @@ underscore spellings (``--context_file``, ``--service_id``, …) are aliases.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from zsvc import __version__
 from zsvc.cli import actions, values
 from zsvc.cli.text import printable
 from zsvc.client import CONNECT_ENV, KEYS_ENV
-from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode
+from zsvc.errors import ConfigError, DaemonUnreachable, ExitCode, ZsvcError
 
 app = typer.Typer(
     add_completion=False,
@@ -433,14 +434,32 @@ def shutdown(
     if not wait:
         typer.echo("daemon stopping")
         return
-    control = RuntimeLayout(client_runtime_dir(_state["runtime_dir"])).control
     deadline = time.monotonic() + timeout
-    while socket_listening(control):  # the daemon closes it last, after every task stopped
+    if os.environ.get(CONNECT_ENV):  # no socket file to watch on another host
+        still_there = _answers_ping
+    else:
+        control = RuntimeLayout(client_runtime_dir(_state["runtime_dir"])).control
+        still_there = functools.partial(socket_listening, control)
+    while still_there():  # the daemon closes its sockets last, after every task stopped
         if time.monotonic() > deadline:
             typer.echo(f"zsvc: the daemon is still running after {timeout:g} s", err=True)
             raise typer.Exit(ExitCode.FAILED)
         time.sleep(0.05)
     typer.echo("daemon stopped")
+
+
+def _answers_ping() -> bool:
+    """Whether the daemon of ``--connect`` still answers (within a second)."""
+    from zsvc.client import open_control
+
+    try:
+        with open_control(None, 1.0) as client:
+            client.call("ping")
+    except DaemonUnreachable:
+        return False
+    except ZsvcError:  # answered, if only to say that it is closing
+        return True
+    return True
 
 
 @app.command()
