@@ -120,3 +120,33 @@ def test_another_identity_is_refused_unless_granted(
     granted = zsvc_as(member, daemon, "start", "--context", str(as_nobody), "GRANTED")
     assert granted.returncode == 0, granted.stderr + daemon.log()[-3000:]
     assert _uids(daemon, "GRANTED") == {"web": nobody.pw_uid}
+
+
+def test_a_working_directory_the_member_may_not_reach_is_not_entered_for_them(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    workdir: Path,
+    member: pwd.struct_passwd,
+) -> None:
+    """The daemon enters it as root; the task must enter it again as the member (as systemd
+    does), or it would sit below a 0700 directory and read what is there."""
+    out = _out_dir(workdir)
+    reachable = workdir / "locked" / "open"  # open inside, but behind root's 0700
+    reachable.mkdir(parents=True)
+    (reachable / "secret.txt").write_text("root's\n")
+    (workdir / "locked").chmod(0o700)
+    peek = f"sh -c 'cat secret.txt > {out}/leak; exec sleep 600'"
+    where = {"working_directory": str(reachable)}
+    # type notify: a start that fails before the program runs fails `zsvc start`
+    notify = TaskDef("cmd", command=peek, exec_attrs=where, command_type="notify")
+    python = make_context([TaskDef("py", exec_attrs=where)])
+    daemon = _daemon(daemons, member)
+    for path, transaction in ((make_context([notify]), "PEEK"), (python, "PEEKPY")):
+        refused = zsvc_as(member, daemon, "start", "--context", str(path), transaction)
+        assert refused.returncode == 1, transaction + refused.stdout + daemon.log()[-2000:]
+        assert "status 200" in refused.stderr, refused.stderr  # systemd's EXIT_CHDIR
+    assert not (out / "leak").exists()
+    # root's own transaction enters it as before
+    command = make_context([TaskDef("cmd", command=peek, exec_attrs=where)])
+    assert daemon.cli("start", "--context", str(command), "ROOTPEEK").code == 0
+    wait_until(lambda: (out / "leak").exists(), what="root's task reading its directory")

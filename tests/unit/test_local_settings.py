@@ -451,10 +451,12 @@ def test_a_python_task_takes_its_settings_before_its_module_is_imported(
 
 
 def _skip_unless_runnable_by(account: Account) -> None:
-    """Skip unless *account* may run this interpreter with zsvc (not from a 0700 checkout)."""
+    """Skip unless *account* may run this interpreter with zsvc (not from a 0700 checkout).
+    Executed by a shell as the account, as the wrapper does: setpriv looks its program up
+    with root's rights still (a venv linked into /root passed here, then failed)."""
     probe = subprocess.run(
         ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups", "--",
-         sys.executable, "-c", "import zsvc.task.host"],
+         "/bin/sh", "-c", 'exec "$@"', "sh", sys.executable, "-c", "import zsvc.task.host"],
         env={"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/"},
         cwd="/",
         capture_output=True,

@@ -98,6 +98,14 @@ SETPRIV = _tool("setpriv")
 """util-linux (essential in Debian): the uid, gid, groups and no_new_privs, then exec."""
 EXEC = 'exec "$@"'
 """``sh -c`` last step: become the task (the same pid)."""
+CHDIR_AS_USER = (
+    f'cd -- "$1" || {{ echo "zsvc: cannot change to $1 as its user" >&2; exit {EXIT_CHDIR}; }}\n'
+    "shift\n" + EXEC
+)
+"""After ``setpriv``: enter the working directory again with the task's own rights. The
+daemon's process entered it as root, which would keep a task of another user inside a
+directory it may not reach (below a 0700 one) and let it read what is there; systemd
+too changes directory only after changing user."""
 
 
 def launch_environment(
@@ -138,11 +146,16 @@ def executable_error(program: str, env: Mapping[str, str], cwd: str) -> OSError 
 
 
 def wrap_exec(
-    argv: list[str], cgroup: str | None, fd_limit: int | None, settings: Resolved = NOTHING
+    argv: list[str],
+    cgroup: str | None,
+    fd_limit: int | None,
+    settings: Resolved = NOTHING,
+    cwd: str | None = None,
 ) -> list[str]:
     """*argv* as executed by a task's first process: through ``sh -c`` when that process
     must first join *cgroup*, set its soft open-files limit to *fd_limit* or carry out
-    *settings*, else as is.
+    *settings*, else as is. A task run as another user enters *cwd* again once it is
+    that user (:data:`CHDIR_AS_USER`).
 
     The chain, each link exec'ing the next (the task keeps its pid, what the runner
     watches): ``unshare --mount`` (private_tmp), ``sh -c`` as root (join the cgroup,
@@ -185,6 +198,8 @@ def wrap_exec(
         return argv
     program, args = _shell_steps(cgroup, fd_limit, settings)
     command = [*drop_privileges(settings), *argv]
+    if settings.uid is not None and cwd is not None:
+        command = [*drop_privileges(settings), SHELL, "-c", CHDIR_AS_USER, "sh", cwd, *argv]
     if program:
         command = [SHELL, "-c", program + EXEC, "sh", *args, *command]
     return [*UNSHARE, *command] if settings.private_tmp else command

@@ -154,11 +154,6 @@ def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket, star
         os.close(null)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        try:
-            os.chdir(request["cwd"])
-        except OSError as exc:
-            os.write(2, f"zsvc: cannot change to {request['cwd']}: {exc}\n".encode())
-            os._exit(EXIT_CHDIR)
         os.environ.clear()
         os.environ.update(request["env"])
         if "WATCHDOG_USEC" in os.environ:
@@ -169,6 +164,12 @@ def _become_task(request: dict[str, Any], log_fd: int, sock: socket.socket, star
             except SetupFailed as exc:
                 os.write(2, f"zsvc: {exc}\n".encode())
                 os._exit(exc.code)
+        # As the task's user (after apply), as systemd: see localexec.CHDIR_AS_USER.
+        try:
+            os.chdir(request["cwd"])
+        except OSError as exc:
+            os.write(2, f"zsvc: cannot change to {request['cwd']}: {exc}\n".encode())
+            os._exit(EXIT_CHDIR)
         sys.argv = [sys.executable, "-m", "zsvc.task"]
         from zsvc.task.host import main
 
