@@ -150,3 +150,27 @@ def test_a_working_directory_the_member_may_not_reach_is_not_entered_for_them(
     command = make_context([TaskDef("cmd", command=peek, exec_attrs=where)])
     assert daemon.cli("start", "--context", str(command), "ROOTPEEK").code == 0
     wait_until(lambda: (out / "leak").exists(), what="root's task reading its directory")
+
+
+def test_a_members_loader_variables_never_reach_roots_wrappers(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    workdir: Path,
+    member: pwd.struct_passwd,
+) -> None:
+    """The local runner's wrapper (``sh``, ``setpriv``) runs as root before the task is the
+    member: ``LD_*`` of theirs there would be their code (``LD_PRELOAD``) or files
+    (``LD_DEBUG_OUTPUT``) as root. The task itself still gets them."""
+    out = _out_dir(workdir)
+    env = {"LD_DEBUG": "files", "LD_DEBUG_OUTPUT": f"{out}/loader"}
+    show = f"sh -c 'echo \"$LD_DEBUG_OUTPUT\" > {out}/seen; exec sleep 600'"
+    path = make_context([TaskDef("cmd", command=show, environment=env)])
+    daemon = _daemon(daemons, member)
+    started = zsvc_as(member, daemon, "start", "--context", str(path), "LOADER")
+    assert started.returncode == 0, started.stderr
+    seen = out / "seen"
+    wait_until(lambda: seen.exists() and seen.stat().st_size > 0, what="the task's environment")
+    assert seen.read_text().strip() == f"{out}/loader"
+    written = {p.name: p.stat().st_uid for p in out.glob("loader.*")}
+    assert written, "the task's own processes honour LD_DEBUG_OUTPUT"
+    assert set(written.values()) == {member.pw_uid}, written

@@ -101,7 +101,7 @@ from zsvc.runners.localexec import (
     exec_failure,
     executable_error,
     launch_environment,
-    wrap_exec,
+    wrapped,
 )
 from zsvc.runners.localsettings import cgroup_limits, prepare, refused
 from zsvc.runners.localtask import LocalTask
@@ -319,7 +319,7 @@ class LocalRunner(Runner):
             error = executable_error(argv[0] if argv else "", env, spec.cwd)
             if error is not None:
                 raise exec_failure(argv[0] if argv else "", error)
-            argv = wrap_exec(argv, cgroup, self.task_fd_limit, settings, spec.cwd)
+            argv, env = wrapped(argv, env, cgroup, self.task_fd_limit, settings, spec.cwd)
         try:
             log_fd = os.open(
                 spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from zsvc.runners.base import ExitInfo, LaunchError
@@ -100,12 +101,47 @@ EXEC = 'exec "$@"'
 """``sh -c`` last step: become the task (the same pid)."""
 CHDIR_AS_USER = (
     f'cd -- "$1" || {{ echo "zsvc: cannot change to $1 as its user" >&2; exit {EXIT_CHDIR}; }}\n'
-    "shift\n" + EXEC
+    "shift\n"
 )
 """After ``setpriv``: enter the working directory again with the task's own rights. The
 daemon's process entered it as root, which would keep a task of another user inside a
 directory it may not reach (below a 0700 one) and let it read what is there; systemd
 too changes directory only after changing user."""
+UNSAFE_FOR_ROOT = frozenset({
+    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+    "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
+})  # fmt: skip
+"""With every ``LD_*`` name: glibc's own list of what a set-uid program must not take from
+a less privileged caller (``elf/dl-unsecvars.h``). A task of another user is wrapped by
+processes that run as root (``unshare``, ``sh``, ``setpriv``): its ``<environment>``
+(a group ``zsvc`` member's, since issue 15) must not reach them, or ``LD_PRELOAD`` would
+run the member's code as root. They are kept aside under :data:`KEPT` and restored by
+the shell that runs as the task's user."""
+KEPT = "ZSVC_KEPT_"
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _unsafe_for_root(name: str) -> bool:
+    return name.startswith("LD_") or name in UNSAFE_FOR_ROOT
+
+
+def wrapped(
+    argv: list[str],
+    env: dict[str, str],
+    cgroup: str | None,
+    fd_limit: int | None,
+    settings: Resolved,
+    cwd: str,
+) -> tuple[list[str], dict[str, str]]:
+    """:func:`wrap_exec`, and the environment its processes start with: for a task run as
+    another user, the variables unsafe for root (:data:`UNSAFE_FOR_ROOT`) renamed, to be
+    restored once the task is that user (one that is no shell name cannot be: dropped)."""
+    if settings.uid is None:
+        return wrap_exec(argv, cgroup, fd_limit, settings, cwd), env
+    kept = sorted(name for name in env if _unsafe_for_root(name) and _SHELL_NAME.match(name))
+    guarded = {name: value for name, value in env.items() if not _unsafe_for_root(name)}
+    guarded.update((KEPT + name, env[name]) for name in kept)
+    return wrap_exec(argv, cgroup, fd_limit, settings, cwd, kept), guarded
 
 
 def launch_environment(
@@ -151,11 +187,13 @@ def wrap_exec(
     fd_limit: int | None,
     settings: Resolved = NOTHING,
     cwd: str | None = None,
+    kept: Sequence[str] = (),
 ) -> list[str]:
     """*argv* as executed by a task's first process: through ``sh -c`` when that process
     must first join *cgroup*, set its soft open-files limit to *fd_limit* or carry out
     *settings*, else as is. A task run as another user enters *cwd* again once it is
-    that user (:data:`CHDIR_AS_USER`).
+    that user (:data:`CHDIR_AS_USER`), and takes back the variables *kept* aside
+    (:func:`wrapped`).
 
     The chain, each link exec'ing the next (the task keeps its pid, what the runner
     watches): ``unshare --mount`` (private_tmp), ``sh -c`` as root (join the cgroup,
@@ -197,12 +235,21 @@ def wrap_exec(
     if cgroup is None and fd_limit is None and settings.empty:
         return argv
     program, args = _shell_steps(cgroup, fd_limit, settings)
-    command = [*drop_privileges(settings), *argv]
-    if settings.uid is not None and cwd is not None:
-        command = [*drop_privileges(settings), SHELL, "-c", CHDIR_AS_USER, "sh", cwd, *argv]
+    command = [*drop_privileges(settings), *_as_user(argv, settings, cwd, kept)]
     if program:
         command = [SHELL, "-c", program + EXEC, "sh", *args, *command]
     return [*UNSHARE, *command] if settings.private_tmp else command
+
+
+def _as_user(
+    argv: list[str], settings: Resolved, cwd: str | None, kept: Sequence[str]
+) -> list[str]:
+    """*argv*, first entering *cwd* and taking the variables *kept* back when the task
+    changes user (the step after ``setpriv``: :data:`CHDIR_AS_USER`)."""
+    if settings.uid is None or cwd is None:
+        return argv
+    restore = "".join(f'export {name}="${KEPT}{name}"; unset {KEPT}{name}\n' for name in kept)
+    return [SHELL, "-c", CHDIR_AS_USER + restore + EXEC, "sh", cwd, *argv]
 
 
 def _shell_steps(
