@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.integration.conftest import IGNORES_SIGTERM, REPO, Daemon, TaskDef, free_port
+from tests.integration.conftest import IGNORES_SIGTERM, REPO, Daemon, TaskDef, free_port, wait_until
 from tests.integration.test_barrage import (
     FRAMES,
     TRANSACTION,
@@ -36,6 +37,8 @@ from tests.integration.test_barrage import (
     open_fds,
     victim,  # noqa: F401  (a fixture: the one task the tests look after)
 )
+from tests.integration.test_bus_trust import read_line
+from tests.integration.test_connection_flood import FD_LIMIT, FLOOD_TIMEOUT, FLOODER
 from zsvc import curve
 
 pytestmark = pytest.mark.integration
@@ -252,3 +255,31 @@ def test_tcp_control_endpoint_survives_random_frames(remote: Remote) -> None:
     assert replies > FRAMES // 2  # the frames reached the daemon's handler, not a wall
     assert_unharmed(daemon, pid, fds)
     assert remote.as_key("alice", "ping")[0] == 0
+
+
+def test_a_connection_flood_on_the_control_endpoint_is_shed(remote: Remote) -> None:
+    """Connections held open on the TCP control endpoint (idle, or past a NULL greeting)
+    cannot fill the daemon's fd table: past its budget the endpoint is unbound for a
+    back-off (tests/integration/test_connection_flood.py's flooder, against this port),
+    the local socket serves throughout, and the remote CLI works again afterwards."""
+    daemon = remote.daemon
+    resource.prlimit(daemon.pid(), resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+    host, port = remote.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", FLOODER.replace("127.0.0.1", host), port, str(2 * FD_LIMIT), "3"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        said = read_line(flooder, time.monotonic() + FLOOD_TIMEOUT)
+        assert said.startswith("flooding "), said
+        assert daemon.call("ping")["pid"] == daemon.pid()
+    finally:
+        assert flooder.stdin is not None
+        flooder.stdin.close()
+        flooder.wait(30)
+    wait_until(lambda: "on the control side" in daemon.log(), what="the shedding logged")
+    # Bound again after the back-off (1 s, doubled per flood): the CLI reaches it.
+    wait_until(lambda: remote.as_key("alice", "ping")[0] == 0, 60.0, "the endpoint serving again")

@@ -15,6 +15,7 @@ its key, so the daemon's log (the journal under systemd) says who asked for what
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from zmq.utils import z85
 
 from zsvc import curve
 from zsvc.daemon.access import Principal
+from zsvc.daemon.admission import HANDSHAKE_IVL_MS, TcpGuard
 from zsvc.daemon.control import ControlServer, Handler
 from zsvc.daemon.remoteauth import READ_ONLY, KeyPrincipals, describe, may_ask
 from zsvc.errors import NotYours
@@ -77,6 +79,9 @@ class RemoteControl(ControlServer):
         super().__init__(context, runtime, identify=self._identify)
         self.endpoint = endpoint
         self.principals = principals
+        self._guard = TcpGuard("control", [self.socket], self._shed, self._restore)
+        """Its budget of TCP connections, as the bus's sides have (:mod:`~zsvc.daemon.
+        admission`): each accepted connection holds a daemon fd before any handshake."""
 
     def _identify(self, frame: zmq.Frame) -> Principal | None:
         try:
@@ -92,7 +97,24 @@ class RemoteControl(ControlServer):
         """Bind *endpoint* as a CURVE server; OSError-like zmq.ZMQError when it cannot be."""
         keys.apply(self.socket)
         self.socket.setsockopt(zmq.IPV6, 1)  # tcp://[::]:P; IPv4 addresses work as before
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)  # silent peers go at 5 s
         self.socket.bind(self.endpoint)
+
+    def _shed(self) -> list[str]:
+        """A flood of connections: unbind (libzmq closes every accepted connection)."""
+        self.socket.unbind(self.endpoint)
+        return [self.endpoint]
+
+    def _restore(self, endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            try:
+                self.socket.bind(endpoint)
+            except zmq.ZMQError as exc:  # taken meanwhile: remote control stays off
+                log.error("cannot bind the control endpoint %s again: %s", endpoint, exc)
+
+    async def close(self) -> None:
+        self._guard.close()
+        await super().close()
 
     def start(self, handler: Handler) -> None:
         """Serve the requests, each checked against what its key may ask, then logged."""
@@ -112,6 +134,7 @@ class RemoteControl(ControlServer):
             log.log(level, "remote %s from %s", command, describe(principal))
             return await handler(command, args, principal)
 
+        self._guard.start(asyncio.get_running_loop())
         self._jobs.spawn(self._serve(guarded), "serve")
 
 
