@@ -15,13 +15,15 @@ it. Once the flood ends the TCP pair serves again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +71,35 @@ while len(held) < want and time.monotonic() < deadline:
 print(f"flooding {len(held)} {stopped}", flush=True)
 sys.stdin.read()
 """
+
+
+@contextlib.contextmanager
+def flooding(
+    ports: str,
+    wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
+    host: str = "127.0.0.1",
+    **popen: Any,
+) -> Iterator[str]:
+    """:data:`FLOODER` holding connections to *ports* (comma-separated) of *host* while the
+    block runs (*wrap* runs it as another user); yields what it said once it was done
+    opening them. Also the TCP control endpoint's flood (test_remote_cli.py)."""
+    argv = [sys.executable, "-c", FLOODER.replace("127.0.0.1", host), ports, str(2 * FD_LIMIT)]
+    flooder = subprocess.Popen(
+        wrap([*argv, "3"]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+    try:
+        said = read_line(flooder, time.monotonic() + FLOOD_TIMEOUT)
+        assert said.startswith("flooding "), said
+        yield said
+    finally:
+        assert flooder.stdin is not None
+        flooder.stdin.close()
+        flooder.wait(30)
 
 
 def ping(daemon: Daemon) -> None:
@@ -126,30 +157,17 @@ def test_a_connection_flood_from_another_user_leaves_the_daemon_serving(
 
     env = {"PATH": os.environ["PATH"], "HOME": "/"}
     ports = f"{publishers},{subscribers}"
-    with throwaway_user() as user:
-        flooder = subprocess.Popen(
-            as_user(user, [sys.executable, "-c", FLOODER, ports, str(2 * FD_LIMIT), "3"]),
-            env=env,
-            cwd="/",
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            said = read_line(flooder, time.monotonic() + FLOOD_TIMEOUT)
-            assert said.startswith("flooding "), said
-            # During the flood: the control socket, a new ipc:// bus client, a new task.
-            ping(daemon)
-            daemon.bus("state")
-            task = TaskDef("py", location=REPO / "tests" / "tasks")
-            again = daemon.cli("start", "--context", str(make_context([task])), "FLOOD1")
-            assert again.code == 0, again.stderr + daemon.log()[-3000:]
-            ping(daemon)
-        finally:
-            assert flooder.stdin is not None
-            flooder.stdin.close()
-            flooder.wait(30)
+    with (
+        throwaway_user() as user,
+        flooding(ports, lambda argv: as_user(user, argv), env=env, cwd="/"),
+    ):
+        # During the flood: the control socket, a new ipc:// bus client, a new task.
+        ping(daemon)
+        daemon.bus("state")
+        task = TaskDef("py", location=REPO / "tests" / "tasks")
+        again = daemon.cli("start", "--context", str(make_context([task])), "FLOOD1")
+        assert again.code == 0, again.stderr + daemon.log()[-3000:]
+        ping(daemon)
     wait_until(
         lambda: "bus connections" in daemon.log(), what="the shedding logged", log=daemon.log
     )

@@ -37,8 +37,7 @@ from tests.integration.test_barrage import (
     open_fds,
     victim,  # noqa: F401  (a fixture: the one task the tests look after)
 )
-from tests.integration.test_bus_trust import read_line
-from tests.integration.test_connection_flood import FD_LIMIT, FLOOD_TIMEOUT, FLOODER
+from tests.integration.test_connection_flood import FD_LIMIT, flooding
 from zsvc import curve
 
 pytestmark = pytest.mark.integration
@@ -265,21 +264,8 @@ def test_a_connection_flood_on_the_control_endpoint_is_shed(remote: Remote) -> N
     daemon = remote.daemon
     resource.prlimit(daemon.pid(), resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
     host, port = remote.endpoint.removeprefix("tcp://").rsplit(":", 1)
-    flooder = subprocess.Popen(
-        [sys.executable, "-c", FLOODER.replace("127.0.0.1", host), port, str(2 * FD_LIMIT), "3"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        said = read_line(flooder, time.monotonic() + FLOOD_TIMEOUT)
-        assert said.startswith("flooding "), said
+    with flooding(port, host=host):
         assert daemon.call("ping")["pid"] == daemon.pid()
-    finally:
-        assert flooder.stdin is not None
-        flooder.stdin.close()
-        flooder.wait(30)
     wait_until(lambda: "on the control side" in daemon.log(), what="the shedding logged")
     # Bound again after the back-off (1 s, doubled per flood): the CLI reaches it.
     wait_until(lambda: remote.as_key("alice", "ping")[0] == 0, 60.0, "the endpoint serving again")
