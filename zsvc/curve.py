@@ -1,4 +1,4 @@
-"""CURVE keys for the bus: the one place that knows their files.
+"""CURVE keys for the bus and the remote CLI: the one place that knows their files.
 
 A bus bound beyond loopback is reachable by anyone on the network, and
 circus's lesson ("no security at all" on its endpoint) is that an open bus
@@ -7,7 +7,9 @@ keys (ZeroMQ's authenticated encryption, RFC 26) and admits only clients
 whose public key an administrator put in the keys directory.
 
 ``zsvc keys`` writes the directory; the daemon (``[bus] curve_keys`` in
-``/etc/zsvc/zsvc.conf``) and any client read it. The files are pyzmq's
+``/etc/zsvc/zsvc.conf``) and any client read it. The TCP control endpoint
+(``[control] listen``) admits the same clients: ``zsvc --connect … --keys`` reads a
+client's secret and the daemon's public key (:func:`load_remote`). The files are pyzmq's
 certificate format (:func:`zmq.auth.create_certificates`)::
 
     <dir>/server.key              the daemon's public key: give it to clients
