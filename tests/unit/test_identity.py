@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ from zsvc.errors import OperationFailed
 from zsvc.hostwire import SPEC_ENV
 from zsvc.paths import RuntimeLayout, StateLayout
 from zsvc.runners.base import LaunchError
+from zsvc.runners.localexec import wrapped
+from zsvc.runners.procsettings import Resolved
 from zsvc.states import Result
 
 USERS = {"root": (0, 0), "alice": (1001, 1001), "bob": (1002, 1002), "www-data": (33, 33)}
@@ -285,3 +288,21 @@ def _environment_files_as_the_owner(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="Permission denied"):
         launcher.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
     launcher.preflight("TX", context.tasks[0])  # root's own transaction reads it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changes user: needs root")
+def test_the_local_wrapper_gives_the_task_its_environment_and_root_none_of_it() -> None:
+    """The root steps of the wrapper (sh, setpriv) see none of a task's variables; the
+    task, once it is its user, sees all of them, exactly."""
+    env = {"PATH": "/usr/bin:/bin", "LD_DEBUG_OUTPUT": "/nowhere/x", "LANG": "C.UTF-8",
+           "ODD-NAME": "lost in any shell", "LINES": "a\nb 'c' \"d\" $e"}  # fmt: skip
+    settings = Resolved(uid=NOBODY.pw_uid, gid=NOBODY.pw_gid, groups=())
+    argv, guarded = wrapped(["/usr/bin/env", "-0"], env, None, None, settings, "/")
+    assert set(guarded) == {"ODD-NAME"} | {
+        f"ZSVC_KEPT_{name}" for name in env if name != "ODD-NAME"
+    }
+    done = subprocess.run(argv, env=guarded, capture_output=True, cwd="/", timeout=30)
+    assert done.returncode == 0, done.stderr
+    seen = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if item)
+    seen.pop("PWD", None)  # the shell's own
+    assert seen == {name: value for name, value in env.items() if name != "ODD-NAME"}

@@ -101,28 +101,20 @@ EXEC = 'exec "$@"'
 """``sh -c`` last step: become the task (the same pid)."""
 CHDIR_AS_USER = (
     f'cd -- "$1" || {{ echo "zsvc: cannot change to $1 as its user" >&2; exit {EXIT_CHDIR}; }}\n'
-    "shift\n"
+    "unset OLDPWD\nshift\n"
 )
 """After ``setpriv``: enter the working directory again with the task's own rights. The
 daemon's process entered it as root, which would keep a task of another user inside a
 directory it may not reach (below a 0700 one) and let it read what is there; systemd
 too changes directory only after changing user."""
-UNSAFE_FOR_ROOT = frozenset({
-    "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
-    "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
-})  # fmt: skip
-"""With every ``LD_*`` name: glibc's own list of what a set-uid program must not take from
-a less privileged caller (``elf/dl-unsecvars.h``). A task of another user is wrapped by
-processes that run as root (``unshare``, ``sh``, ``setpriv``): its ``<environment>``
-(a group ``zsvc`` member's, since issue 15) must not reach them, or ``LD_PRELOAD`` would
-run the member's code as root. They are kept aside under :data:`KEPT` and restored by
-the shell that runs as the task's user."""
 KEPT = "ZSVC_KEPT_"
+"""A task run as another user is wrapped by processes that run as root (``unshare``,
+``sh``, ``setpriv``): its environment (a group ``zsvc`` member's ``<environment>``, since
+issue 15) must not reach them, or ``LD_PRELOAD`` would run the member's code as root, and
+``LD_DEBUG_OUTPUT``, ``LANG``/``LC_*`` (message catalogs), ``LIBMOUNT_*`` … would steer
+root's libraries. So each variable travels under this prefix, which no program reads,
+and the shell that runs as the task's user exports it under its own name again."""
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def _unsafe_for_root(name: str) -> bool:
-    return name.startswith("LD_") or name in UNSAFE_FOR_ROOT
 
 
 def wrapped(
@@ -134,12 +126,12 @@ def wrapped(
     cwd: str,
 ) -> tuple[list[str], dict[str, str]]:
     """:func:`wrap_exec`, and the environment its processes start with: for a task run as
-    another user, the variables unsafe for root (:data:`UNSAFE_FOR_ROOT`) renamed, to be
-    restored once the task is that user (one that is no shell name cannot be: dropped)."""
+    another user, every variable kept aside (:data:`KEPT`) until the task is that user. A
+    name no shell can export (``A-B``) is lost, as through any of the wrapper's shells."""
     if settings.uid is None:
         return wrap_exec(argv, cgroup, fd_limit, settings, cwd), env
-    kept = sorted(name for name in env if _unsafe_for_root(name) and _SHELL_NAME.match(name))
-    guarded = {name: value for name, value in env.items() if not _unsafe_for_root(name)}
+    kept = [name for name in env if _SHELL_NAME.match(name)]
+    guarded = {name: value for name, value in env.items() if not _SHELL_NAME.match(name)}
     guarded.update((KEPT + name, env[name]) for name in kept)
     return wrap_exec(argv, cgroup, fd_limit, settings, cwd, kept), guarded
 
