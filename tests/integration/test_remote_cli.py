@@ -201,6 +201,17 @@ def test_a_granted_key_controls_and_shuts_down(remote: Remote, make_context) -> 
     assert "remote shutdown from key ops (as nobody)" in remote.daemon.log()
 
 
+def test_what_the_control_endpoint_cannot_carry_is_said(remote: Remote) -> None:
+    """The tasks' output and the bus are on the daemon's host: ``logs`` says where,
+    ``monitor`` and a bus ``send`` refuse (exit 2) rather than read this host's."""
+    code, out, err = remote.as_key("viewer", "logs", TRANSACTION)
+    assert code == 0, err
+    assert out.startswith(f"on the daemon's host ({remote.endpoint}): t1: "), out
+    for argv in (["monitor", "--once"], ["send", "--service-name", "state", "--action", "x"]):
+        code, _, err = remote.as_key("viewer", *argv)
+        assert code == 2 and "run it on the daemon's host" in err, err
+
+
 def test_an_unknown_key_fails_the_handshake(remote: Remote) -> None:
     started = time.monotonic()
     code, _, err = remote.as_key("eve", "status")

@@ -211,6 +211,8 @@ def monitor(
     """
     from zsvc.cli.monitor import run_monitor
 
+    _not_remote("monitor", "reads the daemon's bus")
+
     raise typer.Exit(
         run_monitor(_state["runtime_dir"], transaction, interval, once, as_json, count)
     )
@@ -238,6 +240,13 @@ def logs(
     from zsvc.cli.logview import show_journal, show_logs
 
     result = _call("logs", transaction=transaction, services=list(service))
+    if os.environ.get(CONNECT_ENV):  # the output is on the daemon's host, not on this one
+        where = os.environ[CONNECT_ENV]
+        if "journal" in result:
+            typer.echo(f"on the daemon's host ({where}): journalctl ZSVC_TRANSACTION={transaction}")
+        for entry in result.get("logs", []):
+            typer.echo(f"on the daemon's host ({where}): {entry['task']}: {entry['path']}")
+        return
     if "journal" in result:
         raise typer.Exit(show_journal(result["journal"], lines, follow))
     show_logs(result["logs"], lines, follow)
@@ -282,6 +291,7 @@ def send(
     if service_name == "context":
         _context_command(action, transaction, task_id, context_file)
         return
+    _not_remote("send", f"--service-name {service_name} publishes on the daemon's bus")
     try:
         reply = sender.send_on_bus(
             runtime=_state["runtime_dir"],
@@ -446,6 +456,17 @@ def shutdown(
             raise typer.Exit(ExitCode.FAILED)
         time.sleep(0.05)
     typer.echo("daemon stopped")
+
+
+def _not_remote(command: str, why: str) -> None:
+    """Refuse (exit 2) what --connect cannot carry: the bus is not the control endpoint."""
+    if os.environ.get(CONNECT_ENV):
+        typer.echo(
+            f"zsvc: {command} {why}, not the control endpoint: run it on the daemon's host"
+            " (--connect carries the control commands only)",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.BAD_INPUT)
 
 
 def _answers_ping() -> bool:
