@@ -116,14 +116,21 @@ def test_a_members_command_task_runs_as_the_member(zsvc_service: Zsvc, member: M
     zsvc_service.ok("stop", mine)
 
 
-def test_a_members_python_task_runs_as_the_member(zsvc_service: Zsvc, member: Member) -> None:
+def test_a_members_python_and_thread_tasks_run_as_the_member(
+    zsvc_service: Zsvc, member: Member
+) -> None:
     box, tx = zsvc_service.box, f"PY{uuid.uuid4().hex[:8].upper()}"
     if not _reachable(sys.executable):  # a Python task's unit runs the daemon's interpreter
         pytest.skip(f"the daemon's interpreter {sys.executable} is out of {member.name}'s reach")
-    context = zsvc_service.context([TaskDef("py")])
+    context = zsvc_service.context([TaskDef("py"), TaskDef("th")])
+    file = box.host_path(context)
+    process = 'id="th" instance="Sleeper" serviceType="Process"'
+    file.write_text(file.read_text().replace(process, process.replace("Process", "Thread")))
     started = member.zsvc(box, "start", "--context", context, tx)
     assert started.returncode == 0, started.stderr + zsvc_service.daemon_log()
     assert _uid_of(zsvc_service, tx, "py") == member.uid
+    assert zsvc_service.task(tx, "th")["status_text"].startswith("thread in pid")
+    assert _uid_of(zsvc_service, tx, "th") == member.uid  # its thread host's unit
     assert member.zsvc(box, "stop", tx).returncode == 0
 
 
