@@ -141,6 +141,9 @@ def test_unknown_names_and_ownerless_keys_are_refused() -> None:
         effective(ProcessSettings(user="nosuch"))
     with pytest.raises(IdentityRefused, match="group 'nosuch' does not exist"):
         effective(ProcessSettings(group="nosuch"))
+    with pytest.raises(IdentityRefused, match="the new transaction belongs to alice"):
+        effective_process(ALICE, ProcessSettings(user="bob"), grants_nothing, task="web",
+                          transaction="", directory=TABLE)  # fmt: skip
     with pytest.raises(IdentityRefused, match="acts as no user of this host"):
         effective(ProcessSettings(), owner=Principal(None, None, "key:laptop", key="laptop"))
 

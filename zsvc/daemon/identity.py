@@ -120,7 +120,7 @@ class _Ask:
 
     def refuse(self, setting: str, value: object, why: str) -> IdentityRefused:
         return IdentityRefused(
-            f"task {self.task}: {setting} {value!r} {why}: transaction {self.transaction}"
+            f"task {self.task}: {setting} {value!r} {why}: {_named(self.transaction)}"
             f" belongs to {self.owner.name}"
         )
 
@@ -153,7 +153,7 @@ def effective_process(
     ask = _Ask(task, transaction, owner)
     if owner.uid is None:
         raise IdentityRefused(
-            f"task {task}: transaction {transaction} belongs to {owner.name}, which acts as"
+            f"task {task}: {_named(transaction)} belongs to {owner.name}, which acts as"
             " no user of this host: its tasks cannot run (map the key to a local user)"
         )
     _check_privileges(ask, process, hard_nofile)
@@ -168,6 +168,12 @@ def effective_process(
     for name in process.supplementary_groups:
         _check_group(ask, "supplementary_groups", name, allowed, may_run_as, directory)
     return dataclasses.replace(process, user=user, group=group)
+
+
+def _named(transaction: str) -> str:
+    """How a refusal names the transaction: a new one may have no id yet (it is made
+    only once its tasks may run)."""
+    return f"transaction {transaction}" if transaction else "the new transaction"
 
 
 def _owner_gid(owner: Principal) -> str | None:

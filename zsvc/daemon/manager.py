@@ -175,7 +175,7 @@ class Manager:
                 )
         else:
             if transaction not in self.transactions:
-                check = functools.partial(self.launcher.preflight, transaction or "(new)")
+                check = functools.partial(self.launcher.preflight, transaction or "")
                 selection.check_new(context, services, functools.partial(check, owner=owner))
             record = self._create(transaction, context, context_text or "", owner)
         async with self._locked(record):
