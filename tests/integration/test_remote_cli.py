@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 
@@ -37,6 +38,7 @@ from tests.integration.test_barrage import (
     open_fds,
     victim,  # noqa: F401  (a fixture: the one task the tests look after)
 )
+from tests.integration.test_bus_trust import throwaway_user
 from tests.integration.test_connection_flood import FD_LIMIT, flooding
 from zsvc import curve
 
@@ -162,6 +164,34 @@ def test_an_admitted_key_drives_the_daemon(remote: Remote, make_context) -> None
     log = remote.daemon.log()
     assert "remote start from key alice (as root, uid 0)" in log
     assert "remote stop from key alice" in log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user")
+def test_a_key_mapped_to_a_user_runs_tasks_as_that_user(
+    daemons: Callable[..., Daemon], workdir: Path, network: Network, make_context
+) -> None:
+    """``act_as = dev:USER``: the key's transaction is USER's (its owner) and its task runs
+    with USER's uid (the kernel's word: the process's real uid), never root's."""
+    workdir.chmod(0o711)  # the daemon's directories decide, not the test's temp dir
+    keys, endpoint = workdir / "keys2", f"tcp://{network.address}:{free_port()}"
+    curve.create(keys, ["dev"], force=False)
+    with throwaway_user() as user:
+        config = workdir / "dev.conf"
+        config.write_text(
+            f"[daemon]\nrunner = local\n[bus]\ncurve_keys = {keys}\n"
+            f"[control]\nlisten = {endpoint}\nact_as = dev:{user.pw_name}\n"
+        )
+        (workdir / "dev").mkdir()
+        daemon = daemons(root=workdir / "dev", args=["--config", str(config)])
+        remote = Remote(daemon, endpoint, keys, network)
+        context = make_context([TaskDef("t1", command="sleep 600", location=None)])
+        code, out, err = remote.as_key("dev", "start", "-c", str(context), "DEV", "--json")
+        assert code == 0, err + daemon.log()[-2000:]
+        view = json.loads(out)
+        assert view["owner"] == user.pw_name
+        assert psutil.Process(view["tasks"][0]["pid"]).uids().real == user.pw_uid
+        assert f"remote start from key dev (as {user.pw_name}, uid {user.pw_uid})" in daemon.log()
+        assert remote.as_key("dev", "stop", "DEV")[0] == 0
 
 
 def test_a_key_mapped_to_nobody_may_only_read(remote: Remote, make_context) -> None:
