@@ -120,6 +120,8 @@ def load_remote(path: Path) -> tuple[str, ClientKeys]:
     ``server.key`` and exactly one client's secret (in it or in its ``clients/``): what an
     operator copies to their machine. KeysError says what is missing or ambiguous.
     """
+    if not path.exists():
+        raise KeysError(f"{path}: no such file or directory (the keys 'zsvc keys' made)")
     if path.is_dir():
         found = [
             secret

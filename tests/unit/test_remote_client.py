@@ -42,6 +42,8 @@ def test_keys_as_copied_to_a_client(keys: Path, tmp_path: Path) -> None:
 def test_keys_that_cannot_be_used_are_named(keys: Path, tmp_path: Path) -> None:
     with pytest.raises(curve.KeysError, match="expected one client's"):
         curve.load_remote(keys)  # alice and bob: which one?
+    with pytest.raises(curve.KeysError, match="no such file or directory"):
+        curve.load_remote(tmp_path / "nowhere")
     with pytest.raises(curve.KeysError, match="not a client's secret key file"):
         curve.load_remote(keys / "clients" / "alice.key")
     lone = tmp_path / "lone"

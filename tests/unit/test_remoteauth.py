@@ -55,6 +55,18 @@ def test_not_tcp_endpoints(bad: str) -> None:
         remoteauth.tcp_endpoint(bad)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40) | st.builds("tcp://{}:{}".format, st.text(max_size=12), st.integers()))
+def test_tcp_endpoint_takes_only_tcp_host_port(text: str) -> None:
+    try:
+        endpoint = remoteauth.tcp_endpoint(text)
+    except ValueError:
+        return
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    assert endpoint.startswith("tcp://") and host and 0 < int(port) < 65536
+    assert not any(c.isspace() or c in "/@?#" for c in host)
+
+
 def test_listen_needs_curve_keys() -> None:
     with pytest.raises(ConfigError) as caught:
         parse("[daemon]\nrunner = local\n[control]\nlisten = tcp://0.0.0.0:5560\n", "z.conf")
