@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,18 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.conftest import Daemon, TaskDef, python_for_user, wait_until
+from tests.integration.conftest import (
+    REPO,
+    Daemon,
+    TaskDef,
+    free_port,
+    python_for_user,
+    render_context,
+    wait_until,
+)
 from tests.integration.test_bus_trust import throwaway_user
 from tests.integration.test_group_access import control_group, zsvc_as
+from tests.integration.test_single_daemon import run_as, users  # noqa: F401 - a fixture
 from tests.integration.test_threads import threaded
 
 pytestmark = [
@@ -174,3 +186,35 @@ def test_a_members_loader_variables_never_reach_roots_wrappers(
     written = {p.name: p.stat().st_uid for p in out.glob("loader.*")}
     assert written, "the task's own processes honour LD_DEBUG_OUTPUT"
     assert set(written.values()) == {member.pw_uid}, written
+
+
+def test_a_users_own_daemon_runs_its_users_tasks_as_written(
+    users: Callable[[str], int],  # noqa: F811 - the fixture imported above
+) -> None:
+    """Not root's daemon: its user owns every transaction, whose tasks run as written
+    (rewritten with a user= of their own, the local runner would need root for groups)."""
+    uid = users("own")
+    python = python_for_user(uid, uid)
+    home = Path(tempfile.mkdtemp(prefix="zt-own-", dir="/tmp"))
+    try:
+        os.chown(home, uid, uid)
+        context = home / "Context-own.xml"
+        context.write_text(
+            render_context([TaskDef("cmd", command="sleep 600")], free_port(), free_port())
+        )
+        env = {"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(home),
+               "PATH": "/usr/bin:/bin", "ZSVC_RUNTIME_DIR": str(home / "run"),
+               "ZSVC_STATE_DIR": str(home / "state")}  # fmt: skip
+
+        def zsvc(*args: str) -> subprocess.CompletedProcess[str]:
+            return run_as(uid, [python, "-m", "zsvc", *args], env, home, 60)
+
+        detached = zsvc("daemon", "--detach", "--runner", "local")
+        assert detached.returncode == 0, detached.stderr
+        try:
+            started = zsvc("start", "--context", str(context), "OWN")
+            assert started.returncode == 0, started.stderr + started.stdout
+        finally:
+            zsvc("shutdown", "--wait")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

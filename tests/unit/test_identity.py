@@ -244,6 +244,19 @@ def test_a_non_root_owners_launches_run_as_the_owner(tmp_path: Path) -> None:
         assert (launch.thread_host or launch).process == ProcessSettings(), spec.id
 
 
+def test_the_daemons_own_users_transactions_run_as_written(tmp_path: Path) -> None:
+    """A user's daemon: its user owns every transaction, whose tasks must not all gain a
+    user= (the local runner would need root to set its groups)."""
+    context = _context(tmp_path, _task("cmd", "<command>/bin/true</command>"))
+    runtime, state = RuntimeLayout(tmp_path / "run"), StateLayout(tmp_path / "state")
+    theirs = Launcher(runtime, state, {"PATH": "/bin"}, daemon_uid=NOBODY.pw_uid)
+    launch = theirs.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
+    assert launch.process == ProcessSettings()
+    other = _launcher(tmp_path).task("TX", context, context.tasks[0], "i", crashing=False,
+                                     owner=OWNER)  # fmt: skip
+    assert other.process.user == str(NOBODY.pw_uid)
+
+
 def test_a_refusal_at_start_and_at_launch(tmp_path: Path) -> None:
     context = _context(tmp_path, _task("web", '<command>/bin/true</command><exec user="root"/>'))
     launcher = _launcher(tmp_path)

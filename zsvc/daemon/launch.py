@@ -81,6 +81,9 @@ class Launcher:
     hard_nofile: int | None = None
     """The daemon's hard open-files limit: the most ``limit_nofile`` a non-root owner may
     set (None: no ceiling)."""
+    daemon_uid: int = dataclasses.field(default_factory=os.geteuid)
+    """The daemon's own user: its transactions run as written, as root's do (a user's
+    daemon has its user's rights only, and its runner refuses what needs more)."""
 
     @classmethod
     def for_daemon(
@@ -100,14 +103,16 @@ class Launcher:
         """*spec* as *owner*'s transaction runs it: its process settings rewritten so
         that it has no more privilege than *owner* (:func:`identity.effective_process`);
         :class:`~zsvc.daemon.identity.IdentityRefused` when they ask for more."""
-        if owner.is_root:
-            return spec
         process = self._owned_process(transaction, spec.id, spec.exec.process, owner)
+        if process is spec.exec.process:
+            return spec
         return dataclasses.replace(spec, exec=dataclasses.replace(spec.exec, process=process))
 
     def _owned_process(
         self, transaction: str, task: str, process: ProcessSettings, owner: Principal
     ) -> ProcessSettings:
+        if owner.is_root or (owner.key is None and owner.uid == self.daemon_uid):
+            return process
         return identity.effective_process(
             owner,
             process,
