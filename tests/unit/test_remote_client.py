@@ -91,3 +91,18 @@ def test_a_server_of_other_keys_fails_the_handshake_at_once(keys: Path, tmp_path
         assert time.monotonic() - started < 5.0
     finally:
         ctx.destroy(0)
+
+
+def test_the_daemon_names_admitted_keys_by_file_and_skips_broken_ones(keys: Path) -> None:
+    from zsvc.daemon.remote import NamingAuthenticator, key_names
+
+    (keys / "clients" / "bob.key").write_text("not a key\n")
+    names = key_names(keys / "clients")
+    assert sorted(names.values()) == ["alice"]
+    _, alice = curve.load_remote(keys / "clients" / "alice.key_secret")
+    ctx = zmq.Context()
+    try:
+        authenticator = NamingAuthenticator(ctx, names)  # type: ignore[arg-type]
+        assert authenticator.curve_user_id(zmq.utils.z85.decode(alice.public)) == "alice"
+    finally:
+        ctx.term()

@@ -43,7 +43,12 @@ def key_names(clients: Path) -> dict[bytes, str]:
     """The admitted keys of *clients* (``NAME.key`` files), z85 public key -> NAME."""
     names: dict[bytes, str] = {}
     for name in curve.admitted(clients.parent):
-        public, _ = zmq.auth.load_certificate(clients / f"{name}{curve.PUBLIC_SUFFIX}")
+        path = clients / f"{name}{curve.PUBLIC_SUFFIX}"
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:  # pyzmq's handler refuses such a file's key too
+            log.warning("ignored the client key %s: %s", path, exc)
+            continue
         names[public] = name
     return names
 
