@@ -7,6 +7,8 @@ property tests can name every identity there is.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import pwd
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 
 from zsvc.config import load_context_text
 from zsvc.config.model import Context, ProcessSettings
-from zsvc.daemon.access import ROOT, Principal
+from zsvc.daemon.access import ROOT, AccessRules, Grant, Principal, Who
 from zsvc.daemon.asowner import reader_for
 from zsvc.daemon.identity import IdentityRefused, effective_process
 from zsvc.daemon.launch import Launcher, MayRunAs
@@ -65,8 +67,13 @@ class Table:
 ALICE = Principal(1001, 1001, "alice")
 
 
-def grants_nothing(identity: str) -> bool:
+def grants_nothing(identity: str, user: bool) -> bool:
     return False
+
+
+def granting(*names: str) -> Callable[[str, bool], bool]:
+    """Grants of *names*, users and groups alike."""
+    return lambda identity, user: identity in names
 
 
 TABLE = Table()
@@ -75,7 +82,7 @@ TABLE = Table()
 def effective(
     process: ProcessSettings,
     owner: Principal = ALICE,
-    may_run_as: Callable[[str], bool] = grants_nothing,
+    may_run_as: Callable[[str, bool], bool] = grants_nothing,
     hard_nofile: int | None = 4096,
 ) -> ProcessSettings:
     return effective_process(
@@ -118,13 +125,31 @@ def test_anyone_else_is_refused_with_the_way_to_grant_it() -> None:
 
 
 def test_a_grant_allows_that_identity_with_its_groups() -> None:
-    granted = effective(ProcessSettings(user="www-data"), may_run_as={"www-data"}.__contains__)
+    granted = effective(ProcessSettings(user="www-data"), may_run_as=granting("www-data"))
     assert (granted.user, granted.group) == ("www-data", None)
     both = ProcessSettings(user="www-data", group="www-data")
-    assert effective(both, may_run_as={"www-data"}.__contains__).group == "www-data"
-    assert effective(ProcessSettings(user="0"), may_run_as={"root"}.__contains__).user == "0"
+    assert effective(both, may_run_as=granting("www-data")).group == "www-data"
+    assert effective(ProcessSettings(user="0"), may_run_as=granting("root")).user == "0"
     with pytest.raises(IdentityRefused, match="group 'root' is not yours"):
-        effective(ProcessSettings(user="www-data", group="root"), ALICE, {"www-data"}.__contains__)
+        effective(ProcessSettings(user="www-data", group="root"), ALICE, granting("www-data"))
+
+
+def test_a_group_of_a_users_name_is_not_that_user() -> None:
+    """With the daemon's real rules: alice's own groups are hers to run as, but being in
+    group www-data (or root) does not make her user www-data (or root)."""
+    rules = AccessRules(groups_of=lambda principal: frozenset({"alice", "www-data", "root"}))
+    as_alice = functools.partial(_rule_for, rules, ALICE)
+    assert effective(ProcessSettings(group="www-data"), may_run_as=as_alice).group == "www-data"
+    for user in ("www-data", "root", "0"):
+        with pytest.raises(IdentityRefused, match="is not yours to run as"):
+            effective(ProcessSettings(user=user), may_run_as=as_alice)
+    granted = dataclasses.replace(rules, run_as=(Grant("www-data", (Who("user", "alice"),)),))
+    as_granted = functools.partial(_rule_for, granted, ALICE)
+    assert effective(ProcessSettings(user="www-data"), may_run_as=as_granted).user == "www-data"
+
+
+def _rule_for(rules: AccessRules, owner: Principal, identity: str, user: bool) -> bool:
+    return rules.may_run_as(owner, identity, user=user)
 
 
 def test_privileges_no_grant_gives() -> None:
@@ -172,7 +197,7 @@ def test_never_more_than_the_owner_or_a_grant(
 ) -> None:
     asked: list[str] = []
 
-    def may_run_as(identity: str) -> bool:
+    def may_run_as(identity: str, user: bool) -> bool:
         asked.append(identity)
         return identity in grants
 
@@ -266,7 +291,7 @@ def test_a_refusal_at_start_and_at_launch(tmp_path: Path) -> None:
         launcher.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
     assert refused.value.info.result is Result.RESOURCES
     launcher.preflight("TX", context.tasks[0])  # root's own
-    granted = _launcher(tmp_path, lambda owner, name: (owner, name) == (OWNER, "root"))
+    granted = _launcher(tmp_path, lambda owner, name, user=False: (owner, name) == (OWNER, "root"))
     launch = granted.task("TX", context, context.tasks[0], "i", crashing=False, owner=OWNER)
     assert launch.process.user == "root"
 

@@ -167,15 +167,17 @@ class AccessRules:
             grant.target is None and self._names(principal, grant.whom) for grant in self.control
         )
 
-    def may_run_as(self, principal: Principal, identity: str) -> bool:
+    def may_run_as(self, principal: Principal, identity: str, *, user: bool = False) -> bool:
         """Whether *principal*'s transactions may run tasks as user or group *identity*:
         root any; others themself, their own groups, and what a ``run_as`` grant names.
-        A glob never grants root: only ``run_as.root`` names it."""
+        A glob never grants root: only ``run_as.root`` names it. *user*: *identity* is a
+        user (a task's ``user=``), which membership of a group of that name does not give
+        (group ``www-data`` is not user ``www-data``, group ``root`` not user ``root``)."""
         if principal.is_root:
             return True
         if principal.uid is not None and identity == principal.name:
             return True
-        if principal.uid is not None and identity in self.groups_of(principal):
+        if principal.uid is not None and not user and identity in self.groups_of(principal):
             return True
         return any(
             _identity_matches(grant.target or "", identity) and self._names(principal, grant.whom)

@@ -109,6 +109,10 @@ class SystemDirectory:
 
 SYSTEM = SystemDirectory()
 
+MayRunAs = Callable[[str, bool], bool]
+"""Whether the settings grant the owner an identity: ``(name, is_user)`` (a user name,
+or a group name: membership of a group never grants the user of the same name)."""
+
 
 @dataclass(frozen=True)
 class _Ask:
@@ -135,7 +139,7 @@ class _Ask:
 def effective_process(
     owner: Principal,
     process: ProcessSettings,
-    may_run_as: Callable[[str], bool],
+    may_run_as: MayRunAs,
     *,
     task: str,
     transaction: str,
@@ -144,8 +148,8 @@ def effective_process(
 ) -> ProcessSettings:
     """The settings task *task* of *owner*'s transaction runs with.
 
-    *may_run_as* says whether the settings grant *owner* an identity (a user or group
-    name); *hard_nofile* is the daemon's own hard open-files limit (None: no ceiling).
+    *may_run_as* says whether the settings grant *owner* an identity (:data:`MayRunAs`);
+    *hard_nofile* is the daemon's own hard open-files limit (None: no ceiling).
     Raises :class:`IdentityRefused` naming the task and the setting.
     """
     if owner.is_root:
@@ -194,7 +198,7 @@ def _check_privileges(ask: _Ask, process: ProcessSettings, hard_nofile: int | No
 
 
 def _user_groups(
-    ask: _Ask, user: str, may_run_as: Callable[[str], bool], directory: Directory
+    ask: _Ask, user: str, may_run_as: MayRunAs, directory: Directory
 ) -> frozenset[int]:
     """The groups a task run as *user* may have: the owner's when *user* is the owner,
     the granted user's own when it is granted; a refusal otherwise."""
@@ -206,7 +210,7 @@ def _user_groups(
     if uid == ask.owner.uid:
         return mine
     name = directory.user_name(uid)
-    if not may_run_as(name):
+    if not may_run_as(name, True):
         raise ask.not_yours("user", name)
     return mine | directory.groups_of(uid, None)
 
@@ -216,7 +220,7 @@ def _check_group(
     setting: str,
     group: str,
     allowed: Iterable[int],
-    may_run_as: Callable[[str], bool],
+    may_run_as: MayRunAs,
     directory: Directory,
 ) -> None:
     gid = directory.gid_of(group)
@@ -225,5 +229,5 @@ def _check_group(
     if gid in allowed:
         return
     name = directory.group_name(gid)
-    if not may_run_as(name):
+    if not may_run_as(name, False):
         raise ask.not_yours(setting, name)

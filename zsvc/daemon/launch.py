@@ -15,7 +15,6 @@ tested without a daemon.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import grp
 import os
 import pwd
@@ -24,6 +23,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from zsvc.config.envfile import EnvFileError, parse_environment_file
 from zsvc.config.model import Context, EnvironmentFile, ProcessSettings, TaskSpec
@@ -53,11 +53,15 @@ SUPERVISOR_ENV = frozenset(
 )
 """What systemd gave the daemon about itself; a task must not inherit it."""
 
-MayRunAs = Callable[[Principal, str], bool]
-"""Whether the daemon's settings grant an owner an identity (a user or group name)."""
+
+class MayRunAs(Protocol):
+    """Whether the daemon's settings grant an owner an identity (a user name with *user*,
+    else a group name): :meth:`zsvc.daemon.access.AccessRules.may_run_as`."""
+
+    def __call__(self, principal: Principal, identity: str, *, user: bool = False) -> bool: ...
 
 
-def grants_nothing(owner: Principal, identity: str) -> bool:
+def grants_nothing(owner: Principal, identity: str, *, user: bool = False) -> bool:
     """The rule of a daemon whose settings grant no identity to anyone."""
     return False
 
@@ -116,7 +120,7 @@ class Launcher:
         return identity.effective_process(
             owner,
             process,
-            functools.partial(self.may_run_as, owner),
+            lambda identity, user: self.may_run_as(owner, identity, user=user),
             task=task,
             transaction=transaction,
             hard_nofile=self.hard_nofile,
