@@ -127,6 +127,10 @@ def test_another_identity_is_refused_unless_granted(
         " [access] allows it (<exec user>)"
     ) in refused.stderr
     assert not (out / "web.uid").exists()
+    uid = member.pw_uid
+    assert f"refused: {member.pw_name} (uid {uid}) asked to start transaction GREEDY" in (
+        daemon.log()
+    )
     assert daemon.cli("status", "GREEDY").code == 4  # never created
 
     granted = zsvc_as(member, daemon, "start", "--context", str(as_nobody), "GRANTED")

@@ -146,3 +146,6 @@ def test_user_root_from_a_member_is_refused(zsvc_service: Zsvc, member: Member) 
     )
     assert not box.host_path(f"{OUT}/{tx}.uid").exists()
     assert zsvc_service.zsvc("status", tx).returncode == 4  # never created
+    query = ["journalctl", "ZSVC_REFUSED=1", f"ZSVC_TRANSACTION={tx}", "-o", "cat", "--no-pager"]
+    said = f"refused: {member.name} (uid {member.uid}) asked to start transaction {tx}"
+    wait_for(lambda: said in box.run(*query).stdout, what="the refusal in the journal")

@@ -30,6 +30,7 @@ from zsvc.config.model import Context, EnvironmentFile, ProcessSettings, TaskSpe
 from zsvc.daemon import identity
 from zsvc.daemon.access import ROOT, Principal
 from zsvc.daemon.asowner import Reader, reader_for
+from zsvc.daemon.refusals import log_refusal
 from zsvc.errors import OperationFailed
 from zsvc.hostwire import (
     INVOCATION_ENV,
@@ -107,7 +108,12 @@ class Launcher:
         """*spec* as *owner*'s transaction runs it: its process settings rewritten so
         that it has no more privilege than *owner* (:func:`identity.effective_process`);
         :class:`~zsvc.daemon.identity.IdentityRefused` when they ask for more."""
-        process = self._owned_process(transaction, spec.id, spec.exec.process, owner)
+        try:
+            process = self._owned_process(transaction, spec.id, spec.exec.process, owner)
+        except identity.IdentityRefused as exc:
+            what = f"to start transaction {transaction or '(new)'}: {exc.message}"
+            log_refusal(owner, "start", what, transaction or None)
+            raise
         if process is spec.exec.process:
             return spec
         return dataclasses.replace(spec, exec=dataclasses.replace(spec.exec, process=process))
