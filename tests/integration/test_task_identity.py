@@ -222,3 +222,25 @@ def test_a_users_own_daemon_runs_its_users_tasks_as_written(
             zsvc("shutdown", "--wait")
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_members_pid_file_is_never_quoted_back(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    workdir: Path,
+    member: pwd.struct_passwd,
+) -> None:
+    """The local runner reads a forking task's PID file as root: a member naming a file only
+    root may read learns nothing of what is in it from the failed start."""
+    secret = workdir / "secret"
+    secret.write_text("TOPSECRET-7f3a\n")
+    secret.chmod(0o600)
+    forking = TaskDef("fork", command="sh -c 'sleep 600 & exit 0'", command_type="forking",
+                      pid_file=str(secret), start_timeout=1.5)  # fmt: skip
+    daemon = _daemon(daemons, member)
+    refused = zsvc_as(member, daemon, "start", "--context", str(make_context([forking])), "PF")
+    assert refused.returncode == 1, refused.stdout
+    assert f"the PID file {secret}: it holds no process id" in refused.stderr, refused.stderr
+    assert "TOPSECRET" not in refused.stderr + refused.stdout + daemon.log()
+    status = zsvc_as(member, daemon, "status", "PF", "--json")
+    assert "TOPSECRET" not in status.stdout

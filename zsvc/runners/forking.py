@@ -76,13 +76,18 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
-async def read_pid_file(path: str, deadline: float, members: Callable[[], set[int]]) -> int:
+async def read_pid_file(
+    path: str, deadline: float, members: Callable[[], set[int]], quiet: bool = False
+) -> int:
     """The pid in the PID file *path* that is one of *members* (the task's processes).
 
     Waited for until *deadline* (loop time): the daemon itself often writes the file
     after the starter's exit, and may be caught with the file empty, or still holding
     a stale pid of an earlier run. At the deadline the last reason is raised: timeout
     when the file never was there, protocol when it holds no pid of the task.
+
+    *quiet* (a task run as another user, whose owner may be a group ``zsvc`` member):
+    the root daemon reads a path they chose, so the reasons never quote what is in it.
     """
     loop = asyncio.get_running_loop()
     why = NoMainProcess(f"no PID file {path} by the start timeout", timed_out=True)
@@ -92,11 +97,13 @@ async def read_pid_file(path: str, deadline: float, members: Callable[[], set[in
                 pid = parse_pid(handle.read(64).decode("ascii", "replace"))
             if pid in members():
                 return pid
-            why = NoMainProcess(f"{path} names {pid}, not a process of the task")
+            named = "a process" if quiet else str(pid)
+            why = NoMainProcess(f"{path} names {named}, not a process of the task")
         except FileNotFoundError:
             pass
         except NoMainProcess as exc:
-            why = NoMainProcess(f"the PID file {path}: {exc}")
+            said = "it holds no process id" if quiet else str(exc)
+            why = NoMainProcess(f"the PID file {path}: {said}")
         except OSError as exc:
             why = NoMainProcess(f"the PID file {path} cannot be read: {exc.strerror}")
         if loop.time() >= deadline:

@@ -407,7 +407,8 @@ class LocalTask(TaskHandle):
         """The pid of the main process: the PID file's (a process of the task), or the
         one process left."""
         if self.spec.pid_file:
-            return await read_pid_file(self.spec.pid_file, deadline, self._members)
+            quiet = self.spec.process.user is not None  # see read_pid_file
+            return await read_pid_file(self.spec.pid_file, deadline, self._members, quiet)
         return guess_main(self._members())
 
     def _members(self) -> set[int]:
