@@ -82,6 +82,9 @@ def programs_installed() -> Iterator[None]:
 @pytest.fixture(scope="package")
 def local_stack() -> Iterator[LocalStack]:
     root = Path(tempfile.mkdtemp(prefix=f"zpd-{TOKEN}-", dir="/tmp"))
+    # A task run as a throwaway user must reach the daemon's notify socket: mkdtemp's 0700
+    # would shut it out before the daemon's own (searchable) runtime directory does not.
+    root.chmod(0o711)
     stack = LocalStack(root)
     try:
         yield stack.start()

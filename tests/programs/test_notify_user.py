@@ -4,8 +4,6 @@ datagram and the sender is known by its credentials."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.integration.conftest import free_port
 from tests.programs.checks import http_get, proc_status
 from tests.programs.conftest import Case
@@ -23,7 +21,6 @@ SERVER = (
 """An HTTP server (Debian's python3) that says READY=1 once it listens."""
 
 
-@pytest.mark.pending("local", reason="the local runner's notify socket refuses other users")
 def test_a_user_notifies(case: Case) -> None:
     port = free_port()
     _, uid, gid = case.user()

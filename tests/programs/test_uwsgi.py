@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.integration.conftest import free_port
 from tests.programs.checks import http_get, proc_status
 from tests.programs.conftest import Case
@@ -42,7 +40,6 @@ def test_uwsgi_as_root_dies_on_term(case: Case) -> None:
     assert "goodbye to uWSGI" in case.logs("uwsgi")
 
 
-@pytest.mark.pending("local", reason="the local runner's notify socket refuses other users")
 def test_uwsgi_as_a_user_stops_on_sigint(case: Case) -> None:
     """``--uid`` of a throwaway user: its master says READY=1 as that user; SIGTERM would
     reload it, so the task's stop signal is SIGINT, and a stop is quick and clean."""
