@@ -50,6 +50,8 @@ def _reachable(python: str) -> bool:
     """Whether anyone may execute *python*: every directory up to its real file searchable
     by others (a venv of the test run may link into /root, 0700)."""
     real = Path(os.path.realpath(python))
+    if not real.exists():  # .venv-floor before ./dev made it (the PyPI run comes first)
+        return False
     return all(os.stat(part).st_mode & 0o001 for part in real.parents) and os.access(real, os.X_OK)
 
 
