@@ -67,6 +67,10 @@ class Message:
     topic: str
     header: Mapping[str, Any]
     content: Mapping[str, Any] = field(default_factory=dict)
+    sender: tuple[int, int] | None = field(default=None, compare=False)
+    """(uid, pid) of the process that published it, as the kernel gave them for its
+    ``ipc://`` connection: set by the daemon's bus on what it observes, never read from
+    the message itself. None: not known (TCP, or not observed by the daemon)."""
 
     @property
     def action(self) -> str:

@@ -13,14 +13,24 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Daemon, TaskDef
-from tests.integration.test_bus_trust import throwaway_user
+from tests.integration.conftest import REPO, Daemon, TaskDef, python_for_user, wait_until
+from tests.integration.test_bus_trust import (
+    ATTACK_TIMEOUT,
+    ATTACKER,
+    MARKER_TOPIC,
+    as_user,
+    read_line,
+    throwaway_user,
+)
 from tests.integration.test_group_access import control_group, zsvc_as
+from zsvc import protocol
 
 pytestmark = [
     pytest.mark.integration,
@@ -148,3 +158,64 @@ def test_owners_survive_a_daemon_killed_and_started_again(
     assert owners(second) == {"WEB1": alice.pw_name}
     assert zsvc_as(bob, second, "stop", "WEB1").returncode == NOT_YOURS
     assert zsvc_as(alice, second, "stop", "WEB1").returncode == 0
+
+
+def forge_update(member: pwd.struct_passwd, daemon: Daemon, transaction: str) -> None:
+    """*member* publishes ``control``/``updated`` for *transaction*'s t1 on the trusted
+    bus (``ipc://``, which group zsvc reaches), as ``test_bus_trust``'s attacker does."""
+    own = daemon.bus(MARKER_TOPIC)
+    python = python_for_user(member.pw_uid, member.pw_gid)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
+    argv = [python, "-c", ATTACKER, *daemon_bus(daemon), transaction, MARKER_TOPIC]
+    attacker = subprocess.Popen(
+        as_user(member, argv, groups=True),
+        env=env,
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert read_line(attacker, time.monotonic() + ATTACK_TIMEOUT) == "sent"
+        own.publish(protocol.make_message(MARKER_TOPIC, "done"))
+        assert attacker.wait(ATTACK_TIMEOUT) == 0, attacker.stderr.read()
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+        attacker.wait(10)
+        own.close()
+
+
+def daemon_bus(daemon: Daemon) -> tuple[str, str]:
+    return f"ipc://{daemon.runtime}/bus-sub", f"ipc://{daemon.runtime}/bus-pub"
+
+
+def test_another_member_cannot_fire_a_members_triggers_on_the_bus(
+    daemons: Callable[..., Daemon],
+    make_context: Callable[..., Path],
+    members: tuple[pwd.struct_passwd, pwd.struct_passwd],
+) -> None:
+    """An ``updated`` report fires the task's triggers: control of the transaction. Both
+    members reach the trusted bus; the daemon believes the report from the owner (or
+    the task, or root) only, by the kernel's uid of the publisher."""
+    alice, bob = members
+    daemon = daemons()
+    path = make_context(
+        [
+            TaskDef("t1", command="sleep 600", triggers={"on_update": ("stop", "t2")}),
+            TaskDef("t2", command="sleep 600"),
+        ]
+    )
+    started = zsvc_as(alice, daemon, "start", "--context", str(path), "TRIG")
+    assert started.returncode == 0, started.stderr
+
+    def task(task_id: str) -> dict:
+        tasks = daemon.call("status", transaction="TRIG")["tasks"]
+        return next(t for t in tasks if t["id"] == task_id)
+
+    forge_update(bob, daemon, "TRIG")
+    assert (task("t1")["last_action"], task("t2")["state"]) == ("started", "active")
+    wait_until(lambda: "'updated' from" in daemon.log(), what="the ignored report logged")
+    forge_update(alice, daemon, "TRIG")  # hers: believed, the trigger fires
+    wait_until(lambda: task("t2")["state"] == "inactive", what="t2 stopped by alice's report")
+    assert task("t1")["last_action"] == "updated"

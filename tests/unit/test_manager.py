@@ -19,6 +19,7 @@ runner call (:meth:`FakeRunner.wait_for`), a bus message
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
@@ -44,6 +45,7 @@ from tests.unit.fake_runner import (
 from zsvc import protocol
 from zsvc.config.loader import load_context_text
 from zsvc.config.model import Context
+from zsvc.daemon.access import Principal
 from zsvc.daemon.manager import Manager
 from zsvc.daemon.table import Table, TaskRow
 from zsvc.errors import (
@@ -285,13 +287,15 @@ def report(rig: Rig, task_id: str, event: str, run: str | None = None, **items: 
     if run is None:
         order = rig.published.orders(task_id, ORDER_START)[-1]
         run = order.content[ORDER_KEY]["run"]
-    return protocol.control_message(
+    message = protocol.control_message(
         REPORT_ACTION,
         transaction=TX,
         service_id=task_id,
         service_name=task_id,
         status={"event": event, "run": run, **items},
     )
+    host = rig.manager.transactions[TX].tasks[task_id].pid  # the kernel's word on the sender
+    return dataclasses.replace(message, sender=(0, host))
 
 
 def state_of(task: Task) -> tuple[str, str, str, str | None]:
@@ -937,6 +941,27 @@ async def test_updated_message_sets_last_action(rig: Rig) -> None:
 
 
 @scenario()
+async def test_an_update_speaks_for_a_members_task_only_from_it_its_owner_or_root(
+    rig: Rig,
+) -> None:
+    """An ``updated`` report fires triggers (control of the transaction): another member of
+    group zsvc, who reaches the same bus, must not fire those of alice's transaction."""
+    await up(rig, [TaskDef("a", triggers={"on_update": ("stop", "b")}), TaskDef("b")])
+    rig.manager.transactions[TX].owner = Principal(4242, 4242, "alice")
+    pid = rig.task("a")["pid"]
+    for stranger in ((4343, 1), (4343, None), None):  # another uid and pid, or TCP
+        rig.manager.on_bus_message(dataclasses.replace(updated("a"), sender=stranger))
+    await settle()
+    assert (rig.task("a")["last_action"], rig.task("b")["state"]) == ("started", "active")
+    rig.manager.on_bus_message(dataclasses.replace(updated("a"), sender=(4343, pid)))  # its own
+    await settle()
+    assert rig.task("b")["state"] == "inactive", "b stopped by a's on_update"
+    for believed in ((4242, 7), (0, 7)):  # the owner, root
+        rig.manager.on_bus_message(dataclasses.replace(updated("a"), sender=believed))
+    assert rig.task("a")["last_action"] == "updated"
+
+
+@scenario()
 async def test_state_request_is_answered_with_the_record(rig: Rig) -> None:
     await up(rig, [TaskDef("a")])
     for transaction in (TX, "nope"):
@@ -1463,6 +1488,9 @@ async def test_a_failed_thread_fails_its_task_only(rig: Rig) -> None:
         rig.runner.on_bus_message(report(rig, task_id, Event.STARTED))
     await asyncio.wait_for(starting, WAIT)
     old_run = report(rig, "t1", Event.FAILED, reason="late")  # of this run: kept for later
+    for forged in ((0, 1), None):  # another process (even root's), or TCP: not its host
+        rig.runner.on_bus_message(dataclasses.replace(old_run, sender=forged))
+    assert state_of(rig.task("t1")) == ACTIVE, "a thread's end is believed from its host only"
     rig.runner.on_bus_message(
         report(rig, "t1", Event.FAILED, reason="ValueError: boom", exit_code=3)
     )

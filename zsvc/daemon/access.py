@@ -19,7 +19,7 @@ import fnmatch
 import grp
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,3 +271,21 @@ def describe(principal: Principal) -> str:
         )
         return f"key {principal.key} ({acting})"
     return f"{principal.name} (uid {principal.uid})"
+
+
+def may_report(
+    sender: tuple[int, int] | None, owner: Principal, processes: Callable[[], Iterable[int]]
+) -> bool:
+    """Whether a bus report from *sender* ((uid, pid) from the kernel, None when unknown)
+    may speak for a task of *owner*'s transaction whose processes are *processes()*.
+
+    An ``updated`` report fires the task's triggers, which start and stop its
+    transaction's tasks: control of that transaction. So it is believed from root, the
+    owner, or a process of the task itself (a task run as a granted identity); a
+    publisher the kernel did not name (TCP with CURVE) speaks for root's transactions
+    only, as the bus's context commands do.
+    """
+    if sender is None:
+        return owner.is_root
+    uid, pid = sender
+    return uid == 0 or uid == owner.uid or pid in processes()

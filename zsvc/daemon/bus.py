@@ -39,11 +39,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +51,9 @@ import zmq
 
 from zsvc import protocol
 from zsvc.daemon import fs, trust
+from zsvc.daemon.access import PEER_ADDRESS
 from zsvc.daemon.admission import HANDSHAKE_IVL_MS, TcpGuard
+from zsvc.daemon.bindplan import BindError, BindPlan, plan_bind
 from zsvc.daemon.budget import SendBudget, track_sends
 from zsvc.throttle import ThrottledLog
 
@@ -83,59 +85,6 @@ _POLLIN = int(zmq.POLLIN)
 """A plain int: ``int & zmq.POLLIN`` would build an enum member per look."""
 
 
-class BindError(Exception):
-    """An endpoint of the bus could not be bound."""
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]")
-
-
-@dataclass(frozen=True)
-class BindPlan:
-    """How one endpoint is bound: where, and whether CURVE guards it."""
-
-    endpoint: str
-    curve: bool
-
-    @property
-    def trusted(self) -> bool:
-        """Whether whoever connects here was vetted: by the file system (``ipc://``) or
-        by a CURVE handshake. Plain TCP is open to every local user: the public side."""
-        return self.curve or self.endpoint.startswith(trust.TRUSTED_TRANSPORTS)
-
-
-def plan_bind(endpoint: str, *, curve: bool, open_commands: bool = False) -> BindPlan:
-    """Where and how to bind the bus endpoint *endpoint* (pure: the policy in one place).
-
-    * ``ipc://`` and ``inproc://``: as written; the file system guards them.
-    * TCP with CURVE keys (*curve*): as written, wildcard included, CURVE.
-    * TCP without keys: loopback only (the seed's ``tcp://*:5557`` binds
-      127.0.0.1), and not at all when the bus carries commands
-      (*open_commands*, ``[bus] context_commands``): every local user can
-      reach loopback.
-    """
-    if not endpoint.startswith("tcp://"):
-        return BindPlan(endpoint, curve=False)
-    if curve:
-        return BindPlan(endpoint, curve=True)
-    hint = "create keys with 'zsvc keys' and set curve_keys in [bus] of /etc/zsvc/zsvc.conf"
-    if open_commands:
-        raise BindError(
-            f"refusing to bind the bus on {endpoint} without CURVE keys: context_commands"
-            f" is on, so anyone reaching the port could command zsvc; {hint}"
-        )
-    host, _, port = endpoint[len("tcp://") :].rpartition(":")
-    if host in WILDCARD_HOSTS:
-        return BindPlan(f"tcp://127.0.0.1:{port}", curve=False)
-    if host in LOOPBACK_HOSTS or host.startswith("127."):
-        return BindPlan(endpoint, curve=False)
-    raise BindError(
-        f"refusing to bind the bus on {endpoint}: without CURVE keys TCP endpoints are"
-        f" bound on loopback (127.0.0.1) only; {hint}"
-    )
-
-
 def _ipc_path(endpoint: str) -> Path | None:
     """The socket file of an ``ipc://`` endpoint (None: another transport, or abstract)."""
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
@@ -150,6 +99,18 @@ def _share(path: Path) -> None:
     os.chmod(path, SOCKET_MODE)
     if (gid := fs.control_gid()) is not None:
         os.chown(path, -1, gid)
+
+
+def publisher(frame: zmq.Frame) -> tuple[int, int] | None:
+    """(uid, pid) of whoever sent *frame* over ``ipc://``: libzmq's ``Peer-Address``
+    metadata carries ``SO_PEERCRED`` as ``<host>:<uid>:<gid>:<pid>``; None over TCP."""
+    try:
+        parts = (frame.get(PEER_ADDRESS) or "").rsplit(":", 3)
+    except zmq.ZMQError:  # no such metadata (inproc)
+        return None
+    if len(parts) != 4 or not (parts[1].isdecimal() and parts[3].isdecimal()):
+        return None
+    return int(parts[1]), int(parts[3])
 
 
 def _readable(sock: zmq.Socket[bytes]) -> bool:
@@ -494,11 +455,14 @@ class BusDevice:
         observing those the daemon acts on."""
         moved = 0
         while moved < limit and _readable(self.xsub):
-            frames = self.xsub.recv_multipart(zmq.NOBLOCK)
+            first = self.xsub.recv(zmq.NOBLOCK, copy=False)  # its metadata: the sender
+            frames = [first.bytes]
+            while self.xsub.getsockopt(zmq.RCVMORE):  # a message arrives whole
+                frames.append(self.xsub.recv(zmq.NOBLOCK))
             moved += 1
             self._send(frames, True)
             if frames[0].startswith(OBSERVED_TOPICS):
-                self._observe(frames)
+                self._observe(frames, publisher(first))
         return moved
 
     def _forward_public(self, limit: int) -> int:
@@ -516,11 +480,11 @@ class BusDevice:
                 self.withheld += 1
         return moved
 
-    def _observe(self, frames: list[bytes]) -> None:
+    def _observe(self, frames: list[bytes], sender: tuple[int, int] | None) -> None:
         if self.on_message is None:
             return
         try:
-            message = protocol.decode(frames)
+            message = dataclasses.replace(protocol.decode(frames), sender=sender)
         except protocol.ProtocolError as exc:
             self._invalid.warning("ignored a bus message: %s", exc)
             return

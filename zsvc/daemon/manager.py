@@ -34,7 +34,7 @@ from zsvc import protocol
 from zsvc.commands import RawJSON
 from zsvc.config.model import Context
 from zsvc.daemon import engine, lifecycle, restore, selection
-from zsvc.daemon.access import ROOT, Principal
+from zsvc.daemon.access import ROOT, Principal, may_report
 from zsvc.daemon.automatic import AutomaticStarts
 from zsvc.daemon.launch import Launcher
 from zsvc.daemon.model import TaskRecord, TransactionRecord
@@ -57,6 +57,7 @@ from zsvc.states import (
     SubState,
     new_transaction_id,
 )
+from zsvc.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Manager:
         self._views: dict[str, bytes] = {}
         """Encoded ``status`` views, dropped whenever the transaction's stored state changes."""
         self._clock: Callable[[], float] = time.monotonic
+        self._refused_reports = ThrottledLog(log)
         self.automatic = AutomaticStarts(
             self.transactions,
             self.jobs,
@@ -490,6 +492,12 @@ class Manager:
         if message.topic == protocol.Topic.CONTROL and message.action == LastAction.UPDATED:
             task = self._task((message.transaction, message.service_id))
             if task is None or not task.is_up:
+                return
+            owner = self.transactions[task.transaction].owner
+            processes = task.handle.processes if task.handle is not None else tuple
+            if not may_report(message.sender, owner, processes):
+                why = f"{task.transaction}/{task.id}: only the task, its owner or root may speak"
+                self._refused_reports.warning("%s; 'updated' from %s ignored", why, message.sender)
                 return
             if task.state is State.ACTIVATING:
                 task.early_updates += 1  # handled once the run is ready (on_ready)

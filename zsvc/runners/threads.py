@@ -386,6 +386,8 @@ class ThreadRunner(Runner):
         status = message.status
         if task is None or status.get("run") != task.run:
             return True  # not a current run: a late report of an earlier one
+        if message.sender is None or message.sender[1] != task.pid:
+            return True  # not from its host (the kernel says who published): not believed
         event = status.get("event")
         if event == Event.STARTED:
             _cancel(task)
