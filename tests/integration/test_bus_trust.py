@@ -143,6 +143,23 @@ def as_user(user: pwd.struct_passwd, argv: list[str], groups: bool = False) -> l
     ]
 
 
+def attack_as(
+    user: pwd.struct_passwd, sub: str, pub: str, transaction: str, groups: bool = False
+) -> subprocess.Popen[str]:
+    """:data:`ATTACKER` run as *user* (with its groups if *groups*) against the bus pair
+    *sub*/*pub*: it prints "sent" once its messages are out, then waits for the marker."""
+    python = python_for_user(user.pw_uid, user.pw_gid)
+    argv = [python, "-c", ATTACKER, sub, pub, transaction, MARKER_TOPIC]
+    return subprocess.Popen(
+        as_user(user, argv, groups),
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"},
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def read_line(proc: subprocess.Popen[str], deadline: float) -> str:
     """The next line *proc* prints, or the test fails at *deadline* with what it said."""
     assert proc.stdout is not None
@@ -187,28 +204,8 @@ def test_another_user_on_plain_tcp_can_neither_command_nor_read(
     started = daemon.cli("start", "--context", str(path), "TRUST1")
     assert started.code == 0, started.stderr
     own = daemon.bus("state", MARKER_TOPIC)
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
     with throwaway_user() as user:
-        python = python_for_user(user.pw_uid, user.pw_gid)
-        attacker = subprocess.Popen(
-            as_user(
-                user,
-                [
-                    python,
-                    "-c",
-                    ATTACKER,
-                    sub_endpoint,
-                    pub_endpoint,
-                    "TRUST1",
-                    MARKER_TOPIC,
-                ],
-            ),
-            env=env,
-            cwd="/",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        attacker = attack_as(user, sub_endpoint, pub_endpoint, "TRUST1")
         try:
             deadline = time.monotonic() + ATTACK_TIMEOUT
             assert read_line(attacker, deadline) == "sent"

@@ -13,19 +13,17 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, Daemon, TaskDef, python_for_user, wait_until
+from tests.integration.conftest import Daemon, TaskDef, wait_until
 from tests.integration.test_bus_trust import (
     ATTACK_TIMEOUT,
-    ATTACKER,
     MARKER_TOPIC,
-    as_user,
+    attack_as,
     read_line,
     throwaway_user,
 )
@@ -164,17 +162,7 @@ def forge_update(member: pwd.struct_passwd, daemon: Daemon, transaction: str) ->
     """*member* publishes ``control``/``updated`` for *transaction*'s t1 on the trusted
     bus (``ipc://``, which group zsvc reaches), as ``test_bus_trust``'s attacker does."""
     own = daemon.bus(MARKER_TOPIC)
-    python = python_for_user(member.pw_uid, member.pw_gid)
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/"}
-    argv = [python, "-c", ATTACKER, *daemon_bus(daemon), transaction, MARKER_TOPIC]
-    attacker = subprocess.Popen(
-        as_user(member, argv, groups=True),
-        env=env,
-        cwd="/",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    attacker = attack_as(member, *daemon_bus(daemon), transaction, groups=True)
     try:
         assert read_line(attacker, time.monotonic() + ATTACK_TIMEOUT) == "sent"
         own.publish(protocol.make_message(MARKER_TOPIC, "done"))
