@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Daemon, TaskDef, wait_until
+from tests.integration.conftest import Daemon, TaskDef, render_context, wait_until
 from tests.integration.test_bus_trust import (
     ATTACK_TIMEOUT,
     MARKER_TOPIC,
@@ -27,6 +28,7 @@ from tests.integration.test_bus_trust import (
     read_line,
     throwaway_user,
 )
+from tests.integration.test_exec_settings import listening_tcp
 from tests.integration.test_group_access import control_group, zsvc_as
 from zsvc import protocol
 
@@ -207,3 +209,32 @@ def test_another_member_cannot_fire_a_members_triggers_on_the_bus(
     forge_update(alice, daemon, "TRIG")  # hers: believed, the trigger fires
     wait_until(lambda: task("t2")["state"] == "inactive", what="t2 stopped by alice's report")
     assert task("t1")["last_action"] == "updated"
+
+
+def test_a_members_context_binds_nothing_the_member_could_not(
+    daemons: Callable[..., Daemon],
+    workdir: Path,
+    members: tuple[pwd.struct_passwd, pwd.struct_passwd],
+) -> None:
+    """The daemon binds as root: a member's context must not make it take a port below
+    1024 or put a socket file where the member may not write (here /etc)."""
+    alice, _ = members
+    daemon = daemons()
+    base = render_context([TaskDef("t1", command="sleep 600")], 1, 2)
+    for pub, sub, why in (
+        ("ipc:///etc/zsvc-test-pub", "ipc:///etc/zsvc-test-sub", "is not yours"),
+        ("tcp://127.0.0.1:81", "tcp://127.0.0.1:82", "ports below 1024 are root's"),
+    ):
+        text = re.sub(
+            r"<FrontEndEndpoint>[^<]*</FrontEndEndpoint>\s*<BackendEndpoint>[^<]*</BackendEndpoint>",
+            f"<FrontBind>{pub}</FrontBind><BackendBind>{sub}</BackendBind>",
+            base,
+        )
+        path = workdir / f"Context-{why[:3]}.xml"
+        path.write_text(text)
+        path.chmod(0o644)
+        refused = zsvc_as(alice, daemon, "start", "--context", str(path), "BINDS")
+        assert refused.returncode == NOT_YOURS, refused.stderr
+        assert why in refused.stderr and "only root's transactions may bind it" in refused.stderr
+    assert not os.path.exists("/etc/zsvc-test-pub") and not os.path.exists("/etc/zsvc-test-sub")
+    assert not {"127.0.0.1:81", "127.0.0.1:82"} & set(listening_tcp(daemon.pid()))

@@ -152,3 +152,24 @@ def test_a_users_pair_belongs_to_that_user_and_outlives_every_release(tmp_path) 
             context.term()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a directory to another uid (chown)")
+def test_a_members_context_binds_only_what_the_member_could(tmp_path) -> None:
+    """The daemon binds as root: a non-root owner's context gets no port below 1024 and
+    no socket file outside a directory that user owns."""
+    from zsvc.daemon.bindplan import owner_refusal
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.mkdir()
+    theirs.mkdir()
+    os.chown(mine, 4242, 4242)
+    assert owner_refusal("tcp://127.0.0.1:1024", 4242) is None
+    assert owner_refusal("tcp://127.0.0.1:80", 4242) == (
+        "tcp://127.0.0.1:80: ports below 1024 are root's to bind"
+    )
+    assert owner_refusal(f"ipc://{mine}/bus", 4242) is None
+    assert owner_refusal("ipc://@abstract", 4242) is None
+    assert "is not yours" in (owner_refusal(f"ipc://{theirs}/bus", 4242) or "")
+    assert "is not yours" in (owner_refusal("ipc:///etc/zsvc-x", 4242) or "")
+    assert "cannot be used" in (owner_refusal(f"ipc://{tmp_path}/none/bus", 4242) or "")

@@ -7,7 +7,9 @@ public side of :mod:`zsvc.daemon.bus`), and not at all when the bus carries comm
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from zsvc.daemon import trust
 
@@ -65,3 +67,36 @@ def plan_bind(endpoint: str, *, curve: bool, open_commands: bool = False) -> Bin
         f"refusing to bind the bus on {endpoint}: without CURVE keys TCP endpoints are"
         f" bound on loopback (127.0.0.1) only; {hint}"
     )
+
+
+PRIVILEGED_PORTS = 1024
+"""TCP ports below this one are root's to bind (without CAP_NET_BIND_SERVICE)."""
+
+
+def owner_refusal(endpoint: str, uid: int) -> str | None:
+    """Why a transaction of the non-root user *uid* may not have the daemon bind
+    *endpoint*; None when that user could bind it themselves.
+
+    The daemon binds as root: a member's context must not make it take a port below
+    1024 (root's) or put a socket file where only root may write (``ipc:///etc/x``), so an
+    ``ipc://`` path must be in a directory *uid* owns. Abstract ``ipc://@`` names and TCP
+    ports from 1024 up are anyone's.
+    """
+    if endpoint.startswith("tcp://"):
+        port = endpoint.rpartition(":")[2]
+        if port.isdecimal() and int(port) < PRIVILEGED_PORTS:
+            return f"{endpoint}: ports below {PRIVILEGED_PORTS} are root's to bind"
+        return None
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    parent = Path(endpoint[len("ipc://") :]).absolute().parent
+    try:
+        owner = os.stat(parent).st_uid
+    except OSError as exc:
+        return f"{endpoint}: its directory {parent} cannot be used ({exc.strerror})"
+    if owner != uid:
+        return (
+            f"{endpoint}: the daemon binds as root, so a socket file of your transaction must"
+            f" be in a directory you own ({parent} is not yours)"
+        )
+    return None

@@ -34,6 +34,7 @@ from typing import Any
 from zsvc import __version__, commands, protocol
 from zsvc.config.model import Context
 from zsvc.daemon.access import ROOT, AccessRules, Principal, refusal
+from zsvc.daemon.bindplan import owner_refusal
 from zsvc.daemon.bus import BindError, BusDevice
 from zsvc.daemon.control import ControlServer
 from zsvc.daemon.logs import CapSchedule, cap_logs
@@ -351,6 +352,7 @@ class Daemon:
             context = load_text(context_text, context_path or "<context>")
             try:
                 if (pair := context.endpoints.bind_pair) is not None:
+                    _check_endpoints(principal, pair)
                     self.bus.bind(*pair)
             except BindError as exc:
                 raise OperationFailed(str(exc)) from exc
@@ -433,6 +435,16 @@ class Daemon:
         self._check_administer(principal, "shut down")
         self.stopped.set()  # from now on nothing is started; run() stops every task
         return {"stopping": True}
+
+
+def _check_endpoints(principal: Principal, pair: tuple[str, str]) -> None:
+    """A non-root user's context may have the daemon (root) bind only what that user could
+    bind: :func:`~zsvc.daemon.bindplan.owner_refusal`."""
+    if principal.uid == 0 or principal.uid is None:  # root, or a key that starts nothing
+        return
+    for endpoint in pair:
+        if why := owner_refusal(endpoint, principal.uid):
+            raise NotYours(f"bus endpoint {why}; only root's transactions may bind it")
 
 
 def load_text(text: str, path: str) -> Context:
