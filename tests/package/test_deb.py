@@ -181,8 +181,15 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
     inside.fresh_user("bob")
     context = demo_context(inside, box)
     inside.ok("zsvc", "start", "--context", context, "DEMO", user="alice")
-    tasks = inside.status("DEMO", user="alice")["tasks"]
+    demo = inside.status("DEMO", user="alice")
+    tasks = demo["tasks"]
     assert tasks and {task["state"] for task in tasks} == {"active"}, tasks
+    # Hers, and her tasks run as her: membership of zsvc is not root (issue 15).
+    alice_uid = inside.ok("id", "-u", "alice").strip()
+    assert demo["owner"] == "alice", demo
+    for task in tasks:
+        uids = inside.ok("awk", "/^Uid:/ {print $2}", f"/proc/{task['pid']}/status").strip()
+        assert uids == alice_uid, (task["id"], uids, alice_uid)
     refused = inside.run("zsvc", "status", user="bob")
     assert refused.returncode == 3, refused
     assert "permission denied" in refused.stderr
@@ -217,6 +224,7 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
         f"{inside.journal('-u', 'zsvc.service', '-n', '60')}"
     )
     assert inside.run("systemctl", "is-active", "zsvc.service").stdout.strip() == "active"
+    assert inside.status("DEMO")["owner"] == "alice", "an upgrade keeps the owners"
 
     # --- CURVE keys: made by 'zsvc keys', read by the hardened unit after a reload ----------
     inside.ok("zsvc", "keys", "--client", "alice")
@@ -234,7 +242,8 @@ def test_install_run_upgrade_and_purge(box: SystemdBox, debs: tuple[Path, Path])
 
     # --- a reload that would read an invalid file is refused; the daemon goes on -----------
     inside.ok("sed", "-i", "s|^#log_level =.*|log_level = loud|", conf)
-    inside.ok("systemctl", "reload", "zsvc")
+    refused = inside.run("systemctl", "reload", "zsvc")  # ExecReload=zsvc reexec says why
+    assert refused.returncode != 0, refused
     wait_for(
         lambda: "reload refused" in inside.journal("-u", "zsvc.service", "-n", "40"),
         "the daemon's 'reload refused' line",
