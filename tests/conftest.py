@@ -18,6 +18,9 @@ directory (a new file cannot forget it), so ``-m "not integration"``
 a minute. ``tests/programs`` (real Debian programs as tasks on both runners)
 is also marked ``programs``: ``-m programs`` runs it alone, ``-m "not programs"``
 leaves it out.
+
+Throwaway users (``tests/users.py``) are removed by their tests on every path; any a
+test left is removed when the session ends, and the run fails naming it.
 """
 
 import os
@@ -58,3 +61,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if item.path.is_relative_to(PROGRAMS_TIER):
             item.add_marker(pytest.mark.programs)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Throwaway users a test made and did not remove (it crashed between the two) are
+    removed here; naming them fails the run, so a leak is mended where it comes from."""
+    from tests import users
+
+    left = users.remove_leftovers()
+    if left:
+        print(f"\nthrowaway users left by their tests, removed now: {', '.join(left)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

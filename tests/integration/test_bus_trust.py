@@ -15,15 +15,13 @@ answered (a ``top`` answer to the attacker would have been published first).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
 import select
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from tests.integration.conftest import (
     wait_message,
     wait_until,
 )
+from tests.users import throwaway_user
 from zsvc import protocol
 
 pytestmark = [
@@ -103,31 +102,6 @@ for frames in seen:
     report.append([message.topic, message.action, "open_files" in text, "tasks" in text])
 print(json.dumps(report), flush=True)
 """
-
-
-@contextlib.contextmanager
-def throwaway_user(groups: Sequence[str] = ()) -> Iterator[pwd.struct_passwd]:
-    """A new user with a group of its own (and *groups*), removed at the end."""
-    name = f"zt{uuid.uuid4().hex[:12]}"
-    more = ["--groups", ",".join(groups)] if groups else []
-    subprocess.run(
-        [
-            "useradd",
-            "--no-create-home",
-            "--user-group",
-            *more,
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=30)
 
 
 def as_user(user: pwd.struct_passwd, argv: list[str], groups: bool = False) -> list[str]:

@@ -29,7 +29,8 @@ import pytest
 
 from tests.integration.conftest import REPO, Daemon, TaskDef, wait_until
 from tests.integration.test_bus_security import settings, wildcard_context
-from tests.integration.test_bus_trust import as_user, read_line, throwaway_user
+from tests.integration.test_bus_trust import as_user, read_line
+from tests.users import throwaway_user
 from zsvc import curve
 from zsvc.client import BusClient
 from zsvc.errors import DaemonUnreachable

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import REPO, Daemon, TaskDef, python_for_user
-from tests.integration.test_bus_trust import as_user, throwaway_user
+from tests.integration.test_bus_trust import as_user
+from tests.users import throwaway_user
 from zsvc.daemon.fs import CONTROL_GROUP
 
 pytestmark = [

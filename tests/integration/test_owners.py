@@ -26,10 +26,10 @@ from tests.integration.test_bus_trust import (
     MARKER_TOPIC,
     attack_as,
     read_line,
-    throwaway_user,
 )
 from tests.integration.test_exec_settings import listening_tcp
 from tests.integration.test_group_access import control_group, zsvc_as
+from tests.users import throwaway_user
 from zsvc import protocol
 
 pytestmark = [

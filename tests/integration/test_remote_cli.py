@@ -38,8 +38,8 @@ from tests.integration.test_barrage import (
     open_fds,
     victim,  # noqa: F401  (a fixture: the one task the tests look after)
 )
-from tests.integration.test_bus_trust import throwaway_user
 from tests.integration.test_connection_flood import FD_LIMIT, flooding
+from tests.users import throwaway_user
 from zsvc import curve
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -36,6 +35,7 @@ from tests.integration.conftest import (
     Daemon,
     python_for_user,
 )
+from tests.users import add_user, remove_user
 from zsvc.daemon.fs import daemon_modes, runtime_modes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs daemons as root")
@@ -182,44 +182,21 @@ def test_a_daemon_started_under_umask_0022_keeps_its_files_to_itself(
 # --- a squatted fallback runtime directory ---------------------------------------------
 
 
-def _useradd(name: str) -> int:
-    """A throwaway system user (retried while another useradd holds /etc/passwd's lock)."""
-    deadline = time.monotonic() + 30
-    while True:
-        done = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if done.returncode == 0:
-            return pwd.getpwnam(name).pw_uid
-        if time.monotonic() > deadline or "lock" not in done.stderr:
-            pytest.skip(f"cannot add a throwaway user: {done.stderr.strip()}")
-        time.sleep(0.1)  # a back-off while another useradd holds the lock (bounded above)
-
-
-def _remove_user(name: str, uid: int) -> None:
-    for process in psutil.process_iter(["uids"]):
-        with contextlib.suppress(psutil.Error):
-            if process.info["uids"] and process.info["uids"].real == uid:
-                process.kill()
-    subprocess.run(["userdel", name], capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def users() -> Iterator[Callable[[str], int]]:
     """Throwaway users by role; removed (with any process of theirs) at teardown."""
-    made: list[tuple[str, int]] = []
+    made: list[str] = []
 
     def make(role: str) -> int:
-        name = f"zt{os.getpid() % 100_000}{role}"
-        made.append((name, _useradd(name)))
-        return made[-1][1]
+        user = add_user(f"zt{os.getpid() % 100_000}{role}", system=True)
+        made.append(user.pw_name)
+        return user.pw_uid
 
-    yield make
-    for name, uid in made:
-        _remove_user(name, uid)
+    try:
+        yield make
+    finally:
+        for name in made:
+            remove_user(name)
 
 
 def run_as(

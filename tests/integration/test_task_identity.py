@@ -33,10 +33,10 @@ from tests.integration.conftest import (
     render_context,
     wait_until,
 )
-from tests.integration.test_bus_trust import throwaway_user
 from tests.integration.test_group_access import control_group, zsvc_as
 from tests.integration.test_single_daemon import run_as, users  # noqa: F401 - a fixture
 from tests.integration.test_threads import threaded
+from tests.users import throwaway_user
 
 pytestmark = [
     pytest.mark.integration,

@@ -185,11 +185,13 @@ def open_case(stack: Stack) -> Iterator[Case]:
     try:
         yield case
     finally:
-        stack.zsvc("stop", case.transaction)
-        left = kill_marked(mark)
-        for name in case.users:
-            stack.remove_user(name)
-        stack.run("rm", "-rf", directory)
+        try:
+            stack.zsvc("stop", case.transaction)
+            left = kill_marked(mark)
+        finally:  # the users go whatever the stop did
+            for name in case.users:
+                stack.remove_user(name)
+            stack.run("rm", "-rf", directory)
         assert not left, f"[{stack.name}] processes left after the stop: {left}"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import users
 from tests.integration.conftest import REPO, Daemon
 from tests.system.box import SystemdBox, zsvc_log
 
@@ -101,8 +102,14 @@ class Stack:
         return int(self.sh(f"id -u {name}")), int(self.sh(f"id -g {name}"))
 
     def remove_user(self, name: str) -> None:
-        """Remove the throwaway user (and its group); quiet when it is already gone."""
-        self.run("sh", "-c", f"id {name} >/dev/null 2>&1 && userdel {name}; true")
+        """Remove the throwaway user (and its group), its processes killed first (userdel
+        refuses a user that runs something); quiet when it is already gone, an error when
+        it is still there after 10 s."""
+        self.sh(
+            f"for i in $(seq 200); do id {name} >/dev/null 2>&1 || exit 0;"
+            f" pkill -KILL -u {name}; userdel {name} 2>/dev/null && exit 0; sleep 0.05; done;"
+            f" echo 'cannot remove the throwaway user {name}' >&2; exit 1"
+        )
 
 
 class LocalStack(Stack):
@@ -125,6 +132,15 @@ class LocalStack(Stack):
         return subprocess.run(
             list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
+
+    def add_user(self, name: str) -> tuple[int, int]:
+        """On this machine: :mod:`tests.users`, which removes it at the session's end at
+        the latest."""
+        user = users.add_user(name, system=True)
+        return user.pw_uid, user.pw_gid
+
+    def remove_user(self, name: str) -> None:
+        users.remove_user(name)
 
     def zsvc(
         self, *args: str, timeout: float = COMMAND_TIMEOUT

@@ -16,7 +16,6 @@ import dataclasses
 import grp
 import json
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.users import throwaway_user
 from zsvc.config.model import ProcessSettings
 from zsvc.hostwire import INVOCATION_ENV, SPEC_ENV, HostSpec
 from zsvc.paths import RuntimeLayout
@@ -284,16 +284,12 @@ def account() -> Iterator[Account]:
     """A throwaway system user and group, removed again whatever the test did."""
     if os.geteuid() != 0 or not shutil.which("useradd"):
         pytest.skip("needs root and useradd")
-    tag = uuid.uuid4().hex[:8]
-    user, group = f"zsvc-test-{tag}", f"zsvc-test-g{tag}"
+    group = f"zsvc-test-g{uuid.uuid4().hex[:8]}"
     _run("groupadd", "--system", group)
     try:
-        _run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user)
-        try:
-            entry = pwd.getpwnam(user)
-            yield Account(user, entry.pw_uid, entry.pw_gid, group, grp.getgrnam(group).gr_gid)
-        finally:
-            _run("userdel", user)
+        with throwaway_user(system=True) as entry:
+            extra = grp.getgrnam(group).gr_gid
+            yield Account(entry.pw_name, entry.pw_uid, entry.pw_gid, group, extra)
     finally:
         _run("groupdel", group)
 
