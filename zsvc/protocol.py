@@ -161,8 +161,9 @@ def encode(message: Message) -> list[bytes]:
     return [message.topic.encode(), body.encode()]
 
 
-def decode(frames: Sequence[bytes]) -> Message:
-    """Parse and validate received frames; raise :class:`ProtocolError` saying why not."""
+def decode(frames: Sequence[bytes], sender: tuple[int, int] | None = None) -> Message:
+    """Parse and validate received frames; raise :class:`ProtocolError` saying why not.
+    *sender*: the publisher as the kernel named it (:attr:`Message.sender`)."""
     if len(frames) == 2:
         topic_bytes, body = frames
     elif len(frames) == 1:
@@ -183,7 +184,7 @@ def decode(frames: Sequence[bytes]) -> Message:
         raise ProtocolError(f"topic {topic!r}: body is not JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError(f"topic {topic!r}: body is nested too deeply") from None
-    return validate(topic, data)
+    return validate(topic, data, sender)
 
 
 def split_legacy(frame: bytes) -> tuple[bytes, bytes]:
@@ -194,7 +195,7 @@ def split_legacy(frame: bytes) -> tuple[bytes, bytes]:
     return topic, body
 
 
-def validate(topic: str, data: Any) -> Message:
+def validate(topic: str, data: Any, sender: tuple[int, int] | None = None) -> Message:
     """Check the header/content shape and normalise the header."""
     if not isinstance(data, dict):
         raise ProtocolError(f"topic {topic!r}: message is {type(data).__name__}, not an object")
@@ -207,7 +208,8 @@ def validate(topic: str, data: Any) -> Message:
     content = data.get("content", {})
     if not isinstance(content, dict):
         raise ProtocolError(f"topic {topic!r}: 'content' must be an object")
-    return Message(topic=topic, header=normalise_header(topic, header), content=content)
+    header = normalise_header(topic, header)
+    return Message(topic=topic, header=header, content=content, sender=sender)
 
 
 def normalise_header(topic: str, header: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -457,8 +456,8 @@ class BusDevice:
         while moved < limit and _readable(self.xsub):
             first = self.xsub.recv(zmq.NOBLOCK, copy=False)  # its metadata: the sender
             frames = [first.bytes]
-            while self.xsub.getsockopt(zmq.RCVMORE):  # a message arrives whole
-                frames.append(self.xsub.recv(zmq.NOBLOCK))
+            if first.more:  # the rest of the message: it arrives whole
+                frames += self.xsub.recv_multipart(zmq.NOBLOCK)
             moved += 1
             self._send(frames, True)
             if frames[0].startswith(OBSERVED_TOPICS):
@@ -484,7 +483,7 @@ class BusDevice:
         if self.on_message is None:
             return
         try:
-            message = dataclasses.replace(protocol.decode(frames), sender=sender)
+            message = protocol.decode(frames, sender)
         except protocol.ProtocolError as exc:
             self._invalid.warning("ignored a bus message: %s", exc)
             return
